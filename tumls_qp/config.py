@@ -1,0 +1,347 @@
+"""Configuration: one frozen dataclass per pipeline stage, and TOML in and out.
+
+The effective configuration is saved as ``config.toml`` in every run folder, and
+``tumls-qp config`` prints the defaults. Every option is documented on its field.
+Values are checked when a config is built; a bad value raises
+:class:`~tumls_qp.errors.ConfigError` naming ``section.key`` and what was received.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "SlideConfig",
+    "TileConfig",
+    "EmbeddingConfig",
+    "ClusterConfig",
+    "RepresentativeConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "replace_in",
+]
+
+
+def _require(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {expected}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class SlideConfig:
+    """How slides are opened."""
+
+    #: Pixel size at level 0 in µm/px, used when the file does not state one.
+    #: A value in the file wins unless ``mpp_override`` is true.
+    mpp: float | None = None
+    #: Use ``mpp`` even when the file states a pixel size.
+    mpp_override: bool = False
+    #: Analyse slides that do not look like brightfield H&E (fluorescence, IHC, unstained).
+    #: The method assumes H&E: results on other stains are not meaningful.
+    allow_non_he: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mpp is not None:
+            _require(
+                isinstance(self.mpp, (int, float)) and math.isfinite(self.mpp) and 0.01 <= self.mpp <= 100,
+                "slide.mpp", self.mpp, "a pixel size in µm/px between 0.01 and 100",
+            )
+        _require(not self.mpp_override or self.mpp is not None, "slide.mpp_override", self.mpp_override,
+                 "false unless slide.mpp is set")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """The tile grid and background filtering (the "tissue" level)."""
+
+    #: Side of a square tile in µm. 256 µm is the TUMLS default: a 1024 px tile at 0.25 µm/px.
+    tile_um: float = 256.0
+    #: Side of a tile in pixels at the tissue level; the tissue level's pixel size is
+    #: ``tile_um / tile_px`` µm/px (TUMLS: 16 px, i.e. 64x coarser than 0.25 µm/px).
+    #: One of 8, 16, 32, 64.
+    tile_px: int = 16
+    #: A tile is kept when at least this fraction of its pixels is tissue in the tissue mask.
+    min_tissue_fraction: float = 0.5
+    #: A tile is dropped as an artefact when more than this fraction of its pixels is
+    #: near-black (pen marks, folds, scanner borders: luminance below ``dark_luminance``).
+    max_dark_fraction: float = 0.25
+    #: Luminance (0-255) under which a pixel counts as near-black.
+    dark_luminance: float = 40.0
+    #: Smallest tissue fragment kept in the tissue mask, in µm² (smaller specks are dust or debris).
+    min_fragment_um2: float = 20000.0
+    #: Fewest tissue tiles an analysis accepts; below this the tile size is too large for the slide.
+    min_tiles: int = 20
+
+    def __post_init__(self) -> None:
+        _require(_is_number(self.tile_um) and 1 <= self.tile_um <= 100_000, "tiles.tile_um", self.tile_um,
+                 "a tile side in µm between 1 and 100000")
+        _require(self.tile_px in (8, 16, 32, 64), "tiles.tile_px", self.tile_px, "one of 8, 16, 32, 64")
+        _require(_is_number(self.min_tissue_fraction) and 0 < self.min_tissue_fraction <= 1,
+                 "tiles.min_tissue_fraction", self.min_tissue_fraction, "a fraction in (0, 1]")
+        _require(_is_number(self.max_dark_fraction) and 0 <= self.max_dark_fraction <= 1,
+                 "tiles.max_dark_fraction", self.max_dark_fraction, "a fraction in [0, 1]")
+        _require(_is_number(self.dark_luminance) and 0 <= self.dark_luminance <= 255,
+                 "tiles.dark_luminance", self.dark_luminance, "a luminance in [0, 255]")
+        _require(_is_number(self.min_fragment_um2) and self.min_fragment_um2 >= 0,
+                 "tiles.min_fragment_um2", self.min_fragment_um2, "an area in µm² >= 0")
+        _require(isinstance(self.min_tiles, int) and self.min_tiles >= 2, "tiles.min_tiles", self.min_tiles,
+                 "an integer >= 2")
+
+    @property
+    def lowres_mpp(self) -> float:
+        """Pixel size of the tissue level in µm/px."""
+        return self.tile_um / self.tile_px
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """The autoencoder that embeds tissue-level tiles (TUMLS section 3.3)."""
+
+    #: ``auto`` (CUDA, then Apple MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
+    #: Asking for a device that is not there is an error, never a silent fallback.
+    device: str = "auto"
+    #: Upper bound on training epochs; early stopping usually ends training before.
+    max_epochs: int = 100
+    #: Early stopping: stop after this many epochs without a better validation loss.
+    patience: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    #: Train / validation / test fractions of the tissue tiles.
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    #: Train on at most this many tiles (a seeded random subset); all tiles are embedded.
+    max_train_tiles: int = 200_000
+    #: Optional torchvision-format ResNet18 state dict (``.pth``) to initialise the
+    #: encoder's ``conv1``, ``bn1`` and ``layer1`` from. None: train from scratch.
+    init_resnet18: str | None = None
+    #: CPU threads torch may use (0: torch's default).
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.device in ("auto", "cpu", "cuda", "mps"), "embedding.device", self.device,
+                 "one of auto, cpu, cuda, mps")
+        _require(isinstance(self.max_epochs, int) and self.max_epochs >= 1, "embedding.max_epochs",
+                 self.max_epochs, "an integer >= 1")
+        _require(isinstance(self.patience, int) and self.patience >= 1, "embedding.patience", self.patience,
+                 "an integer >= 1")
+        _require(isinstance(self.batch_size, int) and self.batch_size >= 2, "embedding.batch_size",
+                 self.batch_size, "an integer >= 2")
+        _require(_is_number(self.learning_rate) and 0 < self.learning_rate < 1, "embedding.learning_rate",
+                 self.learning_rate, "a number in (0, 1)")
+        _require(_is_number(self.weight_decay) and 0 <= self.weight_decay < 1, "embedding.weight_decay",
+                 self.weight_decay, "a number in [0, 1)")
+        _require(len(self.split) == 3 and all(_is_number(f) and f > 0 for f in self.split)
+                 and abs(sum(self.split) - 1) < 1e-6, "embedding.split", self.split,
+                 "three positive fractions (train, validation, test) that sum to 1")
+        _require(isinstance(self.max_train_tiles, int) and self.max_train_tiles >= 10,
+                 "embedding.max_train_tiles", self.max_train_tiles, "an integer >= 10")
+        _require(isinstance(self.num_threads, int) and self.num_threads >= 0, "embedding.num_threads",
+                 self.num_threads, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """k-means on the latents, with k from the Ward dendrogram (TUMLS section 3.2)."""
+
+    #: Number of tissues. None: chosen from the dendrogram (see ``clusters.choose_k``).
+    k: int | None = None
+    #: Smallest k the dendrogram rule may choose. 1 allows "one tissue only".
+    k_min: int = 1
+    #: Largest k the dendrogram rule may choose.
+    k_max: int = 8
+    #: Ward linkage is O(n²) in memory and time: above this many tiles it runs on a
+    #: seeded random subset (k-means then runs on all tiles).
+    linkage_max_tiles: int = 3000
+    #: Structureless reference clouds drawn to decide between k = 1 and k >= 2.
+    null_draws: int = 5
+    #: k-means restarts.
+    n_init: int = 10
+
+    def __post_init__(self) -> None:
+        if self.k is not None:
+            _require(isinstance(self.k, int) and self.k >= 1, "clusters.k", self.k, "an integer >= 1 or unset")
+        _require(isinstance(self.k_min, int) and self.k_min >= 1, "clusters.k_min", self.k_min, "an integer >= 1")
+        _require(isinstance(self.k_max, int) and self.k_max >= self.k_min, "clusters.k_max", self.k_max,
+                 f"an integer >= clusters.k_min ({self.k_min})")
+        _require(isinstance(self.linkage_max_tiles, int) and self.linkage_max_tiles >= 50,
+                 "clusters.linkage_max_tiles", self.linkage_max_tiles, "an integer >= 50")
+        _require(isinstance(self.null_draws, int) and self.null_draws >= 1, "clusters.null_draws",
+                 self.null_draws, "an integer >= 1")
+        _require(isinstance(self.n_init, int) and self.n_init >= 1, "clusters.n_init", self.n_init,
+                 "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class RepresentativeConfig:
+    """The representative tiles of each tissue (closest to its centroid)."""
+
+    #: Representatives per tissue.
+    n: int = 5
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.n, int) and 1 <= self.n <= 100, "representatives.n", self.n,
+                 "an integer in [1, 100]")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What the run folder holds."""
+
+    #: Write ``tissue.geojson.gz`` instead of ``tissue.geojson``.
+    gzip: bool = False
+    #: Add one QuPath ``tile`` object per tissue tile (for the uncertainty measurement map).
+    tile_objects: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that determines a run's result."""
+
+    #: Seed of every random choice (data split, weight init, subsampling, k-means).
+    seed: int = 0
+    slide: SlideConfig = field(default_factory=SlideConfig)
+    tiles: TileConfig = field(default_factory=TileConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    clusters: ClusterConfig = field(default_factory=ClusterConfig)
+    representatives: RepresentativeConfig = field(default_factory=RepresentativeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.seed, int) and 0 <= self.seed < 2**32, "seed", self.seed,
+                 "an integer in [0, 2**32)")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check a TOML value against a field's annotation; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(name, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name} must be {' or '.join(_type_name(o) for o in options)}; got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{name} must be a list of {len(args)} values; got {value!r}")
+        return tuple(_coerce(f"{name}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false; got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer; got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number; got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string; got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {annotation!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    names = {type(None): "unset", float: "a number", int: "an integer", str: "a string", bool: "true or false"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a table; got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"[{prefix}]" if prefix else "the top level"
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {where}; valid: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, name)
+        else:
+            kwargs[key] = _coerce(name, value, hint)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
+    """Build a :class:`PipelineConfig` from nested dicts (as TOML gives them); missing keys take defaults."""
+    return _build(PipelineConfig, data, "")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Nested dict of a config, with unset (None) options left out, as TOML needs."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = config_to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        elif value is not None:
+            out[f.name] = value
+    return out
+
+
+def dump_config(config: PipelineConfig) -> str:
+    """TOML text of a config; ``load_config`` of that text gives the same config back."""
+    import tomli_w
+
+    return tomli_w.dumps(config_to_dict(config))
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read a TOML config file; options it leaves out take their defaults."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {str(path)!r}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config file {str(path)!r} is not valid TOML: {exc}") from exc
+    return config_from_dict(data)
+
+
+def replace_in(config: PipelineConfig, **changes: Any) -> PipelineConfig:
+    """Copy of ``config`` with dotted options changed, e.g. ``replace_in(c, **{"tiles.tile_um": 64.0})``.
+
+    ``None`` values are ignored, so CLI flags that were not given change nothing.
+    """
+    data = config_to_dict(config)
+    for dotted, value in changes.items():
+        if value is None:
+            continue
+        *sections, key = dotted.split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = list(value) if isinstance(value, tuple) else value
+    return config_from_dict(data)

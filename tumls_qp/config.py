@@ -165,8 +165,6 @@ class ClusterConfig:
     #: Ward linkage is O(n²) in memory and time: above this many tiles it runs on a
     #: seeded random subset (k-means then runs on all tiles).
     linkage_max_tiles: int = 3000
-    #: Structureless reference clouds drawn to decide between k = 1 and k >= 2.
-    null_draws: int = 5
     #: k-means restarts.
     n_init: int = 10
 
@@ -178,8 +176,6 @@ class ClusterConfig:
                  f"an integer >= clusters.k_min ({self.k_min})")
         _require(isinstance(self.linkage_max_tiles, int) and self.linkage_max_tiles >= 50,
                  "clusters.linkage_max_tiles", self.linkage_max_tiles, "an integer >= 50")
-        _require(isinstance(self.null_draws, int) and self.null_draws >= 1, "clusters.null_draws",
-                 self.null_draws, "an integer >= 1")
         _require(isinstance(self.n_init, int) and self.n_init >= 1, "clusters.n_init", self.n_init,
                  "an integer >= 1")
 

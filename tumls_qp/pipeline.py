@@ -1,0 +1,613 @@
+"""The only place where all stages meet: slides in, one run folder per slide out.
+
+A run folder (named after the slide) holds everything needed to reproduce and
+re-render the analysis; see the README's "Outputs" for every file. It is built in a
+hidden staging folder next to it and renamed into place at the very end, so a failed
+or cancelled run leaves no half-written outputs (an earlier run folder of the same
+name stays untouched until the new one is complete).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import __version__
+from .clusters import Clustering, cluster_embeddings
+from .config import PipelineConfig, config_to_dict, dump_config
+from .errors import OutputError, TumlsQpError
+from .outputs.geojson import feature_collection, tissue_features, validate_geojson, write_geojson
+from .representatives import Representative, select_representatives
+from .slide import Slide, open_slide, slide_quickhash
+from .tiles import (
+    TileGrid,
+    TileSelection,
+    check_brightfield_he,
+    plan_grid,
+    read_thumbnail,
+    require_tissue,
+    select_tiles,
+    tile_pixels,
+    tissue_mask,
+)
+
+__all__ = ["analyze", "RunResult", "ProgressFn", "STAGES", "default_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+#: Stages in the order they run; progress callbacks name one of them.
+STAGES = ("tiles", "train", "embed", "cluster", "outputs")
+#: progress(stage, fraction of that stage done in [0, 1], message).
+ProgressFn = Callable[[str, float, str], None]
+
+_DEPENDENCIES = ("numpy", "scipy", "scikit-image", "scikit-learn", "shapely", "tiffslide", "tifffile",
+                 "imagecodecs", "pillow", "torch", "matplotlib", "reportlab")
+_CACHE_FORMAT = 1
+
+
+@dataclass
+class RunResult:
+    """One slide's finished run."""
+
+    slide: Path
+    run_dir: Path
+    manifest: dict[str, Any]
+
+
+@dataclass
+class _SlideData:
+    """A slide's tissue level, read and filtered."""
+
+    slide: Slide
+    name: str
+    quickhash: str
+    grid: TileGrid
+    thumbnail: np.ndarray
+    selection: TileSelection
+    tiles: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Timer:
+    """Seconds per stage, summed over slides."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def default_cache_dir() -> Path:
+    """``$TUMLS_QP_CACHE``, else ``$XDG_CACHE_HOME/tumls-qp``, else ``~/.cache/tumls-qp``."""
+    if os.environ.get("TUMLS_QP_CACHE"):
+        return Path(os.environ["TUMLS_QP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tumls-qp"
+
+
+def _no_progress(stage: str, fraction: float, message: str) -> None:
+    return None
+
+
+def analyze(
+    slides: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    config: PipelineConfig | None = None,
+    *,
+    cohort: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+    run_names: Sequence[str] | None = None,
+) -> list[RunResult]:
+    """Analyse slides and write one run folder per slide into ``out_dir``.
+
+    Parameters
+    ----------
+    slides : sequence of path-like
+        Slide files.
+    out_dir : path-like
+        Created if missing; run folders are named after the slides (or ``run_names``).
+    config : PipelineConfig, optional
+    cohort : bool
+        One autoencoder and one clustering for all slides, so a tissue number means
+        the same on every slide. Otherwise each slide is analysed on its own.
+    cache_dir : path-like, optional
+        Reuse (and store) tiles, embeddings and the trained model for the same slides
+        and parameters. None: no cache.
+    progress : callable(stage, fraction, message), optional
+    run_names : sequence of str, optional
+        Run folder names instead of the slide file names.
+
+    Returns
+    -------
+    list of RunResult
+        In the order of ``slides``. Without ``cohort``, the first failing slide's
+        error is raised after the other slides have been analysed.
+    """
+    config = config or PipelineConfig()
+    progress = progress or _no_progress
+    slides = [Path(s) for s in slides]
+    if not slides:
+        raise TumlsQpError("no slide given")
+    names = list(run_names) if run_names is not None else _run_names(slides)
+    if len(names) != len(slides) or len(set(names)) != len(names):
+        raise TumlsQpError(f"run_names must give one distinct name per slide; got {names!r}")
+    out = _prepare_out_dir(Path(out_dir))
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cohort:
+        return _analyze_group(slides, names, out, config, cache, progress, cohort=True)
+    results, first_error = [], None
+    for slide, name in zip(slides, names):
+        try:
+            results += _analyze_group([slide], [name], out, config, cache, progress, cohort=False)
+        except TumlsQpError as exc:
+            log.error("%s: %s", slide.name, exc)
+            first_error = first_error or exc
+    if first_error is not None:
+        if len(slides) > 1:
+            first_error.add_note(f"{len(results)} of {len(slides)} slides were analysed")
+        raise first_error
+    return results
+
+
+def _run_names(slides: list[Path]) -> list[str]:
+    names: list[str] = []
+    for slide in slides:
+        base = slide.name.split(".")[0] or slide.name
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.append(name)
+    return names
+
+
+def _prepare_out_dir(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".tumls-write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write into the output folder {str(out)!r}: {exc.strerror or exc}. Choose a folder you can "
+            "write to with --out."
+        ) from exc
+    return out
+
+
+def _analyze_group(
+    paths: list[Path],
+    names: list[str],
+    out: Path,
+    config: PipelineConfig,
+    cache: Path | None,
+    progress: ProgressFn,
+    cohort: bool,
+) -> list[RunResult]:
+    timer = _Timer()
+    started = datetime.now(timezone.utc)
+    slides: list[Slide] = []
+    staging: list[Path] = []
+    try:
+        for path in paths:
+            slides.append(open_slide(path, mpp=config.slide.mpp, mpp_override=config.slide.mpp_override))
+        key = _cache_key(slides, config)
+        cached = _cache_load(cache, key) if cache else None
+
+        with timer.stage("tiles"):
+            data = [_read_tiles(s, config, progress, i, len(slides), cached) for i, s in enumerate(slides)]
+        all_tiles = np.concatenate([d.tiles for d in data])
+
+        if cached is not None:
+            latents, history, model = cached["latents"], cached["history"], cached["model"]
+            progress("train", 1.0, "reused the cached model")
+            progress("embed", 1.0, "reused the cached embeddings")
+        else:
+            from .embeddings import embed_tiles, train_autoencoder
+
+            with timer.stage("train"):
+                progress("train", 0.0, f"training the autoencoder on {len(all_tiles)} tiles")
+                trained = train_autoencoder(
+                    all_tiles, config.embedding, config.seed,
+                    progress=lambda e, n: progress("train", e / n, f"epoch {e}"),
+                )
+            with timer.stage("embed"):
+                progress("embed", 0.0, "embedding tiles")
+                latents = embed_tiles(trained, all_tiles)
+                progress("embed", 1.0, f"{len(latents)} tiles embedded")
+            history, model = trained.history, trained.model
+            if cache:
+                _cache_store(cache, key, data, latents, history, model)
+
+        with timer.stage("cluster"):
+            progress("cluster", 0.0, "clustering")
+            clustering = cluster_embeddings(latents, config.clusters, config.seed)
+            progress("cluster", 1.0, f"k = {clustering.k}")
+
+        results = []
+        offsets = np.cumsum([0] + [len(d.tiles) for d in data])
+        with timer.stage("outputs"):
+            for i, (d, name) in enumerate(zip(data, names)):
+                progress("outputs", i / len(data), f"writing {name}")
+                part = slice(int(offsets[i]), int(offsets[i + 1]))
+                stage_dir = out / f".tumls-{name}-{uuid.uuid4().hex[:8]}.partial"
+                stage_dir.mkdir()
+                staging.append(stage_dir)
+                manifest = _write_run(
+                    stage_dir, d, config, clustering, part, latents[part], history, model,
+                    cached is not None, timer, started, cohort=[n for n in names] if cohort else None,
+                )
+                results.append(RunResult(slide=d.slide.path, run_dir=out / name, manifest=manifest))
+            progress("outputs", 1.0, "run folders written")
+        for stage_dir, result in zip(staging, results):
+            _replace_dir(stage_dir, result.run_dir)
+            # Timings are final only now; the manifest is rewritten in place, atomically.
+            result.manifest["timings_s"] = {k: round(v, 3) for k, v in timer.seconds.items()}
+            _write_json(result.run_dir / "manifest.json", result.manifest)
+        staging.clear()
+        return results
+    finally:
+        for stage_dir in staging:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+        for slide in slides:
+            slide.close()
+
+
+def _read_tiles(
+    slide: Slide, config: PipelineConfig, progress: ProgressFn, index: int, count: int, cached: dict | None
+) -> _SlideData:
+    cfg = config.tiles
+    grid = plan_grid(slide, cfg)
+    label = slide.path.name if count == 1 else f"{slide.path.name} ({index + 1}/{count})"
+    warnings = []
+    if slide.mpp_source == "caller":
+        warnings.append(f"pixel size {slide.mpp:g} µm/px was given by the caller, not read from the file")
+    if cached is not None:
+        thumbnail = cached["thumbnails"][index]
+        progress("tiles", (index + 1) / count, f"{label}: reused cached tiles")
+    else:
+        thumbnail = read_thumbnail(
+            slide, grid,
+            progress=lambda done, total: progress("tiles", (index + done / total) / count, f"reading {label}"),
+        )
+    if not config.slide.allow_non_he:
+        check_brightfield_he(thumbnail)
+    mask = tissue_mask(thumbnail, grid.lowres_mpp, cfg)
+    if not config.slide.allow_non_he:
+        check_brightfield_he(thumbnail, mask)
+    selection = select_tiles(thumbnail, mask, grid, cfg)
+    require_tissue(selection, grid, cfg, slide.path.name)
+    counts = selection.counts()
+    if counts["artefact"] > 0.1 * grid.n_tiles:
+        warnings.append(f"{counts['artefact']} tiles dropped as near-black artefacts (pen, folds, borders)")
+    return _SlideData(
+        slide=slide,
+        name=slide.path.name,
+        quickhash=slide_quickhash(slide.path),
+        grid=grid,
+        thumbnail=thumbnail,
+        selection=selection,
+        tiles=tile_pixels(thumbnail, grid, selection.kept),
+        warnings=warnings,
+    )
+
+
+# --- cache ----------------------------------------------------------------------------------------------------------
+
+def _cache_key(slides: list[Slide], config: PipelineConfig) -> str:
+    from dataclasses import asdict
+
+    embedding = {k: v for k, v in asdict(config.embedding).items() if k != "num_threads"}
+    payload = {
+        "format": _CACHE_FORMAT,
+        "version": __version__,
+        "slides": [[slide_quickhash(s.path), round(s.mpp, 6), s.dimensions] for s in slides],
+        "tiles": asdict(config.tiles),
+        "allow_non_he": config.slide.allow_non_he,
+        "embedding": embedding,
+        "seed": config.seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cache_load(cache: Path, key: str) -> dict | None:
+    folder = cache / key
+    if not (folder / "complete").exists():
+        return None
+    try:
+        from .embeddings import TrainingHistory, load_checkpoint
+
+        with np.load(folder / "tiles.npz") as npz:
+            latents = npz["latents"]
+            thumbnails = [npz[f"thumbnail_{i}"] for i in range(int(npz["n_slides"]))]
+        history = TrainingHistory(**json.loads((folder / "history.json").read_text()))
+        model, _ = load_checkpoint(folder)
+    except (OSError, ValueError, KeyError, TypeError, TumlsQpError) as exc:
+        log.warning("ignoring the damaged cache entry %s: %s", folder, exc)
+        return None
+    log.info("reusing cached embeddings %s", folder)
+    return {"latents": latents, "thumbnails": thumbnails, "history": history, "model": model}
+
+
+def _cache_store(cache: Path, key: str, data: list[_SlideData], latents: np.ndarray, history: Any, model: Any) -> None:
+    from dataclasses import asdict
+
+    from .embeddings import save_checkpoint
+
+    folder = cache / key
+    tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        tmp.mkdir(parents=True)
+        arrays = {f"thumbnail_{i}": d.thumbnail for i, d in enumerate(data)}
+        np.savez_compressed(tmp / "tiles.npz", latents=latents, n_slides=len(data), **arrays)
+        (tmp / "history.json").write_text(json.dumps(asdict(history)))
+        save_checkpoint(model, tmp, {})
+        (tmp / "complete").write_text("")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except OSError as exc:
+        log.warning("could not store the embedding cache in %s: %s", cache, exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- run folder -----------------------------------------------------------------------------------------------------
+
+def _write_run(
+    folder: Path,
+    d: _SlideData,
+    config: PipelineConfig,
+    clustering: Clustering,
+    part: slice,
+    latents: np.ndarray,
+    history: Any,
+    model: Any,
+    cache_hit: bool,
+    timer: _Timer,
+    started: datetime,
+    cohort: list[str] | None,
+) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from .embeddings import reconstruct, save_checkpoint
+
+    labels = clustering.labels[part]
+    uncertainty = clustering.uncertainty[part]
+    distance = clustering.distance[part]
+    boxes = d.grid.boxes(d.selection.kept)
+    # Representatives of this slide: its own tiles closest to the (shared) centroids.
+    local = Clustering(
+        k=clustering.k, k_source=clustering.k_source, labels=labels, centroids=clustering.centroids,
+        distance=distance, uncertainty=uncertainty, uncertainty_scale=clustering.uncertainty_scale,
+        gaps=clustering.gaps, split_statistic=clustering.split_statistic, linkage=None, linkage_indices=None,
+    )
+    reps = select_representatives(local, config.representatives.n)
+    warnings = list(d.warnings)
+    if clustering.k == 1:
+        warnings.append(f"one tissue only (k = 1, {clustering.k_source})")
+    if not history.early_stopped:
+        warnings.append(f"autoencoder training stopped at max_epochs ({config.embedding.max_epochs}) before "
+                        "early stopping; the model may be under-trained")
+    present = sorted(set(labels.tolist()))
+    if cohort and len(present) < clustering.k:
+        absent = [t + 1 for t in range(clustering.k) if t not in present]
+        warnings.append(f"tissue(s) {absent} of the cohort do not occur on this slide")
+
+    # GeoJSON
+    features = tissue_features(boxes, labels, uncertainty, d.slide.mpp, reps, tile_objects=config.output.tile_objects)
+    collection = feature_collection(features)
+    problems = validate_geojson(collection)
+    if problems:  # a bug, not bad input: never hand QuPath a file it would refuse
+        raise RuntimeError("generated GeoJSON breaks QuPath's rules: " + "; ".join(problems[:5]))
+    geojson_name = "tissue.geojson.gz" if config.output.gzip else "tissue.geojson"
+    write_geojson(collection, folder / geojson_name)
+
+    # Tables
+    _write_csv(
+        folder / "tiles.csv",
+        ["x", "y", "w", "h", "tissue", "uncertainty", "distance", "tissue_fraction"],
+        [
+            [*map(int, b), int(t) + 1, f"{u:.5f}", f"{dist:.5f}", f"{tf:.3f}"]
+            for b, t, u, dist, tf in zip(boxes, labels, uncertainty, distance,
+                                          d.selection.tissue_fraction.ravel()[d.selection.kept])
+        ],
+    )
+    _write_csv(
+        folder / "representatives.csv",
+        ["tissue", "rank", "tile", "x", "y", "w", "h", "uncertainty", "distance"],
+        [[r.tissue + 1, r.rank, r.tile, *map(int, boxes[r.tile]), f"{r.uncertainty:.5f}", f"{r.distance:.5f}"]
+         for r in reps],
+    )
+    _write_csv(
+        folder / "training.csv",
+        ["epoch", "train_mse", "val_mse"],
+        [[i + 1, f"{t:.6g}", f"{v:.6g}"] for i, (t, v) in enumerate(zip(history.train_mse, history.val_mse))],
+    )
+
+    # Arrays for re-rendering and for the label-efficient methods (seeded clustering, dictionaries).
+    np.savez_compressed(
+        folder / "embeddings.npz",
+        latents=latents.astype(np.float32),
+        boxes=boxes.astype(np.int64),
+        tile_index=d.selection.kept,
+        labels=labels,
+        uncertainty=uncertainty,
+        distance=distance,
+        centroids=clustering.centroids,
+    )
+    dendrogram = {"gaps_k": np.array(sorted(clustering.gaps), dtype=np.int64),
+                  "gaps": np.array([clustering.gaps[k] for k in sorted(clustering.gaps)], dtype=np.float64)}
+    if clustering.linkage is not None:
+        dendrogram["linkage"] = clustering.linkage
+    np.savez_compressed(folder / "dendrogram.npz", **dendrogram)
+    examples = d.tiles[np.linspace(0, len(d.tiles) - 1, num=min(8, len(d.tiles))).astype(int)]
+    np.savez_compressed(folder / "reconstructions.npz", tiles=examples, reconstructed=reconstruct(model, examples))
+    Image.fromarray(d.thumbnail).save(folder / "thumbnail.png", optimize=True)
+    save_checkpoint(model, folder, {"history": asdict(history), "embedding": config_to_dict(config.embedding),
+                                    "tiles": config_to_dict(config.tiles), "seed": config.seed})
+
+    (folder / "config.toml").write_text(dump_config(config), encoding="utf-8")
+    manifest = _manifest(d, config, clustering, labels, reps, history, cache_hit, timer, started, cohort,
+                         geojson_name, len(features), warnings)
+    _write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+def _manifest(
+    d: _SlideData,
+    config: PipelineConfig,
+    clustering: Clustering,
+    labels: np.ndarray,
+    reps: list[Representative],
+    history: Any,
+    cache_hit: bool,
+    timer: _Timer,
+    started: datetime,
+    cohort: list[str] | None,
+    geojson_name: str,
+    n_features: int,
+    warnings: list[str],
+) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    slide, grid = d.slide, d.grid
+    counts = d.selection.counts()
+    return {
+        "tool": "tumls-qp",
+        "version": __version__,
+        "created": started.isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "dependencies": _dependency_versions(),
+        "seed": config.seed,
+        "device": history.device,
+        "slide": {
+            "path": str(slide.path.resolve()),
+            "name": slide.path.name,
+            "quickhash": d.quickhash,
+            "vendor": slide.vendor,
+            "width_px": slide.dimensions[0],
+            "height_px": slide.dimensions[1],
+            "levels": [list(s) for s in slide.level_dimensions],
+            "mpp": slide.mpp,
+            "mpp_source": slide.mpp_source,
+            "objective_power": slide.objective_power,
+        },
+        "tiles": {
+            "tile_um": grid.tile_um,
+            "tile_size_px": grid.tile_size,
+            "tile_px": grid.tile_px,
+            "lowres_mpp": grid.lowres_mpp,
+            "grid": list(grid.shape),
+            "total": grid.n_tiles,
+            "kept": counts["kept"],
+            "dropped": {"background": counts["background"], "artefact": counts["artefact"]},
+        },
+        "embedding": {
+            "cache": "hit" if cache_hit else "miss",
+            "epochs": len(history.train_mse),
+            "best_epoch": history.best_epoch,
+            "early_stopped": history.early_stopped,
+            "mse": history.mse,
+            "n_tiles": history.n_tiles,
+            "initialised_from": history.initialised_from,
+            "train_seconds": round(history.seconds, 3),
+        },
+        "clusters": {
+            "k": clustering.k,
+            "k_source": clustering.k_source,
+            "gaps": {str(k): v for k, v in clustering.gaps.items()},
+            "split_statistic": clustering.split_statistic,
+            "uncertainty_scale": clustering.uncertainty_scale,
+            "tiles_per_tissue": np.bincount(labels, minlength=clustering.k).tolist(),
+            "cohort_tiles_per_tissue": clustering.sizes(),
+        },
+        "representatives": [asdict(r) | {"tissue": r.tissue + 1} for r in reps],
+        "cohort": cohort,
+        "outputs": {"geojson": geojson_name, "geojson_features": n_features},
+        "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "warnings": warnings,
+        "config": config_to_dict(config),
+    }
+
+
+def _peak_rss_mb() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage / 1024 if sys.platform != "darwin" else usage / (1024 * 1024)
+
+
+def _dependency_versions() -> dict[str, str]:
+    out = {}
+    for name in _DEPENDENCIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, default=_json_default), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move a finished staging folder to ``target``, replacing an earlier run only once the new one is in place."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

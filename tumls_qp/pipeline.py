@@ -166,7 +166,8 @@ def analyze(
         try:
             results += _analyze_group([slide], [name], out, config, cache, progress, cohort=False)
         except TumlsQpError as exc:
-            log.error("%s: %s", slide.name, exc)
+            if len(slides) > 1:
+                log.error("%s: %s", slide.name, exc)
             first_error = first_error or exc
     if first_error is not None:
         if len(slides) > 1:

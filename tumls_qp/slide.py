@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .errors import MissingMppError, SlideOpenError
+from .errors import InvalidInputError, MissingMppError, SlideOpenError
 
 __all__ = ["Slide", "open_slide", "slide_quickhash"]
 
@@ -96,14 +96,29 @@ class Slide:
         rgb : (height, width, 3) uint8 ndarray
             Pixels outside the slide are white.
         """
+        width, height = int(size[0]), int(size[1])
+        downsample = self.level_downsamples[level]
+        level_w, level_h = self.level_dimensions[level]
+        # Clip to the level (tiffslide pads with black, which would read as an artefact), pad with white.
+        x_l, y_l = location[0] / downsample, location[1] / downsample
+        left, top = max(0, -int(np.floor(x_l))), max(0, -int(np.floor(y_l)))
+        right = max(0, min(width, int(np.floor(level_w - x_l))))
+        bottom = max(0, min(height, int(np.floor(level_h - y_l))))
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        if right <= left or bottom <= top:
+            return out
+        origin = (int(round(location[0] + left * downsample)), int(round(location[1] + top * downsample)))
         try:
-            region = self._handle.read_region(location, level, size, as_array=True)  # type: ignore[attr-defined]
+            region = self._handle.read_region(  # type: ignore[attr-defined]
+                origin, level, (right - left, bottom - top), as_array=True
+            )
         except Exception as exc:  # tifffile/imagecodecs raise many types on damaged data
             raise SlideOpenError(
                 f"cannot decode pixels of {self.path.name!r} at level {level}, location {location}, size {size}: "
                 f"{exc}. The file may be truncated or damaged; re-export or re-copy it."
             ) from exc
-        return _to_rgb(np.asarray(region))
+        out[top:bottom, left:right] = _to_rgb(np.asarray(region))
+        return out
 
     def best_level_for_mpp(self, mpp: float) -> int:
         """The coarsest level whose pixels are no larger than ``mpp`` µm/px (level 0 if none is)."""
@@ -243,6 +258,8 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None, mpp_ov
     """
     import tiffslide
 
+    if mpp is not None and not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
+        raise InvalidInputError(f"mpp must be a positive pixel size in µm/px; got {mpp!r}")
     path = Path(path)
     if not path.exists():
         raise SlideOpenError(f"slide file not found: {str(path)!r}. Check the path (and that the drive is mounted).")
@@ -264,8 +281,6 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None, mpp_ov
     try:
         file_mpp = _mpp_from_properties(props)
         if mpp is not None and (mpp_override or file_mpp is None):
-            if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
-                raise MissingMppError(f"mpp must be a positive pixel size in µm/px; got {mpp!r}")
             use_mpp, source = float(mpp), "caller"
         elif file_mpp is not None:
             use_mpp, source = file_mpp, "file"

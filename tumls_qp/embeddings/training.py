@@ -102,12 +102,12 @@ def _to_tensor(tiles: np.ndarray) -> torch.Tensor:
 
 
 def _split(n: int, fractions: tuple[float, float, float], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    if n < 10:
+        raise ConfigError(f"{n} tiles are too few to split into train/validation/test; at least 10 are needed")
     order = rng.permutation(n)
     n_val = max(1, int(round(n * fractions[1])))
     n_test = max(1, int(round(n * fractions[2])))
     n_train = n - n_val - n_test
-    if n_train < 2:
-        raise ConfigError(f"{n} tiles are too few to split into train/validation/test; at least 10 are needed")
     return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
 
 

@@ -52,7 +52,12 @@ def clean_polygonal(geometry: Any) -> Polygon | MultiPolygon | None:
     """
     if geometry is None or geometry.is_empty:
         return None
-    geometry = shapely.set_precision(geometry, GRID)
+    if not geometry.is_valid:
+        geometry = shapely.make_valid(geometry)
+    try:
+        geometry = shapely.set_precision(geometry, GRID)
+    except shapely.errors.GEOSException:  # rare topology failures: snap point by point, then repair
+        geometry = shapely.set_precision(geometry, GRID, mode="pointwise")
     if not geometry.is_valid:
         geometry = shapely.make_valid(geometry)
     parts = [g for g in _polygons(geometry) if not g.is_empty and g.area > 0]
@@ -371,9 +376,9 @@ def _geometry_problems(geometry: Any) -> list[str]:
         kind = geometry.get("type") if isinstance(geometry, dict) else type(geometry).__name__
         return [f"must be a Polygon or MultiPolygon; got {kind!r}"]
     coords = geometry.get("coordinates")
-    polygons = [coords] if geometry["type"] == "Polygon" else coords
-    if not isinstance(polygons, list) or not polygons:
+    if not isinstance(coords, list) or not coords:
         return ["empty coordinates"]
+    polygons = [coords] if geometry["type"] == "Polygon" else coords
     for p, rings in enumerate(polygons):
         if not isinstance(rings, list) or not rings:
             return [f"polygon {p} has no rings"]

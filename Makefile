@@ -1,0 +1,33 @@
+# The two commands a newcomer types on a fresh machine (see README.md):
+#   make demo   set up .venv and analyse the bundled real sample slide
+#   make test   set up .venv with the test tools and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed first and pinned: pip then takes a local CPU wheel of 2.13.0 where one lies in
+# pip's find-links, and PyPI's build for this platform elsewhere. An existing torch in the venv is kept.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-base
+	$(BIN)/python -m pip install --quiet -e ".[dev,server]"
+	touch $@
+
+demo: $(VENV)/.installed-base
+	$(BIN)/tumls-qp demo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) tumls-qp-demo .pytest_cache

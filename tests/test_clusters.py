@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from tumls_qp.clusters import SPLIT_CRITICAL_VALUE, choose_k, cluster_embeddings, dendrogram_gaps, split_statistic
+from tumls_qp.config import ClusterConfig
+from tumls_qp.errors import InvalidInputError
+from tumls_qp.representatives import select_representatives
+
+RNG = np.random.default_rng(0)
+MIX = RNG.standard_normal((256, 256)) * 0.1
+
+
+def _blob(n, shift=0.0, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 256)) @ MIX + shift
+
+
+def test_gaps_bracket_the_cut():
+    heights = np.array([1.0, 2.0, 3.0, 10.0, 30.0])  # 6 points
+    assert dendrogram_gaps(heights, 1, 8) == {2: 20.0, 3: 7.0, 4: 1.0, 5: 1.0}
+
+
+def test_choose_k_rule():
+    gaps = {2: 5.0, 3: 9.0, 4: 1.0}
+    assert choose_k(gaps, split_statistic=50.0, k_min=1) == (3, "dendrogram")
+    assert choose_k(gaps, split_statistic=0.5, k_min=1) == (1, "split test: one tissue")
+    assert choose_k(gaps, split_statistic=0.5, k_min=2) == (3, "dendrogram")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_gaussian_cloud_is_one_tissue(seed):
+    x = _blob(1500, seed=seed)
+    assert split_statistic(x, seed) < SPLIT_CRITICAL_VALUE
+    c = cluster_embeddings(x, ClusterConfig(), seed)
+    assert c.k == 1 and c.k_source == "split test: one tissue"
+    assert c.labels.tolist() == [0] * 1500
+
+
+def test_two_clouds_are_two_tissues_largest_first():
+    x = np.concatenate([_blob(300, 0.0, 1), _blob(700, 1.0, 2)])
+    c = cluster_embeddings(x, ClusterConfig(), 0)
+    assert c.k == 2 and c.k_source == "dendrogram"
+    assert c.sizes() == [700, 300]  # tissue 0 is the largest
+    assert (c.labels[300:] == 0).all() and (c.labels[:300] == 1).all()
+
+
+def test_three_separated_clouds():
+    x = np.concatenate([_blob(200, 0.0, 1), _blob(200, 3.0, 2), _blob(200, -3.0, 3)])
+    c = cluster_embeddings(x, ClusterConfig(), 0)
+    assert c.k == 3 and sorted(c.sizes()) == [200, 200, 200]
+
+
+def test_user_k_and_k_min():
+    x = _blob(300)
+    assert cluster_embeddings(x, ClusterConfig(k=4), 0).k == 4
+    assert cluster_embeddings(x, ClusterConfig(k=4), 0).k_source == "user"
+    assert cluster_embeddings(x, ClusterConfig(k_min=2), 0).k >= 2
+
+
+def test_linkage_is_subsampled_above_the_cap():
+    x = np.concatenate([_blob(400, 0.0, 1), _blob(400, 2.0, 2)])
+    c = cluster_embeddings(x, ClusterConfig(linkage_max_tiles=100), 0)
+    assert c.k == 2 and len(c.linkage_indices) == 100 and c.linkage.shape == (99, 4)
+    assert len(c.labels) == 800
+
+
+def test_uncertainty_is_normalised_distance():
+    x = np.concatenate([_blob(300, 0.0, 1), _blob(300, 2.0, 2)])
+    c = cluster_embeddings(x, ClusterConfig(), 0)
+    assert c.uncertainty.min() >= 0 and c.uncertainty.max() == 1.0
+    assert np.isclose(c.uncertainty_scale, np.percentile(c.distance, 99))
+    assert np.allclose(c.uncertainty, np.minimum(1, c.distance / c.uncertainty_scale), atol=1e-6)
+    assert np.allclose(c.distance, np.linalg.norm(x - c.centroids[c.labels], axis=1), atol=1e-3)
+
+
+def test_representatives_are_closest_to_centroid():
+    x = np.concatenate([_blob(100, 0.0, 1), _blob(60, 2.0, 2)])
+    c = cluster_embeddings(x, ClusterConfig(k=2), 0)
+    reps = select_representatives(c, 5)
+    assert [(r.tissue, r.rank) for r in reps] == [(t, r) for t in range(2) for r in range(1, 6)]
+    for tissue in range(2):
+        members = np.flatnonzero(c.labels == tissue)
+        best = members[np.argsort(c.distance[members])[:5]]
+        assert [r.tile for r in reps if r.tissue == tissue] == best.tolist()
+    assert len(select_representatives(c, 200)) == 160
+
+
+def test_k_larger_than_distinct_tiles():
+    x = np.repeat(_blob(3), 10, axis=0)
+    with pytest.raises(InvalidInputError, match="only 3 distinct tiles"):
+        cluster_embeddings(x, ClusterConfig(k=5), 0)
+
+
+def test_identical_tiles_give_one_tissue():
+    c = cluster_embeddings(np.ones((50, 256)), ClusterConfig(), 0)
+    assert c.k == 1 and np.all(c.uncertainty == 0)
+
+
+def test_bad_latents():
+    with pytest.raises(InvalidInputError, match="NaN"):
+        cluster_embeddings(np.full((10, 4), np.nan), ClusterConfig(), 0)
+    with pytest.raises(InvalidInputError, match="n >= 2"):
+        cluster_embeddings(np.ones((1, 4)), ClusterConfig(), 0)

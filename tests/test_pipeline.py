@@ -1,0 +1,160 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import tumls_qp.pipeline as pipeline
+from tumls_qp.config import replace_in
+from tumls_qp.errors import NoTissueError, NotBrightfieldError, OutputError
+from tumls_qp.outputs.geojson import validate_geojson_file
+from tumls_qp.pipeline import STAGES, analyze
+
+RUN_FILES = {"config.toml", "manifest.json", "tissue.geojson", "tiles.csv", "representatives.csv", "training.csv",
+             "embeddings.npz", "dendrogram.npz", "reconstructions.npz", "thumbnail.png", "model.pt", "model.json"}
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _assert_no_partial(out):
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_two_tissue_slide_run_folder(slides, fast_config, tmp_path):
+    events = []
+    [result] = analyze([slides["two-tissues"]], tmp_path, fast_config,
+                       progress=lambda stage, fraction, message: events.append((stage, fraction)))
+    run = tmp_path / "two-tissues"
+    assert result.run_dir == run and {p.name for p in run.iterdir()} == RUN_FILES
+    _assert_no_partial(tmp_path)
+    assert validate_geojson_file(run / "tissue.geojson") == []
+
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["tiles"]["total"] == 384 and m["tiles"]["kept"] + sum(m["tiles"]["dropped"].values()) == 384
+    assert m["clusters"]["k"] == 2 and m["clusters"]["k_source"] == "dendrogram"
+    assert set(m["embedding"]["mse"]) == {"train", "val", "test"}
+    assert m["slide"]["mpp"] == pytest.approx(0.5) and m["slide"]["width_px"] == 3072
+    assert set(m["timings_s"]) == set(STAGES) and m["peak_rss_mb"] > 0
+    assert m["dependencies"]["torch"] != "not installed" and m["seed"] == 0 and m["device"] == "cpu"
+    assert m["config"]["tiles"]["tile_um"] == 64.0
+
+    tiles = _rows(run / "tiles.csv")
+    assert len(tiles) == m["tiles"]["kept"]
+    assert {r["tissue"] for r in tiles} == {"1", "2"}
+    assert all(0 <= float(r["uncertainty"]) <= 1 for r in tiles)
+    # The tissues follow the scene: stroma left of a wavy boundary near x = 1536 px, epithelium right.
+    left = [r["tissue"] for r in tiles if int(r["x"]) + 64 < 1200]
+    right = [r["tissue"] for r in tiles if int(r["x"]) + 64 > 1900]
+    assert max(left.count("1"), left.count("2")) / len(left) > 0.9
+    assert max(right.count("1"), right.count("2")) / len(right) > 0.9
+    assert max(set(left), key=left.count) != max(set(right), key=right.count)
+
+    reps = _rows(run / "representatives.csv")
+    assert [(r["tissue"], r["rank"]) for r in reps] == [(t, str(i)) for t in ("1", "2") for i in range(1, 6)]
+    with np.load(run / "embeddings.npz") as npz:
+        assert npz["latents"].shape == (len(tiles), 256)
+
+    assert [s for s, _ in events if _ == 1.0][-1] == "outputs"
+    assert [s for s in dict.fromkeys(s for s, _ in events)] == list(STAGES)
+    assert all(0.0 <= f <= 1.0 for _, f in events)
+
+
+def test_homogeneous_slide_gives_one_tissue(slides, fast_config, tmp_path):
+    [result] = analyze([slides["homogeneous"]], tmp_path, fast_config)
+    m = result.manifest
+    assert m["clusters"]["k"] == 1 and m["clusters"]["k_source"] == "split test: one tissue"
+    assert any("one tissue only" in w for w in m["warnings"])
+    assert validate_geojson_file(result.run_dir / "tissue.geojson") == []
+    assert len(_rows(result.run_dir / "representatives.csv")) == 5
+
+
+def test_cohort_shares_tissue_numbers(slides, fast_config, tmp_path):
+    config = replace_in(fast_config, **{"clusters.k": 2})
+    results = analyze([slides["two-tissues"], slides["homogeneous"]], tmp_path, config, cohort=True)
+    assert [r.run_dir.name for r in results] == ["two-tissues", "homogeneous"]
+    assert results[0].manifest["cohort"] == ["two-tissues", "homogeneous"]
+    assert results[0].manifest["clusters"]["cohort_tiles_per_tissue"] == results[1].manifest["clusters"][
+        "cohort_tiles_per_tissue"]
+    # The homogeneous slide is all stroma-like: its tiles take the tissue of the two-tissue slide's stroma side.
+    first = _rows(results[0].run_dir / "tiles.csv")
+    stroma = [r["tissue"] for r in first if int(r["x"]) + 64 < 1200]
+    stroma_id = max(set(stroma), key=stroma.count)
+    second = [r["tissue"] for r in _rows(results[1].run_dir / "tiles.csv")]
+    assert second.count(stroma_id) / len(second) > 0.9
+    for r in results:
+        assert validate_geojson_file(r.run_dir / "tissue.geojson") == []
+
+
+def test_cache_is_reused(slides, fast_config, tmp_path):
+    cache = tmp_path / "cache"
+    [first] = analyze([slides["two-tissues"]], tmp_path / "a", fast_config, cache_dir=cache)
+    [second] = analyze([slides["two-tissues"]], tmp_path / "b", fast_config, cache_dir=cache)
+    assert first.manifest["embedding"]["cache"] == "miss" and second.manifest["embedding"]["cache"] == "hit"
+    assert "train" not in second.manifest["timings_s"]
+    assert (tmp_path / "a/two-tissues/tiles.csv").read_text() == (tmp_path / "b/two-tissues/tiles.csv").read_text()
+    # Another parameter of the embedding stage is another cache entry.
+    [third] = analyze([slides["two-tissues"]], tmp_path / "c", replace_in(fast_config, seed=5), cache_dir=cache)
+    assert third.manifest["embedding"]["cache"] == "miss"
+    # A different k reuses the embeddings.
+    [fourth] = analyze([slides["two-tissues"]], tmp_path / "d", replace_in(fast_config, **{"clusters.k": 3}),
+                       cache_dir=cache)
+    assert fourth.manifest["embedding"]["cache"] == "hit" and fourth.manifest["clusters"]["k"] == 3
+
+
+def test_failure_leaves_nothing_half_written(slides, fast_config, tmp_path, monkeypatch):
+    [earlier] = analyze([slides["two-tissues"]], tmp_path, fast_config)
+    before = {p.name: p.read_bytes() for p in earlier.run_dir.iterdir()}
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "write_geojson", boom)
+    with pytest.raises(OSError, match="disk full"):
+        analyze([slides["two-tissues"]], tmp_path, replace_in(fast_config, seed=9))
+    _assert_no_partial(tmp_path)
+    assert {p.name: p.read_bytes() for p in earlier.run_dir.iterdir()} == before
+
+
+def test_rerun_replaces_the_run_folder(slides, fast_config, tmp_path):
+    analyze([slides["two-tissues"]], tmp_path, fast_config)
+    (tmp_path / "two-tissues" / "stale.txt").write_text("from an earlier run")
+    analyze([slides["two-tissues"]], tmp_path, replace_in(fast_config, **{"clusters.k": 3}))
+    assert not (tmp_path / "two-tissues" / "stale.txt").exists()
+    assert json.loads((tmp_path / "two-tissues/manifest.json").read_text())["clusters"]["k"] == 3
+    _assert_no_partial(tmp_path)
+
+
+def test_batch_goes_on_after_a_bad_slide(slides, fast_config, tmp_path):
+    with pytest.raises(NoTissueError) as info:
+        analyze([slides["blank"], slides["homogeneous"]], tmp_path, fast_config)
+    assert "1 of 2 slides were analysed" in info.value.__notes__[0]
+    assert (tmp_path / "homogeneous" / "manifest.json").is_file() and not (tmp_path / "blank").exists()
+
+
+def test_cohort_fails_as_a_whole(slides, fast_config, tmp_path):
+    with pytest.raises(NotBrightfieldError):
+        analyze([slides["homogeneous"], slides["fluorescence"]], tmp_path, fast_config, cohort=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_allow_non_he_analyses_dab(slides, fast_config, tmp_path):
+    config = replace_in(fast_config, **{"slide.allow_non_he": True})
+    [result] = analyze([slides["dab"]], tmp_path, config)
+    assert validate_geojson_file(result.run_dir / "tissue.geojson") == []
+
+
+def test_gzip_output(slides, fast_config, tmp_path):
+    [result] = analyze([slides["homogeneous"]], tmp_path, replace_in(fast_config, **{"output.gzip": True,
+                                                                                         "output.tile_objects": False}))
+    assert (result.run_dir / "tissue.geojson.gz").is_file() and not (result.run_dir / "tissue.geojson").exists()
+    assert validate_geojson_file(result.run_dir / "tissue.geojson.gz") == []
+
+
+def test_unwritable_output_folder(slides, fast_config, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="cannot write into the output folder"):
+        analyze([slides["homogeneous"]], blocker / "out", fast_config)

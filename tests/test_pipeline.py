@@ -11,7 +11,7 @@ from tumls_qp.outputs.geojson import validate_geojson_file
 from tumls_qp.pipeline import STAGES, analyze
 
 RUN_FILES = {"config.toml", "manifest.json", "tissue.geojson", "tiles.csv", "representatives.csv", "training.csv",
-             "embeddings.npz", "dendrogram.npz", "reconstructions.npz", "thumbnail.png", "model.pt", "model.json"}
+             "embeddings.npz", "dendrogram.npz", "reconstructions.npz", "thumbnail.png", "model.pt", "model.json", "patches"}
 
 
 def _rows(path):
@@ -54,6 +54,13 @@ def test_two_tissue_slide_run_folder(slides, fast_config, tmp_path):
 
     reps = _rows(run / "representatives.csv")
     assert [(r["tissue"], r["rank"]) for r in reps] == [(t, str(i)) for t in ("1", "2") for i in range(1, 6)]
+    patches = sorted(p.name for p in (run / "patches").iterdir())
+    assert patches == sorted(f"tissue{t}-rank{r}.jpg" for t in (1, 2) for r in range(1, 6))
+    assert m["representatives"][0]["patch"] == "patches/tissue1-rank1.jpg" and m["representatives"][0]["patch_mpp"] == 0.5
+    from PIL import Image
+
+    with Image.open(run / "patches" / "tissue1-rank1.jpg") as patch:
+        assert patch.size == (128, 128)  # 64 µm at 0.5 µm/px
     with np.load(run / "embeddings.npz") as npz:
         assert npz["latents"].shape == (len(tiles), 256)
 

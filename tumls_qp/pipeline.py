@@ -62,6 +62,8 @@ ProgressFn = Callable[[str, float, str], None]
 _DEPENDENCIES = ("numpy", "scipy", "scikit-image", "scikit-learn", "shapely", "tiffslide", "tifffile",
                  "imagecodecs", "pillow", "torch", "matplotlib", "reportlab")
 _CACHE_FORMAT = 1
+#: Largest side in pixels of a saved representative patch (larger tiles are saved downsampled).
+PATCH_MAX_PX = 2048
 
 
 @dataclass
@@ -470,11 +472,12 @@ def _write_run(
     examples = d.tiles[np.linspace(0, len(d.tiles) - 1, num=min(8, len(d.tiles))).astype(int)]
     np.savez_compressed(folder / "reconstructions.npz", tiles=examples, reconstructed=reconstruct(model, examples))
     Image.fromarray(d.thumbnail).save(folder / "thumbnail.png", optimize=True)
+    patches = _write_patches(folder, d.slide, boxes, reps)
     save_checkpoint(model, folder, {"history": asdict(history), "embedding": config_to_dict(config.embedding),
                                     "tiles": config_to_dict(config.tiles), "seed": config.seed})
 
     (folder / "config.toml").write_text(dump_config(config), encoding="utf-8")
-    manifest = _manifest(d, config, clustering, labels, reps, history, cache_hit, timer, started, cohort,
+    manifest = _manifest(d, config, clustering, labels, reps, patches, history, cache_hit, timer, started, cohort,
                          geojson_name, len(features), warnings)
     _write_json(folder / "manifest.json", manifest)
     return manifest
@@ -486,6 +489,7 @@ def _manifest(
     clustering: Clustering,
     labels: np.ndarray,
     reps: list[Representative],
+    patches: list[tuple[str, float]],
     history: Any,
     cache_hit: bool,
     timer: _Timer,
@@ -549,7 +553,8 @@ def _manifest(
             "tiles_per_tissue": np.bincount(labels, minlength=clustering.k).tolist(),
             "cohort_tiles_per_tissue": clustering.sizes(),
         },
-        "representatives": [asdict(r) | {"tissue": r.tissue + 1} for r in reps],
+        "representatives": [asdict(r) | {"tissue": r.tissue + 1, "patch": patch, "patch_mpp": patch_mpp}
+                            for r, (patch, patch_mpp) in zip(reps, patches)],
         "cohort": cohort,
         "outputs": {"geojson": geojson_name, "geojson_features": n_features},
         "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
@@ -557,6 +562,19 @@ def _manifest(
         "warnings": warnings,
         "config": config_to_dict(config),
     }
+
+
+def _write_patches(folder: Path, slide: Slide, boxes: np.ndarray, reps: list[Representative]) -> list[tuple[str, float]]:
+    """Save each representative at full resolution (at most PATCH_MAX_PX a side); returns (file, µm/px) per patch."""
+    (folder / "patches").mkdir()
+    out = []
+    for rep in reps:
+        box = tuple(int(v) for v in boxes[rep.tile])
+        mpp = slide.mpp * max(1.0, max(box[2], box[3]) / PATCH_MAX_PX)
+        name = f"patches/tissue{rep.tissue + 1}-rank{rep.rank}.jpg"
+        Image.fromarray(slide.read_box(box, mpp)).save(folder / name, quality=92)
+        out.append((name, mpp))
+    return out
 
 
 def _peak_rss_mb() -> float:

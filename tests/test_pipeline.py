@@ -113,7 +113,7 @@ def test_cache_is_reused(slides, fast_config, tmp_path):
 
 def test_failure_leaves_nothing_half_written(slides, fast_config, tmp_path, monkeypatch):
     [earlier] = analyze([slides["two-tissues"]], tmp_path, fast_config)
-    before = {p.name: p.read_bytes() for p in earlier.run_dir.iterdir()}
+    before = {p.relative_to(earlier.run_dir): p.read_bytes() for p in earlier.run_dir.rglob("*") if p.is_file()}
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
@@ -122,7 +122,7 @@ def test_failure_leaves_nothing_half_written(slides, fast_config, tmp_path, monk
     with pytest.raises(OSError, match="disk full"):
         analyze([slides["two-tissues"]], tmp_path, replace_in(fast_config, seed=9))
     _assert_no_partial(tmp_path)
-    assert {p.name: p.read_bytes() for p in earlier.run_dir.iterdir()} == before
+    assert {p.relative_to(earlier.run_dir): p.read_bytes() for p in earlier.run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_rerun_replaces_the_run_folder(slides, fast_config, tmp_path):

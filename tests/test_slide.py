@@ -44,6 +44,24 @@ def test_outside_the_slide_reads_white(slides):
         assert slide.read_region((5000, 5000), 1, (4, 4)).min() == 255
 
 
+def test_ome_tiff_pixel_size(tmp_path):
+    import tifffile
+
+    from tumls_qp.testing import render_scene
+
+    rgb = render_scene("two-tissues", 0, 0, 1024, 512, 0.5, (512, 256))
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(rgb, subifds=1, tile=(256, 256), photometric="rgb", compression="zlib",
+                 metadata={"axes": "YXS", "PhysicalSizeX": 250, "PhysicalSizeXUnit": "nm",
+                           "PhysicalSizeY": 250, "PhysicalSizeYUnit": "nm"})
+        tw.write(rgb[::2, ::2], subfiletype=1, tile=(256, 256), photometric="rgb", compression="zlib")
+    with open_slide(path) as slide:
+        assert slide.mpp == pytest.approx(0.25) and slide.mpp_source == "file"
+        assert slide.level_dimensions == ((1024, 512), (512, 256))
+        assert np.array_equal(slide.read_box((0, 0, 1024, 512), 0.25), rgb)
+
+
 def test_missing_mpp_says_how_to_pass_it(slides):
     with pytest.raises(MissingMppError, match="--mpp"):
         open_slide(slides["no-mpp"])

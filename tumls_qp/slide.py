@@ -279,7 +279,7 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None, mpp_ov
             "generic/OME TIFF; the file may also be truncated or damaged."
         ) from exc
     try:
-        file_mpp = _mpp_from_properties(props)
+        file_mpp = _mpp_from_properties(props) or _ome_mpp(handle)
         if mpp is not None and (mpp_override or file_mpp is None):
             use_mpp, source = float(mpp), "caller"
         elif file_mpp is not None:
@@ -318,6 +318,33 @@ def _float_or_none(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) and out > 0 else None
+
+
+_OME_UNITS_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def _ome_mpp(handle: object) -> float | None:
+    """Pixel size of the first image of an OME-TIFF (tiffslide reads OME-TIFF as generic TIFF and ignores it)."""
+    import xml.etree.ElementTree as ET
+
+    tif = getattr(handle, "ts_tifffile", None)
+    if tif is None or not getattr(tif, "is_ome", False):
+        return None
+    try:
+        root = ET.fromstring(tif.ome_metadata)
+    except (ET.ParseError, TypeError):
+        return None
+    for element in root.iter():
+        if element.tag.endswith("}Pixels") or element.tag == "Pixels":
+            sizes = []
+            for axis in ("X", "Y"):
+                value = _float_or_none(element.get(f"PhysicalSize{axis}"))
+                scale = _OME_UNITS_UM.get(element.get(f"PhysicalSize{axis}Unit", "µm"))
+                if value is None or scale is None:
+                    return None
+                sizes.append(value * scale)
+            return sum(sizes) / 2
+    return None
 
 
 def _mpp_from_properties(props: dict) -> float | None:

@@ -219,11 +219,13 @@ def _analyze_group(
     try:
         for path in paths:
             slides.append(open_slide(path, mpp=config.slide.mpp, mpp_override=config.slide.mpp_override))
-        key = _cache_key(slides, config)
+        hashes = [slide_quickhash(s.path) for s in slides]
+        key = _cache_key(slides, hashes, config)
         cached = _cache_load(cache, key) if cache else None
 
         with timer.stage("tiles"):
-            data = [_read_tiles(s, config, progress, i, len(slides), cached) for i, s in enumerate(slides)]
+            data = [_read_tiles(s, h, config, progress, i, len(slides), cached)
+                    for i, (s, h) in enumerate(zip(slides, hashes))]
         all_tiles = np.concatenate([d.tiles for d in data])
 
         if cached is not None:
@@ -282,7 +284,13 @@ def _analyze_group(
 
 
 def _read_tiles(
-    slide: Slide, config: PipelineConfig, progress: ProgressFn, index: int, count: int, cached: dict | None
+    slide: Slide,
+    quickhash: str,
+    config: PipelineConfig,
+    progress: ProgressFn,
+    index: int,
+    count: int,
+    cached: dict | None,
 ) -> _SlideData:
     cfg = config.tiles
     grid = plan_grid(slide, cfg)
@@ -311,7 +319,7 @@ def _read_tiles(
     return _SlideData(
         slide=slide,
         name=slide.path.name,
-        quickhash=slide_quickhash(slide.path),
+        quickhash=quickhash,
         grid=grid,
         thumbnail=thumbnail,
         selection=selection,
@@ -322,14 +330,14 @@ def _read_tiles(
 
 # --- cache ----------------------------------------------------------------------------------------------------------
 
-def _cache_key(slides: list[Slide], config: PipelineConfig) -> str:
+def _cache_key(slides: list[Slide], hashes: list[str], config: PipelineConfig) -> str:
     from dataclasses import asdict
 
     embedding = {k: v for k, v in asdict(config.embedding).items() if k != "num_threads"}
     payload = {
         "format": _CACHE_FORMAT,
         "version": __version__,
-        "slides": [[slide_quickhash(s.path), round(s.mpp, 6), s.dimensions] for s in slides],
+        "slides": [[h, round(s.mpp, 6), s.dimensions] for s, h in zip(slides, hashes)],
         "tiles": asdict(config.tiles),
         "allow_non_he": config.slide.allow_non_he,
         "embedding": embedding,

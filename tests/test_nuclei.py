@@ -186,6 +186,17 @@ def test_black_region_gives_no_nuclei_inside():
     assert areas_um2(result.mask2, mpp).max() < GIANT_UM2
 
 
+def test_coloured_ink_is_an_artefact():
+    # Green ink absorbs red and blue: no mix of haematoxylin and eosin has that colour.
+    mpp = 0.5
+    rgb = he_image((200, 200), [(x, y, 3.5) for x in range(10, 100, 15) for y in range(10, 100, 15)], mpp)
+    cv2.line(rgb, (0, 20), (199, 180), (30, 120, 40), 16)
+    result = segment_nuclei(rgb, mpp)
+    assert result.artefacts[20, 0] and result.artefacts[100, 100]
+    assert not result.artefacts[5, 190]  # plain eosin
+    assert not result.mask1[100, 100]
+
+
 @pytest.mark.parametrize("rgb, mpp, message", [
     (np.zeros((10, 10, 3), np.float32), 0.25, "rgb"),
     (np.zeros((10, 10), np.uint8), 0.25, "rgb"),
@@ -376,7 +387,7 @@ def test_config_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [
-    ("representatives", 0), ("nucleus_radius_um", 0.0), ("min_spacing_um", -1.0), ("min_area_um2", -1.0),
+    ("representatives", 0), ("nucleus_radius_min_um", 0.0), ("nucleus_radius_max_um", 1.0), ("min_area_um2", -1.0),
     ("max_area_um2", 5.0), ("smoothing_um", 50.0), ("threshold_block_um", 2.0), ("tissue_od", 0.0),
     ("achromatic_range", 300.0), ("macenko_alpha", 50.0), ("macenko_min_pixels", 5), ("enabled", 1),
 ])

@@ -211,11 +211,11 @@ class NucleiConfig:
     #: How many of each tissue's representatives get segmented, nearest to the centroid
     #: first. None: all of them (``representatives.n``).
     representatives: int | None = None
-    #: Typical nucleus radius in µm. Sets the scale of the blob detector that places one
-    #: marker per nucleus for the de-merging (mask 2). Nuclei are 4-10 µm across in most tissues.
-    nucleus_radius_um: float = 3.0
-    #: Two nucleus centres closer than this (µm) are one nucleus: the radius of the smallest nuclei.
-    min_spacing_um: float = 2.5
+    #: Radius (µm) of the smallest and of the largest nuclei to separate. The de-merging
+    #: (mask 2) places one marker per haematoxylin blob found at radii in this range
+    #: (nuclei are about 4-12 µm across in H&E: lymphocytes to large tumour nuclei).
+    nucleus_radius_min_um: float = 2.0
+    nucleus_radius_max_um: float = 6.0
     #: Objects smaller than this (µm²) are debris or noise, not nuclei (about 3 µm across).
     min_area_um2: float = 8.0
     #: Objects larger than this (µm²) are artefacts (folds, pen marks, dirt), not nuclei
@@ -240,6 +240,10 @@ class NucleiConfig:
     #: that is not white is achromatic: black or grey noise (dirt, pen, folds, scanner
     #: artefacts). H&E colours, even of the darkest nuclei, stay above it.
     achromatic_range: float = 18.0
+    #: A stained pixel whose optical-density direction lies more than this angle (degrees)
+    #: off the plane of the tile's haematoxylin and eosin vectors is not H&E (coloured ink,
+    #: other dyes). H&E pixels, nuclei included, stay within about 15°.
+    max_off_stain_deg: float = 20.0
     #: Macenko: the stain vectors are the (alpha, 100 - alpha) percentiles of the angle of
     #: tissue pixels in the plane of the two main optical-density directions.
     macenko_alpha: float = 1.0
@@ -253,10 +257,12 @@ class NucleiConfig:
             _require(isinstance(self.representatives, int) and not isinstance(self.representatives, bool)
                      and self.representatives >= 1, "nuclei.representatives", self.representatives,
                      "an integer >= 1 or unset")
-        _require(_is_number(self.nucleus_radius_um) and 0.5 <= self.nucleus_radius_um <= 50,
-                 "nuclei.nucleus_radius_um", self.nucleus_radius_um, "a radius in µm between 0.5 and 50")
-        _require(_is_number(self.min_spacing_um) and 0 < self.min_spacing_um <= 50,
-                 "nuclei.min_spacing_um", self.min_spacing_um, "a distance in µm in (0, 50]")
+        _require(_is_number(self.nucleus_radius_min_um) and 0.5 <= self.nucleus_radius_min_um <= 50,
+                 "nuclei.nucleus_radius_min_um", self.nucleus_radius_min_um, "a radius in µm between 0.5 and 50")
+        _require(_is_number(self.nucleus_radius_max_um)
+                 and self.nucleus_radius_min_um <= self.nucleus_radius_max_um <= 100,
+                 "nuclei.nucleus_radius_max_um", self.nucleus_radius_max_um,
+                 f"a radius in µm between nuclei.nucleus_radius_min_um ({self.nucleus_radius_min_um}) and 100")
         _require(_is_number(self.min_area_um2) and self.min_area_um2 >= 0, "nuclei.min_area_um2",
                  self.min_area_um2, "an area in µm² >= 0")
         _require(_is_number(self.max_area_um2) and self.max_area_um2 > self.min_area_um2,
@@ -273,6 +279,8 @@ class NucleiConfig:
                  "an optical density in (0, 2)")
         _require(_is_number(self.achromatic_range) and 0 <= self.achromatic_range <= 255,
                  "nuclei.achromatic_range", self.achromatic_range, "a colour range in [0, 255]")
+        _require(_is_number(self.max_off_stain_deg) and 0 < self.max_off_stain_deg <= 90,
+                 "nuclei.max_off_stain_deg", self.max_off_stain_deg, "an angle in degrees in (0, 90]")
         _require(_is_number(self.macenko_alpha) and 0 <= self.macenko_alpha < 50, "nuclei.macenko_alpha",
                  self.macenko_alpha, "a percentile in [0, 50)")
         _require(isinstance(self.macenko_min_pixels, int) and not isinstance(self.macenko_min_pixels, bool)

@@ -361,7 +361,7 @@ def test_real_tile_is_plausible(bladder):
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("factor", [0.5, 2.0])
+@pytest.mark.parametrize("factor", [0.25, 0.5, 2.0])
 def test_real_tile_at_another_magnification(bladder, factor):
     rgb, mpp = bladder
     crop = rgb[:500, :500] if factor > 1 else rgb

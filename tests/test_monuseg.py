@@ -172,6 +172,8 @@ def test_list_folder_errors(tmp_path):
         list_monuseg(tmp_path)
     with pytest.raises(InvalidInputError, match="^limit must be"):
         run_monuseg_benchmark(tmp_path, limit=0)
+    with pytest.raises(InvalidInputError, match="^repeats must be"):
+        run_monuseg_benchmark(tmp_path, repeats=0)
 
 
 # --------------------------------------------------------------------------- the benchmark on real data
@@ -182,7 +184,8 @@ def one_image_result():
     if not MONUSEG.is_dir():
         pytest.skip(f"MoNuSeg test data not found at {MONUSEG}")
     calls = []
-    result = run_monuseg_benchmark(MONUSEG, limit=1, progress=lambda done, total: calls.append((done, total)))
+    result = run_monuseg_benchmark(MONUSEG, limit=1, repeats=1,
+                                   progress=lambda done, total: calls.append((done, total)))
     return result, calls
 
 
@@ -213,7 +216,7 @@ def test_report_is_written(one_image_result, tmp_path):
         assert heading in text
     assert "| Kidney | 1 |" in text and "**mean of images**" in text
     assert f"{result.mean('mask2', 'aji'):.4f}" in text
-    assert "cores:" in text and "threads used: 1" in text
+    assert "cores:" in text and "threads used: 1" in text and "fastest of 1 run(s)" in text
 
 
 @pytest.mark.realdata
@@ -221,8 +224,8 @@ def test_main_entry_point(tmp_path, capsys):
     if not MONUSEG.is_dir():
         pytest.skip(f"MoNuSeg test data not found at {MONUSEG}")
     report = tmp_path / "monuseg.md"
-    assert main([str(MONUSEG), "--report", str(report), "--limit", "1"]) == 0
+    assert main([str(MONUSEG), "--report", str(report), "--limit", "1", "--repeats", "1"]) == 0
     text = report.read_text(encoding="utf-8")
-    assert f"python -m tumls_qp.monuseg {MONUSEG} --report {report} --limit 1" in text
+    assert f"python -m tumls_qp.monuseg {MONUSEG} --report {report} --limit 1 --repeats 1" in text
     assert "mask 2: Dice" in capsys.readouterr().out
     assert main([str(tmp_path / "missing")]) == 2

@@ -202,7 +202,7 @@ def test_benchmark_on_one_image(one_image_result):
     assert m2["n_true"] == 575
     # De-merging separates nuclei: better AJI than the connected components of mask 1.
     assert m2["aji"] > image.metrics["mask1"]["aji"]
-    assert 0 < image.seconds < 5
+    assert 0 < image.seconds < 5 and 0 < image.cpu_seconds < 5
 
 
 @pytest.mark.realdata

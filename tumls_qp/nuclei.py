@@ -202,7 +202,7 @@ def _check_cfg(cfg: Any) -> NucleiConfig:
 
 def _subsample_step(height: int, width: int) -> int:
     """Stride that leaves about _STATS_PIXELS pixels of a (height, width) image."""
-    return max(1, int(math.sqrt(height * width / _STATS_PIXELS)))
+    return max(1, math.ceil(math.sqrt(height * width / _STATS_PIXELS)))
 
 
 def _achromatic(rgb: np.ndarray, max_range: float) -> np.ndarray:
@@ -307,23 +307,33 @@ def haematoxylin_od(rgb: np.ndarray, stains: np.ndarray = REFERENCE_STAINS) -> n
     stains = np.asarray(stains, dtype=np.float64)
     if stains.shape != (2, 3) or not np.all(np.isfinite(stains)):
         raise InvalidInputError(f"stains must be a finite (2, 3) array; got shape {stains.shape}")
-    return _deconvolve(rgb, stains, None)[0]
+    return _deconvolve(rgb, stains, None, 1)[0]
 
 
-def _deconvolve(rgb: np.ndarray, stains: np.ndarray, max_off_deg: float | None) -> tuple[np.ndarray, Any]:
-    """Haematoxylin (H, W) float32 >= 0, and the pixels whose OD lies more than ``max_off_deg`` off the stains' plane."""
+def _deconvolve(rgb: np.ndarray, stains: np.ndarray, max_off_deg: float | None,
+                stride: int) -> tuple[np.ndarray, Any]:
+    """Haematoxylin (H, W) float32 >= 0, and the pixels whose OD lies more than ``max_off_deg`` off the stains' plane.
+
+    The off-plane test runs on every ``stride``-th pixel and is carried back by nearest
+    neighbour: the inks it finds are strokes, far wider than a pixel.
+    """
     od = cv2.LUT(rgb, _OD_LUT3)  # (H, W, 3) float32 optical densities
     weights = np.linalg.pinv(stains)[:, 0].astype(np.float32)  # (3,): OD -> haematoxylin
     h = np.maximum(cv2.transform(od, weights[None, :]).reshape(rgb.shape[:2]), 0, dtype=np.float32)
     if max_off_deg is None:
         return h, None
+    sampled = np.ascontiguousarray(od[::stride, ::stride])
     normal = np.cross(stains[0], stains[1])
     normal = (normal / np.linalg.norm(normal)).astype(np.float32)
-    off = cv2.transform(od, normal[None, :]).reshape(rgb.shape[:2])
-    norm2 = cv2.transform(cv2.multiply(od, od), np.ones((1, 3), dtype=np.float32)).reshape(rgb.shape[:2])
+    off = cv2.transform(sampled, normal[None, :]).reshape(sampled.shape[:2])
+    norm2 = cv2.transform(cv2.multiply(sampled, sampled), np.ones((1, 3), dtype=np.float32)).reshape(off.shape)
     sin2 = np.float32(math.sin(math.radians(max_off_deg)) ** 2)
     # Stained pixels only (OD norm above Macenko's beta): the colour of glass is noise.
-    return h, (off * off > sin2 * norm2) & (norm2 > np.float32(_MACENKO_BETA ** 2))
+    mask = (off * off > sin2 * norm2) & (norm2 > np.float32(_MACENKO_BETA ** 2))
+    if stride > 1:
+        mask = cv2.resize(mask.view(np.uint8), (mask.shape[1] * stride, mask.shape[0] * stride),
+                          interpolation=cv2.INTER_NEAREST)[: rgb.shape[0], : rgb.shape[1]].view(bool)
+    return h, mask
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -715,7 +725,8 @@ def segment_nuclei(rgb: np.ndarray, mpp: float, cfg: NucleiConfig = NucleiConfig
     stains = _macenko(od_sub[(_od_norm(od_sub) > _MACENKO_BETA) & clean_sub], cfg.macenko_alpha,
                       cfg.macenko_min_pixels)
     tissue_sub = (od_sub.mean(axis=1) > cfg.tissue_od) & clean_sub
-    h_raw, off_stain = _deconvolve(rgb, stains.matrix.astype(np.float64), cfg.max_off_stain_deg)
+    h_raw, off_stain = _deconvolve(rgb, stains.matrix.astype(np.float64), cfg.max_off_stain_deg,
+                                   max(1, int(round(0.5 * px_per_um))))
     # Colours that no mix of haematoxylin and eosin makes (coloured ink, dyes) are noise too.
     artefacts |= off_stain
     np.copyto(h_raw, 0.0, where=artefacts)

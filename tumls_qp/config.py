@@ -211,15 +211,16 @@ class NucleiConfig:
     #: How many of each tissue's representatives get segmented, nearest to the centroid
     #: first. None: all of them (``representatives.n``).
     representatives: int | None = None
-    #: Radius (µm) of the smallest and of the largest nuclei to separate. The de-merging
-    #: (mask 2) places one marker per haematoxylin blob found at radii in this range
+    #: Radius (µm) of the smallest nuclei to separate. The de-merging (mask 2) places one
+    #: marker per haematoxylin blob found at radii from this to ``nucleus_radius_max_um``
     #: (nuclei are about 4-12 µm across in H&E: lymphocytes to large tumour nuclei).
     nucleus_radius_min_um: float = 2.0
+    #: Radius (µm) of the largest nuclei to separate (the largest blob scale).
     nucleus_radius_max_um: float = 6.0
     #: Objects smaller than this (µm²) are debris or noise, not nuclei (about 3 µm across).
     min_area_um2: float = 8.0
-    #: Objects larger than this (µm²) are artefacts (folds, pen marks, dirt), not nuclei
-    #: (about 22 µm across, beyond the largest tumour nuclei).
+    #: Nuclei (mask 2 instances) larger than this (µm²) are artefacts (folds, pen marks,
+    #: dirt), not nuclei (about 22 µm across, beyond the largest tumour nuclei).
     max_area_um2: float = 400.0
     #: Standard deviation (µm) of the Gaussian that denoises the haematoxylin channel
     #: (pixel noise, the "grey noise" of TUMLS, chromatin texture).
@@ -242,7 +243,7 @@ class NucleiConfig:
     achromatic_range: float = 18.0
     #: A stained pixel whose optical-density direction lies more than this angle (degrees)
     #: off the plane of the tile's haematoxylin and eosin vectors is not H&E (coloured ink,
-    #: other dyes). H&E pixels, nuclei included, stay within about 15°.
+    #: other dyes). Nearly all H&E pixels, nuclei included, stay within about 15°.
     max_off_stain_deg: float = 20.0
     #: Macenko: the stain vectors are the (alpha, 100 - alpha) percentiles of the angle of
     #: tissue pixels in the plane of the two main optical-density directions.

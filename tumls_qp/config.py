@@ -25,6 +25,7 @@ __all__ = [
     "EmbeddingConfig",
     "ClusterConfig",
     "RepresentativeConfig",
+    "NucleiConfig",
     "OutputConfig",
     "PipelineConfig",
     "load_config",
@@ -193,6 +194,98 @@ class RepresentativeConfig:
 
 
 @dataclass(frozen=True)
+class NucleiConfig:
+    """Classical nucleus segmentation of the representatives (TUMLS sections 3.2 and 4.2).
+
+    No machine learning: stain deconvolution, Otsu thresholds and morphology. Every size
+    is in µm (or µm²) and is converted with the tile's pixel size, so one setting serves
+    every magnification.
+    """
+
+    #: Segment nuclei in the representative tiles.
+    enabled: bool = True
+    #: How many of each tissue's representatives get segmented, nearest to the centroid
+    #: first. None: all of them (``representatives.n``).
+    representatives: int | None = None
+    #: Radius (µm) of the smallest nuclei to separate. The de-merging (mask 2) places one
+    #: marker per haematoxylin blob found at radii from this to ``nucleus_radius_max_um``
+    #: (nuclei are about 4-12 µm across in H&E: lymphocytes to large tumour nuclei).
+    nucleus_radius_min_um: float = 2.0
+    #: Radius (µm) of the largest nuclei to separate (the largest blob scale).
+    nucleus_radius_max_um: float = 6.0
+    #: Objects smaller than this (µm²) are debris or noise, not nuclei (about 3 µm across).
+    min_area_um2: float = 8.0
+    #: Nuclei (mask 2 instances) larger than this (µm²) are artefacts (folds, pen marks,
+    #: dirt), not nuclei (about 22 µm across, beyond the largest tumour nuclei).
+    max_area_um2: float = 400.0
+    #: Standard deviation (µm) of the Gaussian that denoises the haematoxylin channel
+    #: (pixel noise, the "grey noise" of TUMLS, chromatin texture).
+    smoothing_um: float = 0.5
+    #: Side (µm) of the blocks in which Otsu's nucleus threshold adapts to local staining
+    #: (a few cells wide). 0: one threshold for the whole tile.
+    threshold_block_um: float = 32.0
+    #: Radius (µm) of the closing of mask 1 (bridges one-pixel gaps in nuclear outlines).
+    closing_um: float = 0.5
+    #: Radius (µm) of the opening of mask 1 (removes spurs and thin strands narrower than nuclei).
+    opening_um: float = 1.0
+    #: Side (µm) of the median filter that smooths mask 1 into mask 3.
+    median_um: float = 2.0
+    #: A pixel is tissue, not background, when its optical density averaged over R, G and B
+    #: exceeds this (white glass is below 0.05). Otsu's thresholds are computed on tissue pixels.
+    tissue_od: float = 0.1
+    #: A pixel whose colour range, max(R, G, B) - min(R, G, B) on 0-255, is below this and
+    #: that is not white is achromatic: black or grey noise (dirt, pen, folds, scanner
+    #: artefacts). H&E colours, even of the darkest nuclei, stay above it.
+    achromatic_range: float = 18.0
+    #: A stained pixel whose optical-density direction lies more than this angle (degrees)
+    #: off the plane of the tile's haematoxylin and eosin vectors is not H&E (coloured ink,
+    #: other dyes). Nearly all H&E pixels, nuclei included, stay within about 15°.
+    max_off_stain_deg: float = 20.0
+    #: Macenko: the stain vectors are the (alpha, 100 - alpha) percentiles of the angle of
+    #: tissue pixels in the plane of the two main optical-density directions.
+    macenko_alpha: float = 1.0
+    #: Fewest tissue pixels for a per-tile stain estimate; with fewer, or when the estimate
+    #: does not look like haematoxylin and eosin, the reference H&E vectors are used.
+    macenko_min_pixels: int = 500
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.enabled, bool), "nuclei.enabled", self.enabled, "true or false")
+        if self.representatives is not None:
+            _require(isinstance(self.representatives, int) and not isinstance(self.representatives, bool)
+                     and self.representatives >= 1, "nuclei.representatives", self.representatives,
+                     "an integer >= 1 or unset")
+        _require(_is_number(self.nucleus_radius_min_um) and 0.5 <= self.nucleus_radius_min_um <= 50,
+                 "nuclei.nucleus_radius_min_um", self.nucleus_radius_min_um, "a radius in µm between 0.5 and 50")
+        _require(_is_number(self.nucleus_radius_max_um)
+                 and self.nucleus_radius_min_um <= self.nucleus_radius_max_um <= 100,
+                 "nuclei.nucleus_radius_max_um", self.nucleus_radius_max_um,
+                 f"a radius in µm between nuclei.nucleus_radius_min_um ({self.nucleus_radius_min_um}) and 100")
+        _require(_is_number(self.min_area_um2) and self.min_area_um2 >= 0, "nuclei.min_area_um2",
+                 self.min_area_um2, "an area in µm² >= 0")
+        _require(_is_number(self.max_area_um2) and self.max_area_um2 > self.min_area_um2,
+                 "nuclei.max_area_um2", self.max_area_um2,
+                 f"an area in µm² larger than nuclei.min_area_um2 ({self.min_area_um2})")
+        for name in ("smoothing_um", "closing_um", "opening_um", "median_um"):
+            value = getattr(self, name)
+            _require(_is_number(value) and 0 <= value <= 20, f"nuclei.{name}", value,
+                     "a length in µm between 0 and 20")
+        _require(_is_number(self.threshold_block_um) and (self.threshold_block_um == 0
+                                                          or 4 <= self.threshold_block_um <= 10_000),
+                 "nuclei.threshold_block_um", self.threshold_block_um, "0 or a length in µm between 4 and 10000")
+        _require(_is_number(self.tissue_od) and 0 < self.tissue_od < 2, "nuclei.tissue_od", self.tissue_od,
+                 "an optical density in (0, 2)")
+        _require(_is_number(self.achromatic_range) and 0 <= self.achromatic_range <= 255,
+                 "nuclei.achromatic_range", self.achromatic_range, "a colour range in [0, 255]")
+        _require(_is_number(self.max_off_stain_deg) and 0 < self.max_off_stain_deg <= 90,
+                 "nuclei.max_off_stain_deg", self.max_off_stain_deg, "an angle in degrees in (0, 90]")
+        _require(_is_number(self.macenko_alpha) and 0 <= self.macenko_alpha < 50, "nuclei.macenko_alpha",
+                 self.macenko_alpha, "a percentile in [0, 50)")
+        _require(isinstance(self.macenko_min_pixels, int) and not isinstance(self.macenko_min_pixels, bool)
+                 and self.macenko_min_pixels >= 10, "nuclei.macenko_min_pixels", self.macenko_min_pixels,
+                 "an integer >= 10")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """What the run folder holds."""
 
@@ -213,6 +306,7 @@ class PipelineConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
     representatives: RepresentativeConfig = field(default_factory=RepresentativeConfig)
+    nuclei: NucleiConfig = field(default_factory=NucleiConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:

@@ -12,7 +12,6 @@ from tumls_qp.errors import InvalidInputError
 from tumls_qp.monuseg import (
     image_metrics,
     list_monuseg,
-    main,
     read_aperio_polygons,
     read_monuseg_image,
     rasterize_polygons,
@@ -220,12 +219,15 @@ def test_report_is_written(one_image_result, tmp_path):
 
 
 @pytest.mark.realdata
-def test_main_entry_point(tmp_path, capsys):
+def test_cli_eval_monuseg(tmp_path, capsys):
+    from tumls_qp.cli import main
+
     if not MONUSEG.is_dir():
         pytest.skip(f"MoNuSeg test data not found at {MONUSEG}")
     report = tmp_path / "monuseg.md"
-    assert main([str(MONUSEG), "--report", str(report), "--limit", "1", "--repeats", "1"]) == 0
-    text = report.read_text(encoding="utf-8")
-    assert f"python -m tumls_qp.monuseg {MONUSEG} --report {report} --limit 1 --repeats 1" in text
-    assert "mask 2: Dice" in capsys.readouterr().out
-    assert main([str(tmp_path / "missing")]) == 2
+    assert main(["eval", "monuseg", str(MONUSEG), "--report", str(report), "--limit", "1", "--repeats", "1"]) == 0
+    text = report.read_text()
+    assert f"tumls-qp eval monuseg {MONUSEG} --report {report} --limit 1 --repeats 1" in text
+    assert "mask 2" in capsys.readouterr().out
+    assert main(["eval", "monuseg", str(tmp_path / "missing")]) == 3
+    assert "missing" in capsys.readouterr().err

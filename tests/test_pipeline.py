@@ -11,7 +11,8 @@ from tumls_qp.outputs.geojson import validate_geojson_file
 from tumls_qp.pipeline import STAGES, analyze
 
 RUN_FILES = {"config.toml", "manifest.json", "tissue.geojson", "tiles.csv", "representatives.csv", "training.csv",
-             "embeddings.npz", "dendrogram.npz", "reconstructions.npz", "thumbnail.png", "model.pt", "model.json", "patches"}
+             "embeddings.npz", "dendrogram.npz", "reconstructions.npz", "thumbnail.png", "model.pt", "model.json", "patches", "nuclei.csv",
+             "features.csv", "patch_features.csv"}
 
 
 def _rows(path):
@@ -54,7 +55,7 @@ def test_two_tissue_slide_run_folder(slides, fast_config, tmp_path):
 
     reps = _rows(run / "representatives.csv")
     assert [(r["tissue"], r["rank"]) for r in reps] == [(t, str(i)) for t in ("1", "2") for i in range(1, 6)]
-    patches = sorted(p.name for p in (run / "patches").iterdir())
+    patches = sorted(p.name for p in (run / "patches").glob("*.jpg"))
     assert patches == sorted(f"tissue{t}-rank{r}.jpg" for t in (1, 2) for r in range(1, 6))
     assert m["representatives"][0]["patch"] == "patches/tissue1-rank1.jpg" and m["representatives"][0]["patch_mpp"] == 0.5
     from PIL import Image
@@ -67,6 +68,53 @@ def test_two_tissue_slide_run_folder(slides, fast_config, tmp_path):
     assert [s for s, _ in events if _ == 1.0][-1] == "outputs"
     assert [s for s in dict.fromkeys(s for s, _ in events)] == list(STAGES)
     assert all(0.0 <= f <= 1.0 for _, f in events)
+
+
+def test_nuclei_of_the_representatives(slides, fast_config, tmp_path):
+    """The synthetic epithelium has round nuclei of radius 3.5 µm (38.5 µm²), the stroma 3 x 6 µm ellipses."""
+    from PIL import Image
+    from shapely.geometry import box, shape
+
+    [result] = analyze([slides["two-tissues"]], tmp_path, fast_config)
+    run = result.run_dir
+    nuclei = _rows(run / "nuclei.csv")
+    reps = {(r["tissue"], r["rank"]): r for r in _rows(run / "representatives.csv")}
+    assert len(nuclei) > 20 and result.manifest["nuclei"]["nuclei"] == len(nuclei)
+    for (tissue, rank), rep in reps.items():
+        with Image.open(run / "patches" / f"tissue{tissue}-rank{rank}.labels.png") as labels:
+            assert labels.size == (128, 128)
+            assert int(np.asarray(labels).max()) == sum(1 for n in nuclei if (n["tissue"], n["rank"]) == (tissue, rank))
+    # Which tissue is the epithelium: the one whose representatives lie right of the boundary.
+    right = {t for (t, r), rep in reps.items() if int(rep["x"]) > 1900}
+    [epithelium] = right
+    areas = np.array([float(n["Area um^2"]) for n in nuclei if n["tissue"] == epithelium])
+    assert len(areas) > 40 and abs(np.median(areas) - 38.5) / 38.5 < 0.25
+    features = {r["tissue"]: r for r in _rows(run / "features.csv")}
+    assert set(features) == {"1", "2"}
+    assert int(float(features[epithelium]["Nuclei"])) == len(areas)
+    # Epithelium nuclei are denser than stroma nuclei.
+    stroma = ({"1", "2"} - {epithelium}).pop()
+    assert float(features[epithelium]["Nuclei per mm^2"]) > 2 * float(features[stroma]["Nuclei per mm^2"])
+
+    geojson = json.loads((run / "tissue.geojson").read_text())
+    detections = [f for f in geojson["features"] if f["properties"]["objectType"] == "detection"]
+    assert len(detections) == len(nuclei)
+    assert {f["properties"]["classification"]["name"] for f in detections} == {"Nucleus"}
+    rep_boxes = [box(int(r["x"]), int(r["y"]), int(r["x"]) + int(r["w"]), int(r["y"]) + int(r["h"]))
+                 for r in reps.values()]
+    assert all(any(b.buffer(0.01).contains(shape(f["geometry"])) for b in rep_boxes) for f in detections)
+    tissue_annotations = [f for f in geojson["features"] if f["properties"].get("name", "").startswith("Tissue")
+                          and "representative" not in f["properties"]["name"]]
+    assert all("Nuclei" in f["properties"]["measurements"] for f in tissue_annotations)
+
+
+def test_nuclei_options(slides, fast_config, tmp_path):
+    [off] = analyze([slides["homogeneous"]], tmp_path / "off", replace_in(fast_config, **{"nuclei.enabled": False}))
+    assert not (off.run_dir / "nuclei.csv").exists() and off.manifest["nuclei"]["nuclei"] == 0
+    assert len(list((off.run_dir / "patches").iterdir())) == 5  # the patches are still saved
+    [one] = analyze([slides["homogeneous"]], tmp_path / "one", replace_in(fast_config, **{"nuclei.representatives": 1}))
+    assert sorted(p.name for p in (one.run_dir / "patches").glob("*.labels.png")) == ["tissue1-rank1.labels.png"]
+    assert one.manifest["nuclei"]["representatives_segmented"] == 1
 
 
 def test_homogeneous_slide_gives_one_tissue(slides, fast_config, tmp_path):

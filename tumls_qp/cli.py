@@ -115,6 +115,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tumls-qp-demo", metavar="DIR", help="output folder (default ./tumls-qp-demo)")
     _add_analysis_options(p)
 
+    p = sub.add_parser("eval", help="benchmarks against annotated data",
+                       description="Score tumls-qp against annotated public data.")
+    bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    q = bench.add_parser("monuseg", help="nucleus segmentation on a MoNuSeg-style folder",
+                         description="Segment every image of a MoNuSeg-style folder (<id>.tif + Aperio <id>.xml, "
+                                     "optional organs.csv) and score masks 1-3: pixel Dice and IoU, AJI, object F1 "
+                                     "at IoU > 0.5, seconds per image on one thread.")
+    q.add_argument("folder", metavar="DIR")
+    q.add_argument("--report", default="reports/monuseg.md", metavar="PATH",
+                   help="Markdown report to write (default reports/monuseg.md)")
+    q.add_argument("--limit", type=int, metavar="N", help="score only the first N images")
+    q.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="time each image N times and keep the fastest (default 3)")
+
     p = sub.add_parser("config", help="print the default configuration as TOML",
                        description="Print the default configuration (or FILE's effective one) as TOML.")
     p.add_argument("file", nargs="?", help="a config file to check and print with defaults filled in")
@@ -171,6 +185,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .monuseg import run_monuseg_benchmark, write_monuseg_report
+
+    command = ["tumls-qp", "eval", "monuseg", args.folder, "--report", args.report]
+    if args.limit is not None:
+        command += ["--limit", str(args.limit)]
+    if args.repeats != 3:
+        command += ["--repeats", str(args.repeats)]
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    result = run_monuseg_benchmark(args.folder, limit=args.limit, repeats=args.repeats, progress=progress)
+    path = write_monuseg_report(result, args.report, " ".join(shlex.quote(c) for c in command))
+    for mask in ("mask1", "mask2", "mask3"):
+        print(f"{mask.replace('mask', 'mask ')}: Dice {result.mean(mask, 'dice'):.4f}  IoU {result.mean(mask, 'iou'):.4f}"
+              f"  AJI {result.mean(mask, 'aji'):.4f}  F1 obj {result.mean(mask, 'f1_object'):.4f}")
+    print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU; report: {path}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     config = load_config(args.file) if args.file else PipelineConfig()
     sys.stdout.write(dump_config(config))
@@ -180,6 +217,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "analyze": _cmd_analyze,
     "demo": _cmd_demo,
+    "eval": _cmd_eval,
     "config": _cmd_config,
 }
 

@@ -38,6 +38,8 @@ __all__ = [
     "GLCM_DISTANCE_UM",
     "measure_nuclei",
     "measure_tissue",
+    "combine_rois",
+    "POOLING",
 ]
 
 log = logging.getLogger(__name__)
@@ -438,3 +440,58 @@ def measure_tissue(labels: np.ndarray, rgb: np.ndarray, mpp: float, *, roi: np.n
         "roi_area": roi_area_um2,
     }
     return {f.name: float(values[f.key]) for f in TISSUE_FEATURES}
+
+
+#: How :func:`combine_rois` pools each per-ROI feature into one value per tissue.
+POOLING: dict[str, str] = {
+    "count": "sum",
+    "roi_area": "sum",
+    "density": "total nuclei / total ROI area",
+    "area_mean": "mean over the tissue's nuclei (per-ROI means weighted by their nucleus counts)",
+    "circularity_mean": "mean over the tissue's nuclei (weighted by nucleus counts)",
+    "eccentricity_mean": "mean over the tissue's nuclei (weighted by nucleus counts)",
+    "luminance": "mean over the tissue's nucleus pixels (weighted by each ROI's total nucleus area)",
+    "haematoxylin": "mean over the tissue's nucleus pixels (weighted by each ROI's total nucleus area)",
+    "glcm_contrast": "mean over ROIs weighted by ROI area",
+    "glcm_homogeneity": "mean over ROIs weighted by ROI area",
+    "spread": "mean of the per-ROI spreads weighted by ROI area (pairs across separate ROIs have no spatial meaning)",
+}
+
+
+def combine_rois(rois: list[dict[str, float]]) -> dict[str, float]:
+    """Pool the :func:`measure_tissue` results of several ROIs of one tissue (its representatives).
+
+    Parameters
+    ----------
+    rois : list of dict
+        One :func:`measure_tissue` result per ROI.
+
+    Returns
+    -------
+    dict of str to float
+        The same columns, pooled as :data:`POOLING` says; NaN values are left out of
+        weighted means, and a mean with no finite value is NaN.
+    """
+    if not rois:
+        raise InvalidInputError("rois must hold at least one measure_tissue result; got none")
+    column = {f.key: np.array([r[f.name] for r in rois], dtype=np.float64) for f in TISSUE_FEATURES}
+    count, area = column["count"], column["roi_area"]
+    nucleus_area = count * np.nan_to_num(column["area_mean"])
+
+    def weighted(values: np.ndarray, weights: np.ndarray) -> float:
+        ok = np.isfinite(values) & (weights > 0)
+        return float(np.average(values[ok], weights=weights[ok])) if ok.any() else math.nan
+
+    total_area = float(area.sum())
+    pooled = {
+        "count": float(count.sum()),
+        "roi_area": total_area,
+        "density": float(count.sum()) / (total_area / 1e6) if total_area > 0 else math.nan,
+        "luminance": weighted(column["luminance"], nucleus_area),
+        "haematoxylin": weighted(column["haematoxylin"], nucleus_area),
+    }
+    for key in ("area_mean", "circularity_mean", "eccentricity_mean"):
+        pooled[key] = weighted(column[key], count)
+    for key in ("glcm_contrast", "glcm_homogeneity", "spread"):
+        pooled[key] = weighted(column[key], area)
+    return {f.name: pooled[f.key] for f in TISSUE_FEATURES}

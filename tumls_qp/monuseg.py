@@ -689,39 +689,3 @@ def write_monuseg_report(result: BenchmarkResult, path: str | Path, command: str
     except OSError as exc:
         raise OutputError(f"cannot write the report {str(path)!r}: {exc.strerror or exc}") from exc
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tumls_qp.monuseg DIR [--report PATH] [--limit N]``: run the benchmark, write the report."""
-    import argparse
-    import shlex
-
-    from .errors import TumlsQpError
-
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m tumls_qp.monuseg",
-                                     description="Score the classical nucleus segmentation on a MoNuSeg folder.")
-    parser.add_argument("folder", help="folder with <id>.tif, <id>.xml and optionally organs.csv")
-    parser.add_argument("--report", default="reports/monuseg.md", help="Markdown report to write")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N images")
-    parser.add_argument("--repeats", type=int, default=3, help="time each image N times, keep the fastest")
-    args = parser.parse_args(args_list)
-    command = "python -m tumls_qp.monuseg " + " ".join(shlex.quote(a) for a in args_list)
-
-    def progress(done: int, total: int) -> None:
-        print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
-
-    try:
-        result = run_monuseg_benchmark(args.folder, limit=args.limit, repeats=args.repeats, progress=progress)
-        path = write_monuseg_report(result, args.report, command)
-    except TumlsQpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"mask 2: Dice {result.mean('mask2', 'dice'):.4f}  IoU {result.mean('mask2', 'iou'):.4f}  "
-          f"AJI {result.mean('mask2', 'aji'):.4f}  F1 obj {result.mean('mask2', 'f1_object'):.4f}  "
-          f"{result.seconds().mean():.3f} s/image wall, {result.cpu_seconds().mean():.3f} s CPU; report: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

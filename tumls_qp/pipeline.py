@@ -35,7 +35,8 @@ from . import __version__
 from .clusters import Clustering, cluster_embeddings
 from .config import PipelineConfig, config_to_dict, dump_config
 from .errors import OutputError, TumlsQpError
-from .outputs.geojson import feature_collection, tissue_features, validate_geojson, write_geojson
+from .classes import NUCLEUS_CLASS, NUCLEUS_COLOUR
+from .outputs.geojson import feature_collection, make_feature, tissue_features, validate_geojson, write_geojson
 from .representatives import Representative, select_representatives
 from .slide import Slide, open_slide, slide_quickhash
 from .tiles import (
@@ -55,7 +56,7 @@ __all__ = ["analyze", "RunResult", "ProgressFn", "STAGES", "default_cache_dir"]
 log = logging.getLogger(__name__)
 
 #: Stages in the order they run; progress callbacks name one of them.
-STAGES = ("tiles", "train", "embed", "cluster", "outputs")
+STAGES = ("tiles", "train", "embed", "cluster", "nuclei", "outputs")
 #: progress(stage, fraction of that stage done in [0, 1], message).
 ProgressFn = Callable[[str, float, str], None]
 
@@ -256,19 +257,24 @@ def _analyze_group(
 
         results = []
         offsets = np.cumsum([0] + [len(d.tiles) for d in data])
-        with timer.stage("outputs"):
-            for i, (d, name) in enumerate(zip(data, names)):
+        for i, (d, name) in enumerate(zip(data, names)):
+            part = slice(int(offsets[i]), int(offsets[i + 1]))
+            local = _slide_clustering(clustering, part)
+            reps = select_representatives(local, config.representatives.n)
+            stage_dir = out / f".tumls-{name}-{uuid.uuid4().hex[:8]}.partial"
+            stage_dir.mkdir()
+            staging.append(stage_dir)
+            with timer.stage("nuclei"):
+                low = _low_level(stage_dir, d.slide, d.grid.boxes(d.selection.kept), reps, config,
+                                 lambda f, m, i=i: progress("nuclei", (i + f) / len(data), m))
+            with timer.stage("outputs"):
                 progress("outputs", i / len(data), f"writing {name}")
-                part = slice(int(offsets[i]), int(offsets[i + 1]))
-                stage_dir = out / f".tumls-{name}-{uuid.uuid4().hex[:8]}.partial"
-                stage_dir.mkdir()
-                staging.append(stage_dir)
                 manifest = _write_run(
-                    stage_dir, d, config, clustering, part, latents[part], history, model,
-                    cached is not None, timer, started, cohort=[n for n in names] if cohort else None,
+                    stage_dir, d, config, clustering, local, reps, low, latents[part], history, model,
+                    cached is not None, timer, started, cohort=list(names) if cohort else None,
                 )
-                results.append(RunResult(slide=d.slide.path, run_dir=out / name, manifest=manifest))
-            progress("outputs", 1.0, "run folders written")
+            results.append(RunResult(slide=d.slide.path, run_dir=out / name, manifest=manifest))
+        progress("outputs", 1.0, "run folders written")
         for stage_dir, result in zip(staging, results):
             _replace_dir(stage_dir, result.run_dir)
             # Timings are final only now; the manifest is rewritten in place, atomically.
@@ -390,12 +396,100 @@ def _cache_store(cache: Path, key: str, data: list[_SlideData], latents: np.ndar
 
 # --- run folder -----------------------------------------------------------------------------------------------------
 
+def _slide_clustering(clustering: Clustering, part: slice) -> Clustering:
+    """The part of a (cohort) clustering that covers one slide's tiles."""
+    return Clustering(
+        k=clustering.k, k_source=clustering.k_source, labels=clustering.labels[part],
+        centroids=clustering.centroids, distance=clustering.distance[part],
+        uncertainty=clustering.uncertainty[part], uncertainty_scale=clustering.uncertainty_scale,
+        gaps=clustering.gaps, split_statistic=clustering.split_statistic, linkage=None, linkage_indices=None,
+    )
+
+
+@dataclass
+class _LowLevel:
+    """The representatives at full resolution and their nuclei (TUMLS's low level)."""
+
+    #: (file in the run folder, µm/px) per representative.
+    patches: list[tuple[str, float]]
+    #: QuPath detections, one per nucleus, in level-0 px.
+    detections: list[dict[str, Any]]
+    #: Rows of nuclei.csv and patch_features.csv.
+    nucleus_rows: list[list[Any]]
+    roi_rows: list[list[Any]]
+    #: Pooled features per tissue (0-based), for features.csv and the tissue annotations.
+    tissue_features: dict[int, dict[str, float]]
+    segmented: int
+
+
+def _fmt(value: Any) -> str:
+    return f"{float(value):.6g}"
+
+
+def _low_level(
+    folder: Path,
+    slide: Slide,
+    boxes: np.ndarray,
+    reps: list[Representative],
+    config: PipelineConfig,
+    progress: Callable[[float, str], None],
+) -> _LowLevel:
+    """Read each representative at full resolution into ``patches/``; segment and measure its nuclei.
+
+    A patch is level 0 of the tile, downsampled only when its side exceeds ``PATCH_MAX_PX``.
+    Nuclei are segmented in the ``nuclei.representatives`` best representatives of each tissue.
+    """
+    cfg = config.nuclei
+    (folder / "patches").mkdir()
+    low = _LowLevel(patches=[], detections=[], nucleus_rows=[], roi_rows=[], tissue_features={}, segmented=0)
+    per_tissue: dict[int, list[dict[str, float]]] = {}
+    if cfg.enabled:
+        from .features import NUCLEUS_FEATURES, TISSUE_FEATURES, combine_rois, measure_nuclei, measure_tissue
+        from .nuclei import labels_to_polygons, segment_nuclei
+
+        measured = [f.name for f in NUCLEUS_FEATURES if f.key not in ("label", "x", "y")]
+    for j, rep in enumerate(reps):
+        progress(j / max(len(reps), 1), f"tissue {rep.tissue + 1}, representative {rep.rank}")
+        box = tuple(int(v) for v in boxes[rep.tile])
+        mpp = slide.mpp * max(1.0, max(box[2], box[3]) / PATCH_MAX_PX)
+        rgb = slide.read_box(box, mpp)
+        stem = f"patches/tissue{rep.tissue + 1}-rank{rep.rank}"
+        Image.fromarray(rgb).save(folder / f"{stem}.jpg", quality=92)
+        low.patches.append((f"{stem}.jpg", mpp))
+        if not cfg.enabled or (cfg.representatives is not None and rep.rank > cfg.representatives):
+            continue
+        result = segment_nuclei(rgb, mpp, cfg)
+        labels = result.mask2
+        Image.fromarray(labels.astype(np.uint16)).save(folder / f"{stem}.labels.png")
+        table = measure_nuclei(labels, rgb, mpp, haematoxylin=result.haematoxylin)
+        roi = measure_tissue(labels, rgb, mpp, haematoxylin=result.haematoxylin, nuclei=table)
+        per_tissue.setdefault(rep.tissue, []).append(roi)
+        low.segmented += 1
+        low.roi_rows.append([rep.tissue + 1, rep.rank, *(_fmt(roi[f.name]) for f in TISSUE_FEATURES)])
+        row_of = {int(label): k for k, label in enumerate(table["Label"])}
+        for label, polygon in labels_to_polygons(labels, offset=(box[0], box[1]), scale=mpp / slide.mpp):
+            k = row_of[label]
+            feature = make_feature(polygon, "detection", NUCLEUS_CLASS, NUCLEUS_COLOUR,
+                                   {name: table[name][k] for name in measured})
+            if feature is not None:
+                low.detections.append(feature)
+        for k in range(len(table["Label"])):
+            low.nucleus_rows.append([rep.tissue + 1, rep.rank, int(table["Label"][k]),
+                                     *(_fmt(table[f.name][k]) for f in NUCLEUS_FEATURES if f.key != "label")])
+    if cfg.enabled:
+        low.tissue_features = {t: combine_rois(rois) for t, rois in sorted(per_tissue.items())}
+    progress(1.0, f"{len(low.nucleus_rows)} nuclei in {low.segmented} representatives")
+    return low
+
+
 def _write_run(
     folder: Path,
     d: _SlideData,
     config: PipelineConfig,
     clustering: Clustering,
-    part: slice,
+    local: Clustering,
+    reps: list[Representative],
+    low: _LowLevel,
     latents: np.ndarray,
     history: Any,
     model: Any,
@@ -408,17 +502,8 @@ def _write_run(
 
     from .embeddings import reconstruct, save_checkpoint
 
-    labels = clustering.labels[part]
-    uncertainty = clustering.uncertainty[part]
-    distance = clustering.distance[part]
+    labels, uncertainty, distance = local.labels, local.uncertainty, local.distance
     boxes = d.grid.boxes(d.selection.kept)
-    # Representatives of this slide: its own tiles closest to the (shared) centroids.
-    local = Clustering(
-        k=clustering.k, k_source=clustering.k_source, labels=labels, centroids=clustering.centroids,
-        distance=distance, uncertainty=uncertainty, uncertainty_scale=clustering.uncertainty_scale,
-        gaps=clustering.gaps, split_statistic=clustering.split_statistic, linkage=None, linkage_indices=None,
-    )
-    reps = select_representatives(local, config.representatives.n)
     warnings = list(d.warnings)
     if clustering.k == 1:
         warnings.append(f"one tissue only (k = 1, {clustering.k_source})")
@@ -431,7 +516,8 @@ def _write_run(
         warnings.append(f"tissue(s) {absent} of the cohort do not occur on this slide")
 
     # GeoJSON
-    features = tissue_features(boxes, labels, uncertainty, d.slide.mpp, reps, tile_objects=config.output.tile_objects)
+    features = tissue_features(boxes, labels, uncertainty, d.slide.mpp, reps, tile_objects=config.output.tile_objects,
+                               tissue_measurements=low.tissue_features) + low.detections
     collection = feature_collection(features)
     problems = validate_geojson(collection)
     if problems:  # a bug, not bad input: never hand QuPath a file it would refuse
@@ -460,6 +546,16 @@ def _write_run(
         ["epoch", "train_mse", "val_mse"],
         [[i + 1, f"{t:.6g}", f"{v:.6g}"] for i, (t, v) in enumerate(zip(history.train_mse, history.val_mse))],
     )
+    if config.nuclei.enabled:
+        from .features import NUCLEUS_FEATURES, TISSUE_FEATURES
+
+        tissue_columns = [f.name for f in TISSUE_FEATURES]
+        _write_csv(folder / "nuclei.csv",
+                   ["tissue", "rank", "label", *(f.name for f in NUCLEUS_FEATURES if f.key != "label")],
+                   low.nucleus_rows)
+        _write_csv(folder / "patch_features.csv", ["tissue", "rank", *tissue_columns], low.roi_rows)
+        _write_csv(folder / "features.csv", ["tissue", *tissue_columns],
+                   [[t + 1, *(_fmt(values[c]) for c in tissue_columns)] for t, values in low.tissue_features.items()])
 
     # Arrays for re-rendering and for the label-efficient methods (seeded clustering, dictionaries).
     np.savez_compressed(
@@ -480,12 +576,11 @@ def _write_run(
     examples = d.tiles[np.linspace(0, len(d.tiles) - 1, num=min(8, len(d.tiles))).astype(int)]
     np.savez_compressed(folder / "reconstructions.npz", tiles=examples, reconstructed=reconstruct(model, examples))
     Image.fromarray(d.thumbnail).save(folder / "thumbnail.png", optimize=True)
-    patches = _write_patches(folder, d.slide, boxes, reps)
     save_checkpoint(model, folder, {"history": asdict(history), "embedding": config_to_dict(config.embedding),
                                     "tiles": config_to_dict(config.tiles), "seed": config.seed})
 
     (folder / "config.toml").write_text(dump_config(config), encoding="utf-8")
-    manifest = _manifest(d, config, clustering, labels, reps, patches, history, cache_hit, timer, started, cohort,
+    manifest = _manifest(d, config, clustering, labels, reps, low, history, cache_hit, timer, started, cohort,
                          geojson_name, len(features), warnings)
     _write_json(folder / "manifest.json", manifest)
     return manifest
@@ -497,7 +592,7 @@ def _manifest(
     clustering: Clustering,
     labels: np.ndarray,
     reps: list[Representative],
-    patches: list[tuple[str, float]],
+    low: _LowLevel,
     history: Any,
     cache_hit: bool,
     timer: _Timer,
@@ -562,7 +657,13 @@ def _manifest(
             "cohort_tiles_per_tissue": clustering.sizes(),
         },
         "representatives": [asdict(r) | {"tissue": r.tissue + 1, "patch": patch, "patch_mpp": patch_mpp}
-                            for r, (patch, patch_mpp) in zip(reps, patches)],
+                            for r, (patch, patch_mpp) in zip(reps, low.patches)],
+        "nuclei": {
+            "enabled": config.nuclei.enabled,
+            "representatives_segmented": low.segmented,
+            "nuclei": len(low.nucleus_rows),
+            "per_tissue": {str(t + 1): int(v["Nuclei"]) for t, v in low.tissue_features.items()},
+        },
         "cohort": cohort,
         "outputs": {"geojson": geojson_name, "geojson_features": n_features},
         "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
@@ -570,19 +671,6 @@ def _manifest(
         "warnings": warnings,
         "config": config_to_dict(config),
     }
-
-
-def _write_patches(folder: Path, slide: Slide, boxes: np.ndarray, reps: list[Representative]) -> list[tuple[str, float]]:
-    """Save each representative at full resolution (at most PATCH_MAX_PX a side); returns (file, µm/px) per patch."""
-    (folder / "patches").mkdir()
-    out = []
-    for rep in reps:
-        box = tuple(int(v) for v in boxes[rep.tile])
-        mpp = slide.mpp * max(1.0, max(box[2], box[3]) / PATCH_MAX_PX)
-        name = f"patches/tissue{rep.tissue + 1}-rank{rep.rank}.jpg"
-        Image.fromarray(slide.read_box(box, mpp)).save(folder / name, quality=92)
-        out.append((name, mpp))
-    return out
 
 
 def _peak_rss_mb() -> float:

@@ -188,3 +188,73 @@ def assert_processes_gone(pids: list[int], timeout: float = 10) -> None:
         return not alive
 
     wait_for(gone, timeout, f"processes {pids} to end")
+
+
+def run_clients(url: str, bodies: list[dict[str, Any]], *, poll_interval: float = 0.2, timeout: float = 300,
+                headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One thread per body: submit it, then poll its job until it ends, timing every request.
+
+    Returns
+    -------
+    dict
+        ``jobs``: final status per client (submission order); ``samples``: (start time, seconds,
+        method, state seen) per request; ``running``: (first, last) time any client saw a job running.
+    """
+    samples: list[tuple[float, float, str, str]] = []
+    finals: list[Any] = [None] * len(bodies)
+    lock = threading.Lock()
+
+    def client(i: int, body: dict[str, Any]) -> None:
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
+            t0 = time.monotonic()
+            response = http.post("/jobs", json=body)
+            with lock:
+                samples.append((t0, time.monotonic() - t0, "POST", str(response.status_code)))
+            if response.status_code != 202:
+                finals[i] = {"submit_status": response.status_code, "body": response.text}
+                return
+            job_id = response.json()["id"]
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                t0 = time.monotonic()
+                status = http.get(f"/jobs/{job_id}").json()
+                with lock:
+                    samples.append((t0, time.monotonic() - t0, "GET", status["state"]))
+                if status["state"] in ("succeeded", "failed", "cancelled"):
+                    finals[i] = status
+                    return
+                time.sleep(poll_interval)
+            finals[i] = {"timeout": job_id}
+
+    threads = [threading.Thread(target=client, args=(i, b)) for i, b in enumerate(bodies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    running = [t for t, _, method, state in samples if method == "GET" and state == "running"]
+    return {"jobs": finals, "samples": samples, "running": (min(running), max(running)) if running else None}
+
+
+def latency_while_running(result: dict[str, Any]) -> list[float]:
+    """Seconds of the GET requests made while some job was running."""
+    if result["running"] is None:
+        return []
+    first, last = result["running"]
+    return [seconds for t, seconds, method, _ in result["samples"] if method == "GET" and first <= t <= last]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def bench_out(name: str, data: Any) -> None:
+    """Write a measurement as JSON to $TUMLS_QP_BENCH_OUT/<name>.json when that folder is set (benchmarks/)."""
+    import json
+
+    folder = os.environ.get("TUMLS_QP_BENCH_OUT")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(data, indent=2))

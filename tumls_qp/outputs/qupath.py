@@ -118,7 +118,7 @@ def file_uri_to_path(uri: str, field: str = "uri") -> Path:
         raise InvalidInputError(
             f"{field} must be a file: URI such as 'file:/data/slide.svs' (QuPath's server.getURIs()); got {uri!r}"
         )
-    if parts.netloc not in ("", "localhost"):
+    if parts.netloc.lower() not in ("", "localhost"):
         raise InvalidInputError(
             f"{field} {uri!r} names the host {parts.netloc!r} (a network share); mount the share on the server "
             "and open the image in QuPath from the mounted path"

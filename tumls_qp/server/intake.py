@@ -134,6 +134,8 @@ def admit(request: Any, roots: Sequence[Path], base_parameters: Mapping[str, Any
         ) from exc
     except InvalidInputError as exc:
         raise RequestError(f"uris[0]: {exc}", field="uris[0]") from exc
+    except OSError as exc:  # e.g. a name too long for the file system, a permission denied
+        raise RequestError(f"uris[0]: cannot read {path.name[:200]!r}: {exc.strerror or exc}", field="uris[0]") from exc
     with slide:
         width, height = slide.dimensions
         warnings = []

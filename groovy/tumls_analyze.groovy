@@ -169,12 +169,10 @@ classes.each {
 }
 def project = getProject()
 if (project != null) {
+    // Always set the list: QuPath then also saves the new colours of classes the project already had.
     def listed = new ArrayList(project.getPathClasses())
-    def missing = pathClasses.findAll { !listed.contains(it) }
-    if (!missing.isEmpty()) {
-        listed.addAll(missing)
-        project.setPathClasses(listed)
-    }
+    listed.addAll(pathClasses.findAll { !listed.contains(it) })
+    project.setPathClasses(listed)
 }
 def gui = getQuPath()
 if (gui != null) {

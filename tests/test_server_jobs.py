@@ -204,3 +204,28 @@ def test_served_geojson_is_tagged_and_gzipped(tmp_path):
     served = json.loads(gzip.decompress((tmp_path / "served.geojson.gz").read_bytes()))
     assert all(f["properties"]["measurements"][TAG_MEASUREMENT] == 42 for f in served["features"])
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # written atomically, no leftovers
+
+
+def test_graceful_stop_puts_the_running_job_back_in_the_queue(tmp_path):
+    slides = tmp_path / "slides"
+    slide = small_slide(slides)
+    settings = ServerSettings(data_dir=tmp_path / "data", roots=(slides,), base_parameters=FAST_PARAMETERS,
+                              poll_interval_s=0.1, cancel_grace_s=3.0)
+    runner = ProcessRunner(settings)
+    with TestClient(create_app(settings, runner)) as client:
+        body = job_body(slide, parameters={"seed": 3, "embedding": {"max_epochs": 500, "patience": 500}})
+        job = client.post("/jobs", json=body).json()
+        wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["stage"] == "train", 60, "training")
+        store = JobStore(settings.db_path)
+        pid = store.get(job["id"]).worker_pid
+        store.close()
+    # Leaving the client ran the app's shutdown: the worker was stopped and the job queued for the next start.
+    assert_processes_gone([pid], timeout=5)
+    store = JobStore(settings.db_path)
+    try:
+        stopped = store.get(job["id"])
+        assert stopped.state == "queued" and stopped.attempt == 1 and "server stopped" in stopped.message
+    finally:
+        store.close()
+    assert not list(settings.data_dir.rglob("*.partial"))
+    assert not list((settings.jobs_dir / job["id"]).glob("attempt-*"))

@@ -215,7 +215,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("TUMLS_QP_TOKEN") or None,
         base_parameters=config_to_dict(load_config(args.config)) if args.config else {},
     )
-    from .server.app import serve  # FastAPI and uvicorn load only here
+    try:  # FastAPI and uvicorn load only here
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise TumlsQpError(f"the server needs the 'server' extra ({exc.name} is missing): "
+                           "pip install 'tumls-qp[server]'") from exc
+    from .server.app import serve
 
     serve(settings, log_level="info" if args.verbose else "warning", announce=lambda line: print(line, flush=True))
     return 0

@@ -160,8 +160,8 @@ class ProcessRunner:
         if self._thread is None or self._stopping.is_set():
             return
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        # Workers first: they die with the supervisor thread that started them (PR_SET_PDEATHSIG), so stopping
+        # that thread first would SIGKILL them instead of letting them clean up.
         with self._lock:
             procs = [p for p in self._slots if p is not None]
             for proc in procs:
@@ -177,6 +177,7 @@ class ProcessRunner:
                 if proc.stdin is not None:
                     proc.stdin.close()
             self._slots = [None] * len(self._slots)
+        self._thread.join(timeout=10)
         if self.store is not None:
             self.store.recover(_RESTART_REASON)
             sweep_outputs(self.settings, self.store)

@@ -363,3 +363,9 @@ def test_geojson_is_served_gzipped_or_plain(client, roots, tmp_path):
     report = client.get(f"/jobs/{job['id']}/report")
     assert report.status_code == 200 and report.headers["content-type"] == "application/pdf"
     _error(client.delete(f"/jobs/{job['id']}"), 409, None, "already succeeded")
+
+
+def test_serve_without_the_server_extra(monkeypatch, capsys, roots, tmp_path):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if uvicorn were not installed
+    assert main(["serve", "--root", str(roots["inside"]), "--data-dir", str(tmp_path)]) == 1
+    assert "pip install 'tumls-qp[server]'" in capsys.readouterr().err

@@ -26,8 +26,24 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-base
 demo: $(VENV)/.installed-base
 	$(BIN)/tumls-qp demo
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev groovy-tools
 	$(BIN)/python -m pytest
 
+# The QuPath script tests (tests/test_groovy_script.py) run groovy/ with Groovy 4, which ships inside the npm
+# package npm-groovy-lint, and Gson (Debian's libgoogle-gson-java); Java 17 must be installed. Without them
+# those tests are skipped, saying why.
+GROOVY_LIB := .tools/node_modules/npm-groovy-lint/lib/java/groovy/lib
+GSON_JAR := /usr/share/java/gson.jar
+.PHONY: groovy-tools
+groovy-tools: $(GROOVY_LIB) $(GSON_JAR)
+$(GROOVY_LIB):
+	@npm install --prefix .tools --no-audit --no-fund --silent npm-groovy-lint \
+	  || echo "note: npm could not install npm-groovy-lint; the QuPath script tests will be skipped"
+$(GSON_JAR):
+	@DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgoogle-gson-java >/dev/null 2>&1 \
+	  || (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq libgoogle-gson-java >/dev/null 2>&1) \
+	  || echo "note: could not install Gson (as root: apt-get install libgoogle-gson-java); the QuPath script tests will be skipped"
+
 clean:
-	rm -rf $(VENV) tumls-qp-demo .pytest_cache
+	rm -rf $(VENV) tumls-qp-demo .pytest_cache .tools

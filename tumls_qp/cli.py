@@ -132,6 +132,29 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the default configuration as TOML",
                        description="Print the default configuration (or FILE's effective one) as TOML.")
     p.add_argument("file", nargs="?", help="a config file to check and print with defaults filled in")
+
+    p = sub.add_parser("serve", help="run the analysis server for the QuPath scripts (groovy/)",
+                       description="Run the analysis server that groovy/tumls_analyze.groovy talks to. It listens on "
+                                   "127.0.0.1 only unless --host says otherwise (which then needs --token).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="job database, results and embedding cache (default $TUMLS_QP_DATA or "
+                        "~/.local/share/tumls-qp/server)")
+    p.add_argument("--root", action="append", metavar="PATH",
+                   help="a folder whose slides the server may read (repeatable; default: your home folder)")
+    p.add_argument("--workers", type=int, default=1, help="jobs that run at the same time (default 1)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default $TUMLS_QP_TOKEN); needed with "
+                                   "any --host but loopback")
+    p.add_argument("--config", metavar="FILE", help="TOML file of default pipeline options for every job")
+
+    p = sub.add_parser("qupath-project", help="write run folders' objects into a QuPath project (paquo)",
+                       description="Write each run folder's objects into the image entry of the same slide in a "
+                                   "QuPath project (needs the qupath extra and a local QuPath). Earlier tumls-qp "
+                                   "objects of that image are replaced; close the project in QuPath first.")
+    p.add_argument("project", metavar="PROJECT.qpproj", help="the project file (created when missing)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `tumls-qp analyze`")
+    p.add_argument("--add-images", action="store_true", help="add slides that are not in the project yet")
     return parser
 
 
@@ -214,11 +237,50 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .config import config_to_dict
+    from .server.settings import ServerSettings, default_data_dir
+
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data_dir) if args.data_dir else default_data_dir(),
+        roots=tuple(Path(r) for r in args.root) if args.root else (Path.home(),),
+        workers=args.workers,
+        token=args.token or os.environ.get("TUMLS_QP_TOKEN") or None,
+        base_parameters=config_to_dict(load_config(args.config)) if args.config else {},
+    )
+    try:  # FastAPI and uvicorn load only here
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise TumlsQpError(f"the server needs the 'server' extra ({exc.name} is missing): "
+                           "pip install 'tumls-qp[server]'") from exc
+    from .server.app import serve
+
+    serve(settings, log_level="info" if args.verbose else "warning", announce=lambda line: print(line, flush=True))
+    return 0
+
+
+def _cmd_qupath_project(args: argparse.Namespace) -> int:
+    from .outputs.qupath_project import write_runs
+
+    for run in write_runs(args.project, args.runs, add_images=args.add_images):
+        added = " (image added)" if run.added_image else ""
+        print(f"{run.run_dir.name}: {run.added} objects -> image {run.image_name!r}{added}; "
+              f"{run.removed} earlier tumls-qp objects removed")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "analyze": _cmd_analyze,
     "demo": _cmd_demo,
     "eval": _cmd_eval,
     "config": _cmd_config,
+    "serve": _cmd_serve,
+    "qupath-project": _cmd_qupath_project,
 }
 
 

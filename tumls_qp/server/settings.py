@@ -1,0 +1,141 @@
+"""The server's settings: one frozen dataclass, filled from ``tumls-qp serve`` options.
+
+No FastAPI here: the command line builds and checks settings before the web stack loads.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..config import config_from_dict
+from ..errors import ConfigError
+
+__all__ = ["ServerSettings", "default_data_dir", "is_loopback", "API_VERSION", "MIN_TOKEN_LENGTH"]
+
+#: Version of the HTTP contract with ``groovy/``; bumped on incompatible changes.
+API_VERSION = 1
+#: Shortest accepted token (``python -c "import secrets; print(secrets.token_urlsafe())"`` gives 43 characters).
+MIN_TOKEN_LENGTH = 16
+
+
+def default_data_dir() -> Path:
+    """``$TUMLS_QP_DATA``, else ``$XDG_DATA_HOME/tumls-qp/server``, else ``~/.local/share/tumls-qp/server``."""
+    if os.environ.get("TUMLS_QP_DATA"):
+        return Path(os.environ["TUMLS_QP_DATA"])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tumls-qp" / "server"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the server needs; checked when built (a bad value raises ``ConfigError`` naming the option).
+
+    Attributes
+    ----------
+    host : str
+        Address to listen on. Anything but loopback needs ``token``.
+    port : int
+        TCP port; 0 picks a free one (printed at start).
+    data_dir : Path
+        Job database (``jobs.sqlite3``), job folders (``jobs/<id>/``) and the embedding cache (``cache/``).
+    roots : tuple of Path
+        Folders whose slides the server may read (symlinks resolved). Default: the home folder.
+    workers : int
+        Worker processes, i.e. jobs that run at the same time.
+    token : str or None
+        Bearer token every request must carry (``Authorization: Bearer <token>``).
+    base_parameters : mapping
+        Pipeline options applied to every job before the request's own ``parameters``.
+    max_body_bytes : int
+        Largest accepted request body.
+    max_queued : int
+        Largest number of queued jobs; further submissions get 429.
+    poll_interval_s : float
+        How often an idle worker looks for a queued job.
+    max_jobs_per_worker : int
+        A worker process is replaced after this many jobs (bounds memory growth).
+    cancel_grace_s : float
+        After a cancel, seconds a worker gets to stop before it is killed.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: Path = field(default_factory=default_data_dir)
+    roots: tuple[Path, ...] = field(default_factory=lambda: (Path.home(),))
+    workers: int = 1
+    token: str | None = None
+    base_parameters: Mapping[str, Any] = field(default_factory=dict)
+    max_body_bytes: int = 1 << 20
+    max_queued: int = 100
+    poll_interval_s: float = 0.25
+    max_jobs_per_worker: int = 50
+    cancel_grace_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be an integer in 0-65535; got {self.port!r}")
+        if not isinstance(self.workers, int) or not 1 <= self.workers <= 64:
+            raise ConfigError(f"--workers must be an integer in 1-64; got {self.workers!r}")
+        if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
+            raise ConfigError(
+                f"--token must have at least {MIN_TOKEN_LENGTH} characters; got {len(self.token)}. Generate one with "
+                "python -c \"import secrets; print(secrets.token_urlsafe())\""
+            )
+        if not is_loopback(self.host) and not self.token:
+            raise ConfigError(
+                f"--host {self.host} makes the server reachable from other computers: give a token with --token "
+                "(or TUMLS_QP_TOKEN) so that only holders of it can submit jobs, or keep the default 127.0.0.1"
+            )
+        if not self.roots:
+            raise ConfigError("give at least one --root folder the server may read slides from")
+        roots = []
+        for root in self.roots:
+            real = Path(os.path.realpath(Path(root).expanduser()))
+            if not real.is_dir():
+                raise ConfigError(f"--root {str(root)!r} is not an existing folder")
+            roots.append(real)
+        object.__setattr__(self, "roots", tuple(roots))
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
+        try:
+            config_from_dict(dict(self.base_parameters))
+        except ConfigError as exc:
+            raise ConfigError(f"default job parameters (--config): {exc}") from exc
+        for name in ("max_body_bytes", "max_queued", "max_jobs_per_worker"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        for name in ("poll_interval_s", "cancel_grace_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value <= 60:
+                raise ConfigError(f"{name} must be a number of seconds in (0, 60]; got {value!r}")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"

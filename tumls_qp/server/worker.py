@@ -1,0 +1,248 @@
+"""Worker processes: each claims queued jobs from the store and runs the pipeline, one job at a time.
+
+A worker is a separate process, so a CPU-heavy analysis never slows the API, and a
+cancel can stop it at once (SIGTERM, then SIGKILL). A worker ends itself when the
+server process disappears (``kill -9`` included), so no orphan keeps computing.
+
+Each attempt of a job writes into its own folder, ``jobs/<id>/attempt-<n>/``; the
+pipeline builds the run folder in a hidden staging folder and renames it into place,
+and the job becomes ``succeeded`` only after the served GeoJSON is complete, so a
+result is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import TumlsQpError
+from .settings import ServerSettings
+from .store import Job, JobStore
+
+__all__ = ["worker_main", "main", "run_job", "publish_geojson", "run_name", "settings_to_json", "SERVED_GEOJSON",
+           "JOB_LOG"]
+
+log = logging.getLogger(__name__)
+
+#: The GeoJSON the server hands to QuPath: the run's, each object tagged with the job number, gzipped.
+SERVED_GEOJSON = "served.geojson.gz"
+#: Per-job log file (in ``jobs/<id>/``).
+JOB_LOG = "job.log"
+#: Relative share of the overall progress bar per pipeline stage (others count 1).
+_STAGE_WEIGHTS = {"train": 6.0, "outputs": 2.0}
+#: Seconds between progress writes to the store (stage changes are written at once).
+_PROGRESS_INTERVAL_S = 0.5
+
+
+def run_name(image_name: str) -> str:
+    """A safe folder name from QuPath's image name: ``"CMU-1 (2).svs"`` -> ``"CMU-1_2"``."""
+    stem = image_name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+    stem = stem.split(".")[0] if not stem.startswith(".") else stem
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[:80]
+    return safe or "image"
+
+
+class _JobGone(Exception):
+    """The job was cancelled (or handed to another attempt) while this worker ran it."""
+
+
+class _Progress:
+    """Pipeline progress callback that writes the overall fraction to the store, throttled."""
+
+    def __init__(self, store: JobStore, job: Job) -> None:
+        from ..pipeline import STAGES
+
+        self.store, self.job = store, job
+        weights = [_STAGE_WEIGHTS.get(s, 1.0) for s in STAGES]
+        total = sum(weights)
+        self.offsets, start = {}, 0.0
+        for stage, weight in zip(STAGES, weights):
+            self.offsets[stage] = (start / total, weight / total)
+            start += weight
+        self.overall = 0.0
+        self.last_stage: str | None = None
+        self.last_write = 0.0
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        if stage in self.offsets:
+            offset, weight = self.offsets[stage]
+            self.overall = max(self.overall, offset + weight * min(max(fraction, 0.0), 1.0))
+        now = time.monotonic()
+        if stage == self.last_stage and now - self.last_write < _PROGRESS_INTERVAL_S:
+            return
+        self.last_stage, self.last_write = stage, now
+        if not self.store.progress(self.job.id, self.job.attempt, min(self.overall, 0.99), stage, message):
+            raise _JobGone(self.job.id)
+
+
+def publish_geojson(run_dir: Path, geojson_name: str, job_number: int, target: Path) -> tuple[list[dict[str, Any]], int]:
+    """Write the served GeoJSON: the run's objects, each tagged with the job number, gzipped, atomically.
+
+    Returns
+    -------
+    classes : list of dict
+        ``class_table`` of the objects.
+    n_features : int
+    """
+    from ..outputs.geojson import read_geojson, validate_geojson, write_geojson
+    from ..outputs.qupath import class_table, tag_features
+
+    data = read_geojson(run_dir / geojson_name)
+    features = data["features"] if isinstance(data, dict) else data
+    tag_features(features, job_number)
+    problems = validate_geojson(data)
+    if problems:  # a bug upstream: never hand QuPath a file it would refuse
+        raise RuntimeError("the run's GeoJSON breaks QuPath's rules: " + "; ".join(problems[:5]))
+    write_geojson(data, target, compress=True)
+    return class_table(features), len(features)
+
+
+def run_job(store: JobStore, settings: ServerSettings, job: Job) -> str:
+    """Run one claimed job to its end; returns its final state as recorded (or ``"superseded"``)."""
+    from ..config import config_from_dict
+    from ..pipeline import analyze
+    from .intake import check_under_roots
+
+    job_dir = settings.jobs_dir / job.id
+    out_dir = job_dir / f"attempt-{job.attempt}"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(job_dir / JOB_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_log = logging.getLogger("tumls_qp")
+    package_log.addHandler(handler)
+    package_log.setLevel(logging.INFO)
+    try:
+        log.info("job %s (number %d, attempt %d): %s", job.id, job.number, job.attempt, job.image_path)
+        # Checked again here: the file may have been swapped for a symlink since it was admitted.
+        slide = check_under_roots(Path(job.image_path), settings.roots, "image")
+        config = config_from_dict(job.config)
+        results = analyze([slide], out_dir, config, cache_dir=settings.cache_dir, progress=_Progress(store, job),
+                          run_names=[run_name(job.image_name)])
+        run = results[0]
+        manifest = run.manifest
+        store.progress(job.id, job.attempt, 0.99, "publish", "preparing the GeoJSON for QuPath")
+        served = out_dir / SERVED_GEOJSON
+        classes, n_features = publish_geojson(run.run_dir, manifest["outputs"]["geojson"], job.number, served)
+        summary = {
+            "k": manifest.get("clusters", {}).get("k"),
+            "tissue_tiles": manifest.get("tiles", {}).get("kept"),
+            "features": n_features,
+            "embedding_cache": manifest.get("embedding", {}).get("cache"),
+            "warnings": list(job.warnings) + list(manifest.get("warnings", [])),
+            "report": (run.run_dir / "report.pdf").is_file(),
+            "run_dir": str(run.run_dir),
+        }
+        if store.finish(job.id, job.attempt, "succeeded", run_dir=str(run.run_dir), geojson_path=str(served),
+                        classes=classes, summary=summary):
+            log.info("job %s succeeded: %d objects", job.id, n_features)
+            return "succeeded"
+        log.info("job %s was cancelled or superseded while finishing; its outputs are removed", job.id)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return "superseded"
+    except _JobGone:
+        log.info("job %s was cancelled; stopping", job.id)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return "superseded"
+    except TumlsQpError as exc:
+        message = "; ".join([str(exc), *getattr(exc, "__notes__", [])])
+        log.error("job %s failed: %s", job.id, message)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return "failed" if store.finish(job.id, job.attempt, "failed", error=message) else "superseded"
+    except Exception as exc:
+        log.exception("job %s failed with an internal error", job.id)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        message = (f"internal error ({type(exc).__name__}: {exc}); the traceback is in {job_dir / JOB_LOG}. "
+                   "Please report it.")
+        return "failed" if store.finish(job.id, job.attempt, "failed", error=message) else "superseded"
+    finally:
+        package_log.removeHandler(handler)
+        handler.close()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # Unwinds the stack, so the pipeline's finally-blocks remove its staging folders.
+    raise SystemExit(128 + signum)
+
+
+def _exit_when_orphaned(stdin: Any) -> None:
+    """End this process as soon as the server process is gone (kill -9 included).
+
+    The server holds the write end of this process's stdin: when the server dies, the
+    read below returns end-of-file. On Linux the kernel also sends SIGKILL on the
+    parent's death (PR_SET_PDEATHSIG).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        try:
+            while stdin.read(4096):
+                pass
+        finally:
+            os._exit(70)
+
+    threading.Thread(target=watch, name="tumls-qp-orphan-watch", daemon=True).start()
+
+
+def settings_to_json(settings: ServerSettings) -> str:
+    """What a worker process needs to rebuild the settings (sent on its stdin, so the token never shows in ps)."""
+    import json
+    from dataclasses import asdict
+
+    data = asdict(settings)
+    data["data_dir"] = str(settings.data_dir)
+    data["roots"] = [str(r) for r in settings.roots]
+    return json.dumps(data)
+
+
+def worker_main(settings: ServerSettings) -> None:
+    """Claim and run jobs until ``max_jobs_per_worker`` have run (or a job is cancelled under us)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C in a terminal reaches the whole process group; the server decides what happens to jobs.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    store = JobStore(settings.db_path)
+    done = 0
+    try:
+        while done < settings.max_jobs_per_worker:
+            job = store.claim(os.getpid())
+            if job is None:
+                time.sleep(settings.poll_interval_s)
+                continue
+            if run_job(store, settings, job) == "superseded":
+                # Cancelled under us: the server is about to stop this process; never start another job in it.
+                return
+            done += 1
+    finally:
+        store.close()
+
+
+def main() -> None:
+    """``python -m tumls_qp.server.worker``: read the settings (one JSON line) from stdin, then work."""
+    import json
+
+    line = sys.stdin.readline()
+    if not line:
+        sys.exit(70)
+    data = json.loads(line)
+    data["data_dir"] = Path(data["data_dir"])
+    data["roots"] = tuple(Path(r) for r in data["roots"])
+    settings = ServerSettings(**data)
+    _exit_when_orphaned(sys.stdin)
+    worker_main(settings)
+
+
+if __name__ == "__main__":
+    main()

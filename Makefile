@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # pip's find-links, and PyPI's build for this platform elsewhere. An existing torch in the venv is kept.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test clean
+.PHONY: demo test sample-report clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+# Not part of `make test`: regenerates reports/sample/ (PDF and page previews) and reports/report_timing.md.
+sample-report: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/report_sample.py
 
 clean:
 	rm -rf $(VENV) tumls-qp-demo .pytest_cache

@@ -11,7 +11,8 @@ from tumls_qp.outputs.geojson import validate_geojson_file
 from tumls_qp.pipeline import STAGES, analyze
 
 RUN_FILES = {"config.toml", "manifest.json", "tissue.geojson", "tiles.csv", "representatives.csv", "training.csv",
-             "embeddings.npz", "dendrogram.npz", "reconstructions.npz", "thumbnail.png", "model.pt", "model.json", "patches"}
+             "embeddings.npz", "dendrogram.npz", "reconstructions.npz", "thumbnail.png", "model.pt", "model.json", "patches",
+             "report.pdf"}
 
 
 def _rows(path):

@@ -115,6 +115,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tumls-qp-demo", metavar="DIR", help="output folder (default ./tumls-qp-demo)")
     _add_analysis_options(p)
 
+    p = sub.add_parser("report", help="render the PDF report of run folders again (no slide needed)",
+                       description="Render the PDF report from run folders written by `tumls-qp analyze`, without "
+                                   "the slide and without recomputing anything. One run folder gives its case report "
+                                   "(RUN_DIR/report.pdf); several give one cohort report (cohort-report.pdf in "
+                                   "their common parent folder).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (one per slide)")
+    p.add_argument("--cohort", action="store_true",
+                   help="the cohort report of the --cohort analysis RUN_DIR belongs to (its run folders beside it)")
+    p.add_argument("--out", metavar="FILE",
+                   help="the PDF to write, or a folder to write it into (default: beside the run folder(s))")
+
     p = sub.add_parser("config", help="print the default configuration as TOML",
                        description="Print the default configuration (or FILE's effective one) as TOML.")
     p.add_argument("file", nargs="?", help="a config file to check and print with defaults filled in")
@@ -168,7 +179,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for path in sorted(run.iterdir()):
         print(f"  {path.name}")
     print("Import tissue.geojson in QuPath (File > Import objects) over CMU-1-Small-Region.svs to see the tissues.")
+    if (run / "report.pdf").is_file():
+        print(f"Read the per-case PDF: {(run / 'report.pdf').resolve()}")
     return code
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .outputs.pdf_report import render_report
+
+    result = render_report(args.run_dirs, args.out, cohort=args.cohort)
+    kind = "case report" if result.slides == 1 else f"cohort report of {result.slides} slides"
+    print(f"{result.path}: {kind}, {result.pages} pages, {result.path.stat().st_size / 1e6:.1f} MB, "
+          f"{result.seconds:.1f} s")
+    return 0
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -180,6 +203,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "analyze": _cmd_analyze,
     "demo": _cmd_demo,
+    "report": _cmd_report,
     "config": _cmd_config,
 }
 

@@ -85,10 +85,17 @@ def demo_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def synthetic_run(slides, tmp_path_factory):
+def cache(tmp_path_factory):
+    """An embedding cache, so that analysing the same slide again skips training."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(slides, tmp_path_factory, cache):
     """The two-tissue synthetic slide with k = 2, without a report (the tests render what they change)."""
     out = tmp_path_factory.mktemp("synthetic")
-    [result] = analyze([slides["two-tissues"]], out, _config(**{"clusters.k": 2, "output.report": False}))
+    [result] = analyze([slides["two-tissues"]], out, _config(**{"clusters.k": 2, "output.report": False}),
+                       cache_dir=cache)
     return result.run_dir
 
 
@@ -314,19 +321,14 @@ def test_not_a_run_folder_names_the_missing_file(synthetic_run, tmp_path, capsys
     assert not (run / REPORT_NAME).exists() and not [p for p in run.iterdir() if p.name.startswith(".")]
 
 
-def test_a_failed_render_leaves_no_run_folder(slides, tmp_path, monkeypatch):
+def test_a_failed_render_leaves_no_run_folder(slides, synthetic_run, cache, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("renderer broke")
 
     monkeypatch.setattr(pdf_report, "render_report", broken)
     with pytest.raises(RuntimeError, match="renderer broke"):
-        analyze([slides["two-tissues"]], tmp_path, _config(**{"clusters.k": 2}))
+        analyze([slides["two-tissues"]], tmp_path, _config(**{"clusters.k": 2}), cache_dir=cache)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_report_can_be_switched_off(slides, tmp_path):
-    [result] = analyze([slides["two-tissues"]], tmp_path, _config(**{"clusters.k": 2, "output.report": False}))
-    assert not (result.run_dir / REPORT_NAME).exists()
 
 
 def test_output_report_option():
@@ -371,6 +373,7 @@ def test_number_formats_and_names():
 
 
 def test_read_run_folder(synthetic_run):
+    assert not (synthetic_run / REPORT_NAME).exists()  # output.report = false
     run = read_run_folder(synthetic_run)
     m = json.loads((synthetic_run / "manifest.json").read_text())
     assert run.k == 2 and run.slide_name == "two-tissues.tif" and run.mpp == pytest.approx(0.5)

@@ -115,6 +115,18 @@ def _scale_bar(ax: Any, width_px: float, height_px: float, mpp: float | None, fr
     ax.add_artist(bar)
 
 
+def _shrink(image: np.ndarray, max_px: int) -> tuple[np.ndarray, float]:
+    """``image`` at most ``max_px`` a side (area-averaged), and the factor its pixel size grew by."""
+    h, w = image.shape[:2]
+    factor = max(h, w) / max_px
+    if factor <= 1:
+        return image, 1.0
+    from PIL import Image
+
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX)), w / size[0]
+
+
 def _image_axis(ax: Any, image: np.ndarray, mpp: float | None, title: str | None = None,
                 interpolation: str = "antialiased") -> None:
     ax.imshow(image, interpolation=interpolation)
@@ -232,15 +244,20 @@ def maps_figure(thumbnail: np.ndarray, labels: np.ndarray, uncertainty: np.ndarr
         extent = (-0.5, labels.shape[1] * tile_px - 0.5, labels.shape[0] * tile_px - 0.5, -0.5)
         for t in range(1, k + 1):
             if (fine == t).any():
-                left.contour((fine == t).astype(float), levels=[0.5], colors=[(0.1, 0.1, 0.1)], linewidths=0.5,
-                             extent=extent, origin="upper")
+                mask = (fine == t).astype(float)
+                # The tissue's hatch pattern (as in the bar charts) tells tissues apart in grey print.
+                if _hatch(t):
+                    left.contourf(mask, levels=[0.5, 1.5], colors="none", hatches=[_hatch(t)], extent=extent,
+                                  origin="upper")
+                left.contour(mask, levels=[0.5], colors=[(0.1, 0.1, 0.1)], linewidths=0.5, extent=extent,
+                             origin="upper")
         for t, (r, c) in _label_positions(labels, k).items():
             left.text(c * tile_px, r * tile_px, str(t), ha="center", va="center", fontsize=7, fontweight="bold",
                       color="black", zorder=8,
                       bbox={"boxstyle": "circle,pad=0.2", "facecolor": "white", "edgecolor": "black", "linewidth": 0.5})
         left.set_xlim(-0.5, w - 0.5)
         left.set_ylim(h - 0.5, -0.5)
-        handles = [Patch(facecolor=tissue_rgb(t), edgecolor="black", linewidth=0.4,
+        handles = [Patch(facecolor=tissue_rgb(t), edgecolor="black", linewidth=0.4, hatch=_hatch(t),
                          label=f"{t}: {tissue_class_name(t - 1)} ({shares[t - 1]:.1f} %)") for t in range(1, k + 1)]
         fig.legend(handles=handles, loc="outside lower left", ncols=min(k, 3), frameon=False,
                    handlelength=1.2, columnspacing=1.0)
@@ -275,7 +292,9 @@ def representatives_figure(thumbnail: np.ndarray, scale: float, thumb_mpp: float
                 axes[1, i].set_xticks([])
                 axes[1, i].set_yticks([])
             else:
-                _image_axis(axes[1, i], patch, rep.patch_mpp)
+                # A 1024 px patch is drawn about 250 px wide: shrink it first (faster, and smaller files).
+                small, factor = _shrink(patch, 512)
+                _image_axis(axes[1, i], small, rep.patch_mpp * factor if rep.patch_mpp else None)
         axes[0, 0].set_ylabel("tissue level", fontsize=7)
         axes[1, 0].set_ylabel("full resolution", fontsize=7)
         return _encode(fig, photo=True)
@@ -289,7 +308,7 @@ def nucleus_overlay_figure(patch: np.ndarray, labels: np.ndarray | None, mpp: fl
     if labels is not None:
         edges = find_boundaries(labels, mode="inner")
         # Thicken the outline with the patch size so it stays visible once the patch is shrunk on the page.
-        width = max(1, int(round(max(patch.shape[:2]) / 400)))
+        width = max(1, int(round(max(patch.shape[:2]) / 350)))
         if width > 1:
             from scipy import ndimage
 
@@ -297,14 +316,17 @@ def nucleus_overlay_figure(patch: np.ndarray, labels: np.ndarray | None, mpp: fl
         overlay[edges] = NUCLEUS_COLOUR
         # Outside the nuclei the patch is dimmed a little so outlines read in grey print.
         overlay[labels == 0] = (overlay[labels == 0] * 0.8).astype(np.uint8)
+    # Outlines are drawn at full resolution, then both images are shrunk to about twice their drawn size.
+    small, factor = _shrink(patch, 768)
+    mpp = mpp * factor if mpp else None
     if labels is None:
         with _figure(2.4, 2.45, layout="constrained") as fig:
-            _image_axis(fig.subplots(), patch, mpp, "best representative")
+            _image_axis(fig.subplots(), small, mpp, "best representative")
             return _encode(fig, photo=True)
     with _figure(4.4, 2.35, layout="constrained") as fig:
         a, b = fig.subplots(1, 2)
-        _image_axis(a, patch, mpp, "best representative")
-        _image_axis(b, overlay, mpp, f"nuclei outlined ({len(np.unique(labels[labels > 0]))})")
+        _image_axis(a, small, mpp, "best representative")
+        _image_axis(b, _shrink(overlay, 768)[0], mpp, f"nuclei outlined ({len(np.unique(labels[labels > 0]))})")
         return _encode(fig, photo=True)
 
 

@@ -100,8 +100,9 @@ def render_report(
         several give a cohort report (their tissue numbers agree only when they come
         from one ``--cohort`` analysis; the report says so otherwise).
     out : path-like, optional
-        The PDF to write. Default: ``report.pdf`` in the run folder, or
-        ``cohort-report.pdf`` in the run folders' common parent.
+        The PDF to write (replaced atomically), or an existing folder to write it into.
+        Default: ``report.pdf`` in the run folder, or ``cohort-report.pdf`` in the run
+        folders' common parent.
     cohort : bool
         With one run folder of a ``--cohort`` analysis: the cohort report of all the run
         folders of that analysis (found beside it by the names its manifest lists).
@@ -267,27 +268,24 @@ def _side_by_side(left: Any, right: Any, widths: tuple[float, float]) -> Any:
     return table
 
 
-class _Marker:
-    """Factory of zero-size flowables that set the running header and add PDF outline entries."""
+def _marker(header: str | None, outline: str | None, level: int) -> Any:
+    """A zero-size flowable that sets the running header and/or adds an entry to the PDF's outline."""
+    from reportlab.platypus import Flowable
 
-    @staticmethod
-    def make(header: str | None, outline: str | None, level: int) -> Any:
-        from reportlab.platypus import Flowable
+    class Marker(Flowable):
+        def wrap(self, *args: Any) -> tuple[float, float]:
+            return (0, 0)
 
-        class Mark(Flowable):  # noqa: D401 - a marker, not content
-            def wrap(self, *args: Any) -> tuple[float, float]:
-                return (0, 0)
+        def draw(self) -> None:
+            canvas = self.canv
+            if header is not None:
+                canvas._tumls_header = header  # read by _decorate at the end of the page
+            if outline is not None:
+                key = f"s{uuid.uuid4().hex[:12]}"
+                canvas.bookmarkPage(key)
+                canvas.addOutlineEntry(outline, key, level=level, closed=level > 0)
 
-            def draw(self) -> None:
-                canvas = self.canv
-                if header is not None:
-                    canvas._tumls_header = header  # read by the page decoration
-                if outline is not None:
-                    key = f"s{uuid.uuid4().hex[:12]}"
-                    canvas.bookmarkPage(key)
-                    canvas.addOutlineEntry(outline, key, level=level, closed=level > 0)
-
-        return Mark()
+    return Marker()
 
 
 def _decorate(canvas: Any, doc: Any) -> None:
@@ -462,7 +460,7 @@ def _case_story(styles: _Styles, run: RunFolder, level: int) -> list[Any]:
 
     name = run.slide_name
     # In a cohort report the slide is an outline entry of its own, its sections one level below.
-    story: list[Any] = [_Marker.make(name, name if level > 0 else None, 0)]
+    story: list[Any] = [_marker(name, name if level > 0 else None, 0)]
     # A tissue of a cohort that does not occur on this slide gets no page (the summary table shows it with 0 tiles).
     present = [t for t in range(1, run.k + 1) if (run.tissue == t).any()]
     sections = [
@@ -475,7 +473,7 @@ def _case_story(styles: _Styles, run: RunFolder, level: int) -> list[Any]:
     for i, (title, build) in enumerate(sections):
         if i:
             story.append(PageBreak())
-        story.append(_Marker.make(None, title, level))
+        story.append(_marker(None, title, level))
         story += build(styles, run)
     return story
 
@@ -835,7 +833,7 @@ def _cohort_story(styles: _Styles, runs: list[RunFolder]) -> list[Any]:
     k = max(r.k for r in runs)
     names = [r.slide_name for r in runs]
     same = _one_cohort(runs)
-    story: list[Any] = [_Marker.make(f"cohort of {len(runs)} slides", "Cohort", 0),
+    story: list[Any] = [_marker(f"cohort of {len(runs)} slides", "Cohort", 0),
                         _para(f"Cohort report: {len(runs)} slides", styles.title)]
     if same:
         story.append(_para(

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # pip's find-links, and PyPI's build for this platform elsewhere. An existing torch in the venv is kept.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test clean
+.PHONY: demo test sample-report clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ $(GSON_JAR):
 	  || (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
 	      apt-get install -y -qq libgoogle-gson-java >/dev/null 2>&1) \
 	  || echo "note: could not install Gson (as root: apt-get install libgoogle-gson-java); the QuPath script tests will be skipped"
+# Not part of `make test`: regenerates reports/sample/ (PDF and page previews) and reports/report_timing.md.
+sample-report: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/report_sample.py
 
 clean:
 	rm -rf $(VENV) tumls-qp-demo .pytest_cache .tools

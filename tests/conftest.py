@@ -42,6 +42,9 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture()
 def fast_config() -> PipelineConfig:
-    """64 µm tiles (384 per synthetic slide) and a few autoencoder epochs: seconds, not minutes."""
+    """64 µm tiles (384 per synthetic slide), a few autoencoder epochs, no PDF: seconds, not minutes.
+
+    The PDF report has its own tests (tests/test_pdf_report.py), with the default ``output.report``.
+    """
     return replace_in(PipelineConfig(), **{"tiles.tile_um": 64.0, "embedding.max_epochs": 4,
-                                           "embedding.device": "cpu"})
+                                           "embedding.device": "cpu", "output.report": False})

@@ -11,8 +11,8 @@ from tumls_qp.outputs.geojson import validate_geojson_file
 from tumls_qp.pipeline import STAGES, analyze
 
 RUN_FILES = {"config.toml", "manifest.json", "tissue.geojson", "tiles.csv", "representatives.csv", "training.csv",
-             "embeddings.npz", "dendrogram.npz", "reconstructions.npz", "thumbnail.png", "model.pt", "model.json", "patches", "nuclei.csv",
-             "features.csv", "patch_features.csv"}
+             "embeddings.npz", "dendrogram.npz", "reconstructions.npz", "thumbnail.png", "model.pt", "model.json",
+             "patches", "nuclei.csv", "features.csv", "patch_features.csv", "report.pdf"}
 
 
 def _rows(path):
@@ -26,7 +26,7 @@ def _assert_no_partial(out):
 
 def test_two_tissue_slide_run_folder(slides, fast_config, tmp_path):
     events = []
-    [result] = analyze([slides["two-tissues"]], tmp_path, fast_config,
+    [result] = analyze([slides["two-tissues"]], tmp_path, replace_in(fast_config, **{"output.report": True}),
                        progress=lambda stage, fraction, message: events.append((stage, fraction)))
     run = tmp_path / "two-tissues"
     assert result.run_dir == run and {p.name for p in run.iterdir()} == RUN_FILES

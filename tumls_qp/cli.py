@@ -129,6 +129,17 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--repeats", type=int, default=3, metavar="N",
                    help="time each image N times and keep the fastest (default 3)")
 
+    p = sub.add_parser("report", help="render the PDF report of run folders again (no slide needed)",
+                       description="Render the PDF report from run folders written by `tumls-qp analyze`, without "
+                                   "the slide and without recomputing anything. One run folder gives its case report "
+                                   "(RUN_DIR/report.pdf); several give one cohort report (cohort-report.pdf in "
+                                   "their common parent folder).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (one per slide)")
+    p.add_argument("--cohort", action="store_true",
+                   help="the cohort report of the --cohort analysis RUN_DIR belongs to (its run folders beside it)")
+    p.add_argument("--out", metavar="FILE",
+                   help="the PDF to write, or a folder to write it into (default: beside the run folder(s))")
+
     p = sub.add_parser("config", help="print the default configuration as TOML",
                        description="Print the default configuration (or FILE's effective one) as TOML.")
     p.add_argument("file", nargs="?", help="a config file to check and print with defaults filled in")
@@ -205,6 +216,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for path in sorted(run.iterdir()):
         print(f"  {path.name}")
     print("Import tissue.geojson in QuPath (File > Import objects) over CMU-1-Small-Region.svs to see the tissues.")
+    if (run / "report.pdf").is_file():
+        print(f"Read the per-case PDF: {(run / 'report.pdf').resolve()}")
     return code
 
 
@@ -228,6 +241,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{mask.replace('mask', 'mask ')}: Dice {result.mean(mask, 'dice'):.4f}  IoU {result.mean(mask, 'iou'):.4f}"
               f"  AJI {result.mean(mask, 'aji'):.4f}  F1 obj {result.mean(mask, 'f1_object'):.4f}")
     print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU; report: {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .outputs.pdf_report import render_report
+
+    result = render_report(args.run_dirs, args.out, cohort=args.cohort)
+    kind = "case report" if result.slides == 1 else f"cohort report of {result.slides} slides"
+    print(f"{result.path}: {kind}, {result.pages} pages, {result.path.stat().st_size / 1e6:.1f} MB, "
+          f"{result.seconds:.1f} s")
     return 0
 
 
@@ -278,6 +301,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "analyze": _cmd_analyze,
     "demo": _cmd_demo,
     "eval": _cmd_eval,
+    "report": _cmd_report,
     "config": _cmd_config,
     "serve": _cmd_serve,
     "qupath-project": _cmd_qupath_project,

@@ -293,6 +293,13 @@ class OutputConfig:
     gzip: bool = False
     #: Add one QuPath ``tile`` object per tissue tile (for the uncertainty measurement map).
     tile_objects: bool = True
+    #: Render ``report.pdf`` (the per-case PDF of cross-level insights) into every run folder,
+    #: and ``cohort-report.pdf`` beside the run folders of a cohort. ``tumls-qp report`` renders
+    #: them again later from the run folders alone.
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.report, bool), "output.report", self.report, "true or false")
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,8 @@ def analyze(
     config : PipelineConfig, optional
     cohort : bool
         One autoencoder and one clustering for all slides, so a tissue number means
-        the same on every slide. Otherwise each slide is analysed on its own.
+        the same on every slide (and, with ``output.report``, ``cohort-report.pdf`` in
+        ``out_dir``). Otherwise each slide is analysed on its own.
     cache_dir : path-like, optional
         Reuse (and store) tiles, embeddings and the trained model for the same slides
         and parameters. None: no cache.
@@ -163,7 +164,12 @@ def analyze(
     out = _prepare_out_dir(Path(out_dir))
     cache = Path(cache_dir) if cache_dir is not None else None
     if cohort:
-        return _analyze_group(slides, names, out, config, cache, progress, cohort=True)
+        results = _analyze_group(slides, names, out, config, cache, progress, cohort=True)
+        if config.output.report and len(results) > 1:
+            from .outputs.pdf_report import COHORT_REPORT_NAME, render_report
+
+            render_report([r.run_dir for r in results], out / COHORT_REPORT_NAME)
+        return results
     results, first_error = [], None
     for slide, name in zip(slides, names):
         try:
@@ -583,6 +589,11 @@ def _write_run(
     manifest = _manifest(d, config, clustering, labels, reps, low, history, cache_hit, timer, started, cohort,
                          geojson_name, len(features), warnings)
     _write_json(folder / "manifest.json", manifest)
+    if config.output.report:
+        # Last, from the staging folder's own files: a report that fails to render leaves no run folder behind.
+        from .outputs.pdf_report import REPORT_NAME, render_report
+
+        render_report(folder, folder / REPORT_NAME)
     return manifest
 
 

@@ -1,0 +1,389 @@
+"""The PDF report: every section, the manifest's numbers, pages that are not blank, and the edge cases.
+
+PDFs are read back with pypdfium2 (PDFium, an independent reader): its text for the
+sections and numbers, and each page rendered to pixels for "not blank".
+"""
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tumls_qp.outputs.pdf_report as pdf_report
+from tumls_qp.classes import NUCLEUS_COLOUR
+from tumls_qp.cli import DEMO_SLIDE, main
+from tumls_qp.config import ConfigError, OutputConfig, PipelineConfig, config_from_dict, dump_config, replace_in
+from tumls_qp.errors import InvalidInputError
+from tumls_qp.outputs import _report_figures as figures
+from tumls_qp.outputs._run_folder import display_name, read_run_folder
+from tumls_qp.outputs.pdf_report import COHORT_REPORT_NAME, DISCLAIMER, REPORT_NAME, _compact_toml, _fmt, render_report
+from tumls_qp.pipeline import analyze
+
+pdfium = pytest.importorskip("pypdfium2")
+
+SECTIONS = ("Case summary", "Tissue 1", "The 5 best representatives", "The best representative: nuclei and features",
+            "Uncertainty of the tissue's tiles", "Comparison across tissues", "Normalised features",
+            "Tissue distribution", "Method and quality", "Background filtering and autoencoder quality",
+            "Warnings raised during the run", "Parameters and provenance", "Effective configuration")
+
+
+def _config(**changes):
+    base = {"tiles.tile_um": 64.0, "embedding.max_epochs": 3, "embedding.device": "cpu"}
+    return replace_in(PipelineConfig(), **(base | changes))
+
+
+def _pages_text(path):
+    pdf = pdfium.PdfDocument(str(path))
+    try:
+        return [page.get_textpage().get_text_range().replace("\r\n", "\n") for page in pdf]
+    finally:
+        pdf.close()
+
+
+def _text(path):
+    # Words wrapped in table cells come back on separate lines: compare with whitespace collapsed.
+    return " ".join(" ".join(_pages_text(path)).split())
+
+
+def _page_images(path, scale=0.6):
+    pdf = pdfium.PdfDocument(str(path))
+    try:
+        return [np.asarray(page.render(scale=scale).to_pil().convert("RGB")) for page in pdf]
+    finally:
+        pdf.close()
+
+
+def _assert_pages_not_blank(path):
+    images = _page_images(path)
+    assert images
+    for i, image in enumerate(images):
+        h = image.shape[0]
+        body = image[int(0.07 * h): int(0.93 * h)]  # below the running header, above the footer
+        ink = (body.min(axis=2) < 200).mean()
+        assert ink > 0.01, f"page {i + 1} of {path.name} is blank ({ink:.4f} of its body is ink)"
+
+
+def _copy_run(run, tmp_path, name="copy"):
+    target = tmp_path / name
+    shutil.copytree(run, target)
+    (target / REPORT_NAME).unlink(missing_ok=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The bundled real slide (CMU-1-Small-Region, H&E) analysed with a report, in seconds (3 epochs)."""
+    out = tmp_path_factory.mktemp("demo")
+    [result] = analyze([DEMO_SLIDE], out, _config(**{"tiles.tile_um": 32.0}))
+    return result.run_dir
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """An embedding cache, so that analysing the same slide again skips training."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(slides, tmp_path_factory, cache):
+    """The two-tissue synthetic slide with k = 2, without nuclei or a report (the tests render what they change)."""
+    out = tmp_path_factory.mktemp("synthetic")
+    [result] = analyze([slides["two-tissues"]], out, _config(**{"clusters.k": 2, "output.report": False,
+                                                                "nuclei.enabled": False}),
+                       cache_dir=cache)
+    return result.run_dir
+
+
+# --- the real slide ------------------------------------------------------------------------------------------------
+
+def test_pipeline_report_has_every_section_and_the_manifest_numbers(demo_run):
+    report = demo_run / REPORT_NAME
+    assert report.is_file() and report.read_bytes().startswith(b"%PDF")
+    m = json.loads((demo_run / "manifest.json").read_text())
+    pages = _pages_text(report)
+    text = _text(report)
+    for section in SECTIONS:
+        assert section in text, section
+    k = m["clusters"]["k"]
+    for t in range(1, k + 1):
+        assert f"Tissue {t}" in text
+    # Sections come in the issue's order, one tissue page per tissue.
+    first_page = {s: next(i for i, p in enumerate(pages) if s in " ".join(p.split()))
+                  for s in ("Case summary", "Comparison across tissues", "Method and quality",
+                            "Parameters and provenance")}
+    assert first_page["Case summary"] == 0
+    assert first_page["Case summary"] < first_page["Comparison across tissues"] < first_page["Method and quality"] \
+        < first_page["Parameters and provenance"]
+    assert first_page["Comparison across tissues"] >= k + 1
+    assert "not a diagnosis" in text and " ".join(DISCLAIMER.split()[:8]) in text
+
+    numbers = [
+        m["slide"]["name"], m["version"], m["slide"]["quickhash"], f"{m['tiles']['kept']:,} of {m['tiles']['total']:,}",
+        f"Tiles in the grid {m['tiles']['total']:,}", f"Dropped as background {m['tiles']['dropped']['background']:,}",
+        f"Dropped as artefact (near-black) {m['tiles']['dropped']['artefact']:,}",
+        f"{m['embedding']['epochs']} ({m['embedding']['best_epoch']})",
+        " / ".join(f"{m['embedding']['mse'][s]:.4g}" for s in ("train", "val", "test")),
+        f"Seed {m['seed']}", f"Device {m['device']}", f"{m['slide']['mpp']:g} µm/px",
+        ", ".join(f"{n:,}" for n in m["clusters"]["tiles_per_tissue"]), f"k = {k}",
+    ]
+    for value in numbers:
+        assert value in text, value
+    # Areas in µm² and shares in %, computed here from the manifest alone.
+    tile_um2 = m["tiles"]["tile_um"] ** 2
+    counts = m["clusters"]["tiles_per_tissue"]
+    for n in counts:
+        assert f"{n * tile_um2:,.0f}" in text
+        assert f"{100 * n / sum(counts):.1f}" in text
+    # The nuclei of the real run: each tissue's count, from the manifest, on its headline line.
+    assert m["nuclei"]["nuclei"] > 0
+    for count in m["nuclei"]["per_tissue"].values():
+        assert f"Nuclei {count:,}" in text
+    assert "No nuclei were segmented" not in text
+
+
+def test_every_page_of_the_real_report_is_drawn(demo_run):
+    _assert_pages_not_blank(demo_run / REPORT_NAME)
+
+
+def test_report_command_rerenders_from_the_run_folder_alone(demo_run, tmp_path, capsys):
+    run = _copy_run(demo_run, tmp_path)
+    # The slide is not needed: the manifest points at a file that no longer exists.
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["slide"]["path"] = str(tmp_path / "moved-away.svs")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    before = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"{run / REPORT_NAME}: case report" in out and "pages" in out
+    after = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert set(after) - set(before) == {REPORT_NAME} and all(after[p] == before[p] for p in before)
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+    assert "Parameters and provenance" in _text(run / REPORT_NAME)
+    # --out to a file and to a folder
+    assert main(["report", str(run), "--out", str(tmp_path / "elsewhere.pdf")]) == 0
+    assert (tmp_path / "elsewhere.pdf").is_file()
+    (tmp_path / "folder").mkdir()
+    assert main(["report", str(run), "--out", str(tmp_path / "folder")]) == 0
+    assert (tmp_path / "folder" / REPORT_NAME).is_file()
+
+
+# --- edge cases on the synthetic slide -----------------------------------------------------------------------------
+
+def _write_nuclei(run, radius_px=6, per_patch=3, features=True, empty=False):
+    """Nucleus files in the run-folder contract: disks drawn in each representative's label image."""
+    rows = []
+    for patch in sorted((run / "patches").glob("tissue*-rank*.jpg")):
+        t, r = (int(v) for v in patch.stem.replace("tissue", "").split("-rank"))
+        with Image.open(patch) as image:
+            w, h = image.size
+        labels = np.zeros((h, w), np.uint16)
+        if not empty:
+            yy, xx = np.mgrid[:h, :w]
+            for i in range(per_patch):
+                cx, cy = (i + 1) * w // (per_patch + 1), h // 2
+                labels[(xx - cx) ** 2 + (yy - cy) ** 2 <= radius_px ** 2] = i + 1
+                area = float((labels == i + 1).sum()) * 0.5 ** 2
+                rows.append([t, r, i + 1, f"{area:.3f}", f"{2 * math.pi * radius_px * 0.5:.3f}", "0.98", "0.05"])
+        Image.fromarray(labels).save(patch.with_name(f"{patch.stem}.labels.png"))
+    with open(run / "nuclei.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["tissue", "rank", "label", "Area um^2", "Perimeter um", "Circularity", "Eccentricity"])
+        writer.writerows(rows)
+    if features:
+        k = json.loads((run / "manifest.json").read_text())["clusters"]["k"]
+        with open(run / "features.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["tissue", "GLCM contrast", "GLCM homogeneity", "Nuclei", "Nucleus area mean um^2",
+                             "Nuclei per mm^2", "Spread um"])
+            for t in range(1, k + 1):
+                if empty:
+                    writer.writerow([t, 12.5 + t, 0.25, 0, "", 0, "nan"])
+                else:
+                    writer.writerow([t, 12.5 + t, 0.25, per_patch, 28.25 + t, 1234.5 * t, 7.75])
+
+
+def _nucleus_pixels(path):
+    """Pixels in the nucleus class colour on the pages after the summary (whose uncertainty map has yellows)."""
+    colour = np.array(NUCLEUS_COLOUR, dtype=int)
+    return [int((np.abs(img.astype(int) - colour).max(axis=2) < 40).sum()) for img in _page_images(path, 1.5)[1:]]
+
+
+def test_nuclei_files_give_outlines_and_feature_listings(synthetic_run, tmp_path):
+    run = _copy_run(synthetic_run, tmp_path)
+    _write_nuclei(run)
+    result = render_report(run)
+    text = _text(result.path)
+    for value in ("GLCM contrast 13.5", "GLCM contrast 14.5", "Nucleus area mean µm² 29.25", "Nuclei per mm² 2,469",
+                  "Spread µm 7.75", "Nuclei in this patch (nuclei.csv) 3", "Area µm², mean ± sd",
+                  "Headline features"):
+        assert value in text, value
+    # Headline line on the summary: "Nuclei", then density, then area.
+    assert "Nuclei 3; Nuclei per mm² 1,234; Nucleus area mean µm² 29.25" in text
+    assert "No nuclei were segmented" not in text
+    _assert_pages_not_blank(result.path)
+    # The outlines are drawn in the nucleus class colour; a report without nucleus files has none of it.
+    bare = render_report(_copy_run(synthetic_run, tmp_path, "bare"))
+    assert sum(_nucleus_pixels(bare.path)) == 0
+    outlined = _nucleus_pixels(result.path)
+    assert outlined[0] > 50 and outlined[1] > 50  # the pages of tissue 1 and tissue 2
+
+
+def test_a_run_where_no_nuclei_were_found_renders(synthetic_run, tmp_path):
+    run = _copy_run(synthetic_run, tmp_path)
+    _write_nuclei(run, empty=True)
+    result = render_report(run)
+    text = _text(result.path)
+    assert "No nuclei were found in this patch." in text
+    assert "Nuclei in this patch (nuclei.csv) 0" in text and "undefined" in text
+    _assert_pages_not_blank(result.path)
+
+
+def test_missing_mpp_derived_values_still_render(synthetic_run, tmp_path):
+    run = _copy_run(synthetic_run, tmp_path)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["slide"]["mpp"] = None
+    manifest["slide"]["mpp_source"] = None
+    for key in ("tile_um", "lowres_mpp"):
+        manifest["tiles"][key] = None
+    for rep in manifest["representatives"]:
+        rep["patch_mpp"] = None
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    result = render_report(run)
+    text = _text(result.path)
+    assert "not recorded: areas and scale bars are omitted" in text
+    assert "Area (µm²)" in text and "area n/a µm²" in text
+    _assert_pages_not_blank(result.path)
+
+
+def test_one_tissue_renders(slides, tmp_path):
+    [result] = analyze([slides["homogeneous"]], tmp_path, _config())
+    assert result.manifest["clusters"]["k"] == 1
+    text = _text(result.run_dir / REPORT_NAME)
+    assert "k = 1 (one tissue)" in text and "Tissue 1" in text and "Tissue 2" not in text
+    assert "With one tissue every bar is 1" in text
+    _assert_pages_not_blank(result.run_dir / REPORT_NAME)
+
+
+def test_cohort_report(slides, tmp_path, capsys):
+    results = analyze([slides["two-tissues"], slides["homogeneous"]], tmp_path, _config(**{"clusters.k": 2}),
+                      cohort=True)
+    cohort_pdf = tmp_path / COHORT_REPORT_NAME
+    assert cohort_pdf.is_file() and all((r.run_dir / REPORT_NAME).is_file() for r in results)
+    text = _text(cohort_pdf)
+    for value in ("Cohort report: 2 slides", "analysed together", "Per-slide summary", "Tissue distribution per slide",
+                  "Each tissue over the slides", "two-tissues.tif", "homogeneous.tif", "Case summary"):
+        assert value in text, value
+    for r in results:
+        counts = r.manifest["clusters"]["tiles_per_tissue"]
+        assert " ".join(f"{100 * n / sum(counts):.1f}" for n in counts) in text
+    assert text.count("Parameters and provenance") == 2  # each slide's case report follows
+    _assert_pages_not_blank(cohort_pdf)
+    # Re-rendered from one member with --cohort: the same cohort, the same pages.
+    again = tmp_path / "again.pdf"
+    assert main(["report", str(results[0].run_dir), "--cohort", "--out", str(again)]) == 0
+    assert "cohort report of 2 slides" in capsys.readouterr().out
+    assert len(_pages_text(again)) == len(_pages_text(cohort_pdf))
+
+
+def test_run_folders_of_separate_analyses_are_flagged_in_a_cohort_report(synthetic_run, demo_run, tmp_path):
+    result = render_report([synthetic_run, demo_run], tmp_path / "mixed.pdf")
+    assert result.slides == 2
+    assert "these slides were not analysed as one cohort" in _text(result.path)
+    with pytest.raises(InvalidInputError, match="was not analysed with --cohort"):
+        render_report(synthetic_run, tmp_path / "x.pdf", cohort=True)
+
+
+# --- errors and atomicity ------------------------------------------------------------------------------------------
+
+def test_not_a_run_folder_names_the_missing_file(synthetic_run, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 3
+    err = capsys.readouterr().err
+    assert "manifest.json" in err and "tumls-qp analyze" in err
+
+    run = _copy_run(synthetic_run, tmp_path)
+    (run / "tiles.csv").unlink()
+    assert main(["report", str(run)]) == 3
+    err = capsys.readouterr().err
+    assert "tiles.csv is missing" in err and "manifest.json" not in err.split("missing")[0]
+
+    run = _copy_run(synthetic_run, tmp_path, "damaged")
+    (run / "tiles.csv").write_text("x,y,w,h,tissue,uncertainty\n1,2,3\n")
+    assert main(["report", str(run)]) == 3
+    assert "cannot read tiles.csv" in capsys.readouterr().err
+
+    assert main(["report", str(synthetic_run.parent)]) == 3
+    assert "is an output folder, not a run folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere")]) == 3
+    assert "run folder not found" in capsys.readouterr().err
+    assert not (run / REPORT_NAME).exists() and not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_render_leaves_no_run_folder(slides, synthetic_run, cache, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("renderer broke")
+
+    monkeypatch.setattr(pdf_report, "render_report", broken)
+    with pytest.raises(RuntimeError, match="renderer broke"):
+        analyze([slides["two-tissues"]], tmp_path, _config(**{"clusters.k": 2}), cache_dir=cache)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_report_option():
+    assert OutputConfig().report is True
+    with pytest.raises(ConfigError, match="output.report must be true or false"):
+        OutputConfig(report="yes")
+    with pytest.raises(ConfigError, match="output.report"):
+        config_from_dict({"output": {"report": 1}})
+    config = replace_in(PipelineConfig(), **{"output.report": False})
+    assert "report = false" in dump_config(config)
+
+
+def test_importing_the_report_module_is_light():
+    code = ("import sys, tumls_qp.outputs.pdf_report;"
+            "print([m for m in ('reportlab', 'matplotlib', 'torch') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- helpers with known answers ------------------------------------------------------------------------------------
+
+def test_tissue_grid_places_each_tile_in_its_cell():
+    boxes = np.array([[0, 0, 64, 64], [128, 64, 64, 64], [64, 128, 64, 64]])
+    grid = figures.tissue_grid(boxes, np.array([1, 2, 3]), None, 64, (3, 3))
+    assert grid.tolist() == [[1, 0, 0], [0, 0, 2], [0, 3, 0]]
+    values = figures.tissue_grid(boxes, np.array([1, 2, 3]), np.array([0.1, 0.5, 0.9]), 64, (3, 3))
+    assert values[1, 2] == 0.5 and np.isnan(values[0, 1])
+
+
+@pytest.mark.parametrize(("target", "expected"), [(7.3, 5), (19.9, 10), (20, 20), (0.3, 0.2), (1234, 1000)])
+def test_scale_bar_lengths_are_round(target, expected):
+    assert figures._nice_length(target) == pytest.approx(expected)
+
+
+def test_number_formats_and_names():
+    assert _fmt(1234) == "1,234" and _fmt(0.0123456) == "0.01235" and _fmt(float("nan")) == "undefined"
+    assert _fmt(None) == "n/a" and _fmt(True) == "yes" and _fmt(3.0) == "3"
+    assert display_name("Nucleus area mean um^2") == "Nucleus area mean µm²"
+    assert display_name("Spread um") == "Spread µm" and display_name("Nuclei per mm^2") == "Nuclei per mm²"
+    assert display_name("Lumen") == "Lumen"
+    assert _compact_toml('a = 1\nsplit = [\n    0.7,\n    0.15,\n]\nb = 2') == "a = 1\nsplit = [0.7, 0.15]\nb = 2"
+
+
+def test_read_run_folder(synthetic_run):
+    assert not (synthetic_run / REPORT_NAME).exists()  # output.report = false
+    run = read_run_folder(synthetic_run)
+    m = json.loads((synthetic_run / "manifest.json").read_text())
+    assert run.k == 2 and run.slide_name == "two-tissues.tif" and run.mpp == pytest.approx(0.5)
+    assert run.tiles_per_tissue().tolist() == m["clusters"]["tiles_per_tissue"]
+    assert run.tile_area_um2 == pytest.approx(64.0 ** 2)
+    assert [r.rank for r in run.representatives_of(1)] == [1, 2, 3, 4, 5]
+    assert run.thumbnail_scale == pytest.approx(16 / 128)
+    assert run.features is None and run.nuclei is None and run.notes == []

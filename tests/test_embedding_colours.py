@@ -96,3 +96,4 @@ def test_validator_checks_the_object_colour():
     assert any("object's own colour" in p for p in validate_geojson(feature))
     feature["properties"]["color"] = [255, 0, 0]
     assert validate_geojson(feature) == []
+

@@ -8,6 +8,8 @@ same QuPath rules (``QUPATH.md`` §1) and are checked by the same validator.
 
 from __future__ import annotations
 
+import math
+import uuid
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -57,6 +59,32 @@ def check_colour(colour: Any, what: str) -> tuple[int, int, int]:
             or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255 for c in values)):
         raise InvalidInputError(f"{what} must be [r, g, b] with integers in 0-255; got {colour!r}")
     return int(values[0]), int(values[1]), int(values[2])
+
+
+def _tile_feature(x: float, y: float, w: float, h: float, class_name: str, colour: Sequence[int],
+                  measurements: Mapping[str, float]) -> dict[str, Any] | None:
+    """``make_feature(box, "tile", ...)`` for an axis-aligned box, without the general geometry repair.
+
+    A box with finite corners and a positive size is valid on QuPath's 0.01 px grid once its
+    corners are rounded to it, so the (costly, per object) cleaning is not needed; the output
+    is the same as ``make_feature``'s (a test compares them) and is validated by the callers.
+    """
+    x0, y0, x1, y1 = (round(float(v), 2) for v in (x, y, x + w, y + h))
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+        return make_feature(box(x, y, x + w, y + h), "tile", class_name, colour, measurements)
+    values = {}
+    for name, value in measurements.items():
+        value = float(np.float32(value))  # tiles, like detections, store float32
+        if math.isfinite(value):
+            values[str(name)] = value
+    properties: dict[str, Any] = {"objectType": "tile",
+                                  "classification": {"name": class_name, "color": [int(c) for c in colour]}}
+    if values:
+        properties["measurements"] = values
+    properties["isLocked"] = False
+    ring = [[x0, y0], [x0, y1], [x1, y1], [x1, y0], [x0, y0]]
+    return {"type": "Feature", "id": str(uuid.uuid4()), "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": properties}
 
 
 def classified_features(
@@ -119,12 +147,13 @@ def classified_features(
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
         raise ValueError(f"labels must index the {len(names)} classes; got values {labels.min()}..{labels.max()}")
     features: list[dict[str, Any]] = []
-    tiles = [box(x, y, x + w, y + h) for x, y, w, h in boxes]
+    b = boxes.astype(np.float64)
+    tiles = shapely.box(b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]) if len(b) else np.array([])
     for c, (name, colour) in enumerate(zip(names, rgb)):
         members = np.flatnonzero(labels == c)
         if len(members) == 0:
             continue
-        union = shapely.unary_union([tiles[i] for i in members])
+        union = shapely.unary_union(tiles[members])
         measurements = {
             "Area um^2": union.area * mpp * mpp,
             "Tile count": len(members),
@@ -135,10 +164,10 @@ def classified_features(
             features.append(feature)
     if tile_objects:
         extra = {k: np.asarray(v, dtype=np.float64) for k, v in (tile_measurements or {}).items()}
-        for i, tile in enumerate(tiles):
+        for i, (x, y, w, h) in enumerate(boxes):
             c = int(labels[i])
             measurements = {score_name: float(score[i]), **{k: float(v[i]) for k, v in extra.items()}}
-            feature = make_feature(tile, "tile", names[c], rgb[c], measurements)
+            feature = _tile_feature(x, y, w, h, names[c], rgb[c], measurements)
             if feature is not None:
                 features.append(feature)
     return features
@@ -176,8 +205,7 @@ def coloured_tile_features(
     columns = {k: np.asarray(v, dtype=np.float64) for k, v in measurements.items()}
     features = []
     for i, (x, y, w, h) in enumerate(np.asarray(boxes)):
-        feature = make_feature(box(x, y, x + w, y + h), "tile", name, colour,
-                               {k: float(v[i]) for k, v in columns.items()})
+        feature = _tile_feature(x, y, w, h, name, colour, {k: float(v[i]) for k, v in columns.items()})
         if feature is not None:
             feature["properties"]["color"] = [int(c) for c in rgb[i]]
             features.append(feature)

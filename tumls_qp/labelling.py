@@ -260,7 +260,7 @@ def seeded_classification(
 
     This is the function behind ``POST /jobs/{id}/seeded``: the server passes the job's run
     folder and the seeds of the request (see :func:`parse_seed_request`) and returns
-    ``.feature_collection``. About 1.5 s for 10,000 tiles on two shared CPU cores, most of it
+    ``.feature_collection``. About 1.2 s for 10,000 tiles on two shared CPU cores, most of it
     building the tile objects (``reports/label_efficient.md``).
 
     Parameters

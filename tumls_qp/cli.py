@@ -166,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("project", metavar="PROJECT.qpproj", help="the project file (created when missing)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `tumls-qp analyze`")
     p.add_argument("--add-images", action="store_true", help="add slides that are not in the project yet")
+
+    _add_label_commands(sub)
     return parser
 
 
@@ -306,6 +308,171 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "qupath-project": _cmd_qupath_project,
 }
+
+
+# --- label-efficient commands: seeded clustering, prototype dictionaries, embedding colours, tile folders -------------
+
+def _add_label_commands(sub: Any) -> None:
+    p = sub.add_parser("seeded", help="seeded iterative clustering of a run from seed annotations",
+                       description="Classify every tile of a run from a few classified annotations (seeded "
+                                   "iterative clustering, no retraining) and write QuPath GeoJSON.")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder of `tumls-qp analyze`")
+    p.add_argument("--seeds", required=True, metavar="GEOJSON",
+                   help="classified annotations exported from QuPath (points, lines or polygons; level-0 px)")
+    p.add_argument("--out", metavar="FILE", help="GeoJSON to write (default RUN_DIR/seeded.geojson)")
+    p.add_argument("--positive", metavar="CLASS",
+                   help="with two classes: run the paper's binary Algorithm 1 with CLASS as the positive class")
+    p.add_argument("--no-conventional-step", action="store_true",
+                   help="binary mode: leave out Algorithm 1's extra plain 2-means step")
+
+    p = sub.add_parser("prototypes", help="over-cluster a run's tiles for naming (prototype dictionary, step 1)",
+                       description="Cluster a run's tiles into prototype clusters (k from the elbow rule) and "
+                                   "write RUN_DIR/prototypes/: prototypes.geojson to look at in QuPath and "
+                                   "names.toml to fill in.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--k", type=int, metavar="K", help="number of clusters (default: elbow rule over 2..50)")
+    p.add_argument("--t", type=int, metavar="T", help="central tiles shown per cluster (default 10)")
+    p.add_argument("--seed", type=int, help="random seed (default: the run's)")
+
+    p = sub.add_parser("make-dictionary", help="save named prototype clusters as a dictionary (step 2)",
+                       description="Build a prototype dictionary file from a run's named prototype clusters.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--names", required=True, metavar="TOML", help="the filled-in RUN_DIR/prototypes/names.toml")
+    p.add_argument("--out", required=True, metavar="FILE", help="dictionary file to write (e.g. colon.tumlsdict)")
+
+    p = sub.add_parser("apply-dictionary", help="label new slides with a prototype dictionary (step 3)",
+                       description="Tile and embed slides as the dictionary's run did, label every tile from the "
+                                   "dictionary (Direct-Query and Cluster-then-Query) and write one folder per slide.")
+    p.add_argument("dictionary", metavar="DICT")
+    p.add_argument("slides", nargs="+", metavar="SLIDE")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--query", choices=["cq", "dq"], default="cq",
+                   help="query shown in the GeoJSON: cq (Cluster-then-Query, default) or dq (Direct-Query)")
+    p.add_argument("--gamma", type=int, metavar="G", help="Cluster-then-Query groups per class found (default 5)")
+    p.add_argument("--seed", type=int, help="random seed (default: the dictionary's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--mpp", type=float, metavar="UM_PER_PX", help="level-0 pixel size for slides that lack one")
+    p.add_argument("--gzip", action="store_true", help="write dictionary.geojson.gz")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("embedding-colours", help="colour a run's tiles by their embedding (QuPath layer + figure)",
+                       description="Reduce a run's tile embeddings to 3-D (UMAP when installed, else PCA) and "
+                                   "write RUN_DIR/embedding_colours.geojson and embedding_colours.png.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--method", choices=["auto", "umap", "pca"], default="auto")
+    p.add_argument("--seed", type=int, help="random seed (default: the run's)")
+
+    p = sub.add_parser("cluster-tiles", help="embed and cluster a folder of tile images",
+                       description="Train the autoencoder on a folder of tile images (JPEG/PNG/TIFF, resampled to "
+                                   "the tile size), cluster them (k from the dendrogram) and write OUT.")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="OUT", help="result folder (created or replaced)")
+    p.add_argument("--tile-px", type=int, choices=[8, 16, 32, 64], help="autoencoder tile size (default 16)")
+    p.add_argument("--k", type=int, metavar="K", help="number of clusters (default: from the dendrogram)")
+    p.add_argument("--recursive", action="store_true", help="also read images in subfolders")
+    p.add_argument("--colours", choices=["auto", "umap", "pca"], default="auto",
+                   help="reduction for the embedding-colour figure")
+    p.add_argument("--config", metavar="FILE", help="TOML config file (embedding, clusters, seed apply)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _cmd_seeded(args: argparse.Namespace) -> int:
+    from .labelling import seeded_classification, seeds_from_geojson
+    from .outputs.geojson import read_geojson, write_geojson
+
+    try:
+        data = read_geojson(args.seeds)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read the seeds {args.seeds!r} as GeoJSON: {exc}") from exc
+    answer = seeded_classification(args.run, seeds_from_geojson(data), positive=args.positive,
+                                   conventional_step=not args.no_conventional_step)
+    out = Path(args.out) if args.out else Path(args.run) / "seeded.geojson"
+    try:
+        write_geojson(answer.feature_collection, out)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from exc
+    summary = answer.summary()
+    counts = ", ".join(f"{c['name']} {c['tiles']}" for c in summary["classes"])
+    print(f"{summary['mode']} SIC: {counts} tiles; seed F1 {summary['seed_f1']:.3f}; "
+          f"{summary['seconds']:.2f} s -> {out}")
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _cmd_prototypes(args: argparse.Namespace) -> int:
+    from .labelling import load_overclustering, write_prototypes
+
+    folder = write_prototypes(args.run, k=args.k, t=args.t, seed=args.seed)
+    over, _ = load_overclustering(args.run)
+    print(f"{over.k} prototype clusters ({over.k_source}) -> {folder}")
+    print(f"Look at {folder / 'prototypes.geojson'} in QuPath, fill in {folder / 'names.toml'}, then run "
+          f"tumls-qp make-dictionary {args.run} --names {folder / 'names.toml'} --out NAME.tumlsdict")
+    return 0
+
+
+def _cmd_make_dictionary(args: argparse.Namespace) -> int:
+    from .labelling import make_dictionary
+    from .prototypes import load_dictionary
+
+    path = make_dictionary(args.run, args.names, args.out)
+    book = load_dictionary(path)
+    naming = book.provenance["naming"]
+    print(f"{len(book.prototypes)} prototypes of {len(book.classes)} classes ({', '.join(book.classes)}); "
+          f"dropped: mixed {naming['mixed']}, unnamed {naming['unnamed']} -> {path}")
+    return 0
+
+
+def _cmd_apply_dictionary(args: argparse.Namespace) -> int:
+    from .labelling import apply_dictionary
+
+    bars = _StageBars(enabled=not args.quiet)
+    try:
+        results = apply_dictionary(args.dictionary, args.slides, args.out, query=args.query, gamma=args.gamma,
+                                   seed=args.seed, device=args.device, mpp=args.mpp, gzip=args.gzip, progress=bars)
+    finally:
+        bars.close()
+    for result in results:
+        counts = result.manifest["query"]["tiles_per_class"][args.query]
+        print(f"{result.slide.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" -> {result.out_dir}")
+    return 0
+
+
+def _cmd_embedding_colours(args: argparse.Namespace) -> int:
+    from .labelling import write_embedding_colours
+
+    geojson, png, method = write_embedding_colours(args.run, method=args.method, seed=args.seed)
+    print(f"embedding colours ({method.upper()}) -> {geojson}, {png}")
+    return 0
+
+
+def _cmd_cluster_tiles(args: argparse.Namespace) -> int:
+    from .tile_folder import cluster_tile_folder
+
+    config = load_config(args.config) if args.config else PipelineConfig()
+    config = replace_in(config, **{"tiles.tile_px": args.tile_px, "clusters.k": args.k,
+                                   "embedding.device": args.device, "seed": args.seed})
+    bars = _StageBars(enabled=not args.quiet)
+    try:
+        result = cluster_tile_folder(args.folder, args.out, config, recursive=args.recursive,
+                                     colour_method=args.colours, progress=bars)
+    finally:
+        bars.close()
+    m = result.manifest
+    print(f"{m['tiles']['n']} tiles, {m['clusters']['k']} cluster(s) ({m['clusters']['k_source']}) -> {result.out_dir}")
+    return 0
+
+
+COMMANDS.update({
+    "seeded": _cmd_seeded,
+    "prototypes": _cmd_prototypes,
+    "make-dictionary": _cmd_make_dictionary,
+    "apply-dictionary": _cmd_apply_dictionary,
+    "embedding-colours": _cmd_embedding_colours,
+    "cluster-tiles": _cmd_cluster_tiles,
+})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -334,7 +334,15 @@ def _feature_problems(feature: Any) -> list[str]:
         problems.append(f"isLocked must be true or false; got {props['isLocked']!r}")
     if "name" in props and not isinstance(props["name"], str):
         problems.append(f"name must be a string; got {props['name']!r}")
+    if "color" in props and not _is_rgb(props["color"]):
+        # QuPath reads an object's own colour as [r, g, b] (or a packed int); a string aborts the import.
+        problems.append(f"color (the object's own colour) must be [r, g, b] integers in 0-255; got {props['color']!r}")
     return problems
+
+
+def _is_rgb(colour: Any) -> bool:
+    return (isinstance(colour, list) and len(colour) == 3
+            and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour))
 
 
 def _classification_problems(classification: Any) -> list[str]:

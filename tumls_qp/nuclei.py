@@ -532,22 +532,30 @@ def _markers(h_raw: np.ndarray, components: np.ndarray, distance: np.ndarray, r_
 
 def _split(components: np.ndarray, stats: np.ndarray, markers: np.ndarray, distance: np.ndarray,
            h_raw: np.ndarray, spread: float, px_per_um: float, min_px: float, factor: int) -> np.ndarray:
-    """Instance labels: components with >= 2 markers split by a marker-controlled watershed.
+    """Instance labels: every component flooded from its candidate nucleus centres, shallow basins merged.
 
     The relief to flood is low at nucleus centres (far from the background, much
     haematoxylin) and high on necks and pale gaps between touching nuclei: minus the
     distance to the background in µm, minus the haematoxylin (Gaussian of 1 µm) in units
-    of its spread inside nuclei. The watershed runs once for all the components to split,
-    on the image reduced ``factor`` times (a split line needs no finer than about 0.5 µm),
-    and the result is carried back to every pixel. A basin smaller than ``min_px`` is not
-    a nucleus: its marker is dropped and its component flooded again, so that its pixels
-    join a neighbour instead of being lost.
+    of its spread inside nuclei. The seeds are the candidate centres of two kinds of
+    evidence: the LoG blobs (``markers``: nucleus-sized dark spots) and the regional minima
+    of the relief itself (the centres its necks and pale gaps enclose, wherever the blob
+    detector put its marker). A blob next to a darker or larger nucleus sits in that
+    nucleus' negative LoG surround, which pushes its maximum to its far edge; a seed there
+    alone floods only a sliver, and the neighbour takes the rest across the neck. Every
+    component is flooded, so that a nucleus whose blob was missed still gets its basin. The
+    watershed runs once for all the components, on the image reduced ``factor`` times (a
+    split line needs no finer than about 0.5 µm), and the result is carried back to every
+    pixel. Then the dynamics decide (``_merge_basins``): a basin smaller than ``min_px`` or
+    less than ``_MIN_BASIN_DEPTH`` deep below its lowest pass joins its neighbour, so that
+    the many minima of one nucleus' chromatin texture make one nucleus again.
     """
+    from skimage.morphology import local_minima
     from skimage.segmentation import watershed
 
     n = len(stats)
     comp_of_marker = components[markers[:, 0], markers[:, 1]] if len(markers) else np.zeros(0, np.int32)
-    multi = np.bincount(comp_of_marker, minlength=n) >= 2
+    multi = np.ones(n, dtype=bool)  # every component: its relief minima are seeds too
     multi[0] = False
     labels = components.copy()
     if not multi.any():
@@ -572,6 +580,22 @@ def _split(components: np.ndarray, stats: np.ndarray, markers: np.ndarray, dista
     seeds = np.zeros((h, w), dtype=np.int32)
     seeds[rows, cols] = np.arange(1, len(rows) + 1, dtype=np.int32)
     to_split = multi[small_comp]
+    # Regional minima of the relief (a plateau is one minimum) not already holding a blob marker.
+    minima = local_minima(relief, connectivity=2, allow_borders=True) & to_split
+    n_min, minima_labels = cv2.connectedComponents(minima.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    if n_min > 1:
+        flat = minima_labels.ravel()
+        where = np.flatnonzero(flat)
+        first = np.full(n_min, -1, dtype=np.int64)
+        first[flat[where][::-1]] = where[::-1]  # the first pixel of each minimum
+        taken = np.zeros(n_min, dtype=bool)
+        taken[minima_labels[rows, cols]] = True  # a minimum under a blob marker is that marker's
+        taken[0] = True
+        new_ids = np.zeros(n_min, dtype=np.int32)
+        new_ids[~taken] = np.arange(len(rows) + 1, len(rows) + 1 + int((~taken).sum()), dtype=np.int32)
+        place = (new_ids[minima_labels] > 0)
+        seeds[place] = new_ids[minima_labels][place]
+        owner = np.concatenate([owner, small_comp.ravel()[first[~taken]]])
     split = watershed(relief, seeds, mask=to_split)
     owner_of = np.concatenate([[0], owner]).astype(np.int32)
     split = _merge_basins(split, relief, owner_of, min_px / (factor * factor), _MIN_BASIN_DEPTH)

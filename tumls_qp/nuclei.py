@@ -832,16 +832,19 @@ def _area_within(labels: np.ndarray, min_px: float, max_px: float) -> np.ndarray
 
 def _relabel_by_area(labels: np.ndarray, min_px: float, max_px: float,
                      valid: np.ndarray | None = None) -> np.ndarray:
-    """Drop labels whose area is outside [min_px, max_px] (or not ``valid``); renumber the rest 1..n (int32)."""
+    """Drop labels whose area is outside [min_px, max_px] (or not ``valid``); renumber the rest 1..n.
+
+    Returns the (H, W) int32 labels and the (max label + 1,) bool array of the labels kept.
+    """
     if labels.size == 0:
-        return labels.astype(np.int32)
+        return labels.astype(np.int32), np.zeros(1, dtype=bool)
     keep = _area_within(labels, min_px, max_px)
     if valid is not None:
         keep[: len(valid)] &= valid[: len(keep)]
         keep[len(valid):] = False
     remap = np.zeros(len(keep), dtype=np.int32)
     remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return np.take(remap, labels)
+    return np.take(remap, labels), keep
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -932,8 +935,9 @@ def segment_nuclei(rgb: np.ndarray, mpp: float, cfg: NucleiConfig = NucleiConfig
     if open_k is not None:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, open_k)
     n, components, stats = _components(mask.view(bool))
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_nucleus_px
-    keep &= _absorbs(rgb, components, n, px_per_um)
+    # The minimum area applies to the delineated nucleus (below): a small dark nucleus can be
+    # smaller than it as thresholded. What the opening leaves is an object to delineate.
+    keep = _absorbs(rgb, components, n, px_per_um)
     keep[0] = False
     components = np.take(np.where(keep, np.arange(n, dtype=np.int32), 0), components)
     mask1 = components > 0
@@ -947,11 +951,13 @@ def segment_nuclei(rgb: np.ndarray, mpp: float, cfg: NucleiConfig = NucleiConfig
     split_factor = max(1, int(round(0.5 * px_per_um)))
     instances = _split(components, stats, markers, distance, h_raw, spread, px_per_um, min_nucleus_px,
                        split_factor, cfg.nucleus_radius_min_um * px_per_um)
-    valid = _area_within(instances, min_nucleus_px, max_nucleus_px)
-    mask1 &= np.take(valid, instances)  # objects too small or too large leave every mask
-    # Mask 2's outlines at the half-maximum of each nucleus' own contrast.
+    # Instances larger than a nucleus are artefacts; they are not delineated.
+    valid = _area_within(instances, 0.0, max_nucleus_px)
+    # Mask 2's outlines at the half-maximum of each nucleus' own contrast, then the size limits.
     refined = _refine_outlines(instances, valid, h_smooth, artefacts, px_per_um)
-    mask2 = _relabel_by_area(refined, min_nucleus_px, max_nucleus_px, valid)
+    mask2, survivors = _relabel_by_area(refined, min_nucleus_px, max_nucleus_px, valid)
+    survivors = np.concatenate([survivors, np.zeros(max(0, len(valid) - len(survivors)), dtype=bool)])
+    mask1 &= np.take(survivors, instances)  # objects that mask 2 drops leave every mask
 
     median = int(round(cfg.median_um * px_per_um)) | 1
     # The median of a binary image is a majority vote in the window: a box filter does it

@@ -714,7 +714,7 @@ def _merge_basins(split: np.ndarray, relief: np.ndarray, owner_of: np.ndarray, m
 
 
 def _label_medians(labels: np.ndarray, values: np.ndarray, n: int, lo: float, hi: float,
-                   bins: int = 128) -> tuple[np.ndarray, np.ndarray]:
+                   bins: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(n,) median of ``values`` per label, to 1/``bins`` of [lo, hi] (NaN where none), and (n,) count.
 
     1-D inputs, labels in [0, n). One bincount of (label, bin): no sort.
@@ -812,11 +812,10 @@ def _refine_outlines(labels: np.ndarray, valid: np.ndarray, h: np.ndarray, artef
     idx = np.flatnonzero(band & ~deep)
     out = np.where(deep, labels, 0)
     zone = labels.ravel()[idx]
-    outside = zone == 0
-    if outside.any():
-        near = cv2.resize(s_near, (s_near.shape[1] * stride, s_near.shape[0] * stride),
-                          interpolation=cv2.INTER_NEAREST)[:height, :width]
-        zone[outside] = near.ravel()[idx[outside]]
+    outside = np.flatnonzero(zone == 0)
+    if len(outside):
+        where = idx[outside]
+        zone[outside] = s_near[(where // width) // stride, (where % width) // stride]
     out.ravel()[idx] = np.where(h.ravel()[idx] > level[zone], zone, 0)
     return out
 
@@ -939,7 +938,8 @@ def segment_nuclei(rgb: np.ndarray, mpp: float, cfg: NucleiConfig = NucleiConfig
     # smaller than it as thresholded. What the opening leaves is an object to delineate.
     keep = _absorbs(rgb, components, n, px_per_um)
     keep[0] = False
-    components = np.take(np.where(keep, np.arange(n, dtype=np.int32), 0), components)
+    if not keep[1:].all():
+        components = np.take(np.where(keep, np.arange(n, dtype=np.int32), 0), components)
     mask1 = components > 0
 
     distance = cv2.distanceTransform(mask1.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
@@ -951,8 +951,17 @@ def segment_nuclei(rgb: np.ndarray, mpp: float, cfg: NucleiConfig = NucleiConfig
     split_factor = max(1, int(round(0.5 * px_per_um)))
     instances = _split(components, stats, markers, distance, h_raw, spread, px_per_um, min_nucleus_px,
                        split_factor, cfg.nucleus_radius_min_um * px_per_um)
-    # Instances larger than a nucleus are artefacts; they are not delineated.
-    valid = _area_within(instances, 0.0, max_nucleus_px)
+    # Instances larger than a nucleus are artefacts; they are not delineated. Only a component
+    # larger than a nucleus can hold one.
+    valid = np.ones(int(instances.max(initial=0)) + 1, dtype=bool)
+    valid[0] = False
+    for label in np.flatnonzero(stats[:, cv2.CC_STAT_AREA] > max_nucleus_px)[1:] if n > 1 else ():
+        if not keep[label]:
+            continue
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        box = instances[y:y + h, x:x + w][components[y:y + h, x:x + w] == label]
+        area = np.bincount(box, minlength=len(valid))
+        valid[area > max_nucleus_px] = False
     # Mask 2's outlines at the half-maximum of each nucleus' own contrast, then the size limits.
     refined = _refine_outlines(instances, valid, h_smooth, artefacts, px_per_um)
     mask2, survivors = _relabel_by_area(refined, min_nucleus_px, max_nucleus_px, valid)

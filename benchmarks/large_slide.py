@@ -49,6 +49,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=20,
                         help="autoencoder epochs, fixed (early stopping off) so sizes compare (default 20)")
     parser.add_argument("--tile-um", type=float, default=256.0, help="tile side in µm (default 256, the default)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="analyses per slide; the fastest (least total stage time) is reported (default 2)")
     parser.add_argument("--workdir", help="where slides and runs go (default: a temporary folder)")
     parser.add_argument("--report", help="also write the Markdown report here")
     args = parser.parse_args()
@@ -59,6 +61,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     config = work / "fixed-epochs.toml"
     config.write_text(f"[embedding]\nmax_epochs = {args.epochs}\npatience = {args.epochs}\ndevice = \"cpu\"\n")
+    load_start = os.getloadavg()[0]
     rows = []
     for pyramid, levels in (("full", None), ("shallow", 3)):
         for side in (args.size, 2 * args.size):
@@ -69,12 +72,18 @@ def main() -> int:
                 print(f"wrote {slide.name} ({slide.stat().st_size / 1e6:.0f} MB) in "
                       f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
             out = work / f"run-{side}-{pyramid}"
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            subprocess.run([sys.executable, "-m", "tumls_qp.cli", "analyze", str(slide), "--out", str(out),
-                            "--no-cache", "--config", str(config), "--tile-um", str(args.tile_um), "-q"], check=True)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-            manifest = json.loads((out / slide.stem / "manifest.json").read_text())
+            best = None
+            for _ in range(max(1, args.repeats)):
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                subprocess.run([sys.executable, "-m", "tumls_qp.cli", "analyze", str(slide), "--out", str(out),
+                                "--no-cache", "--config", str(config), "--tile-um", str(args.tile_um), "-q"],
+                               check=True)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+                manifest = json.loads((out / slide.stem / "manifest.json").read_text())
+                if best is None or sum(manifest["timings_s"].values()) < sum(best[0]["timings_s"].values()):
+                    best = (manifest, cpu_s)
+            manifest, cpu_s = best
             read = json.loads(subprocess.run([sys.executable, "-c", READ_ONLY, str(slide)], check=True,
                                              capture_output=True, text=True).stdout)
             rows.append({"side": side, "pyramid": pyramid, "manifest": manifest, "read": read, "cpu_s": cpu_s})
@@ -90,11 +99,14 @@ def main() -> int:
         "Command:",
         "",
         "```",
-        f"python benchmarks/large_slide.py --size {args.size} --epochs {args.epochs} --tile-um {args.tile_um:g}"
+        f"python benchmarks/large_slide.py --size {args.size} --epochs {args.epochs} --tile-um {args.tile_um:g} "
+        f"--repeats {args.repeats}"
         + (f" --report {args.report}" if args.report else ""),
         "```",
         "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; 1-minute load "
+        f"average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other work on the machine "
+        "slows the runs it overlaps: compare rows with that in mind).",
         "",
         "| slide (px) | pyramid | tissue tiles | tiles s | train s | embed s | cluster s | outputs s | "
         "total s | process CPU s | peak RSS MB | read-only s | read-only peak RSS MB | pipeline / read |",
@@ -125,7 +137,8 @@ def main() -> int:
         )
     lines += [
         "",
-        "Stage times are wall-clock seconds from each run's `manifest.json`; process CPU is the analysing "
+        f"Each slide is analysed {args.repeats} time(s) and the fastest run is shown. "
+        "Stage times are wall-clock seconds from its `manifest.json`; process CPU is the analysing "
         "process's user + system time (Python start and imports included); peak RSS is its maximum resident "
         "set (about 300 MB of it is PyTorch itself). Read-only: open the slide, plan the grid and stream the "
         "tissue-level image, nothing else.",

@@ -18,16 +18,17 @@ Layers
 The human-in-the-loop results are layers of their own, each with its own marker, so that
 re-running one script replaces that layer and leaves the others alone:
 
-============================  =====================================  ==============================
+============================  =====================================  ==================================
 marker (measurement)          objects                                replaced by
-============================  =====================================  ==============================
+============================  =====================================  ==================================
 ``TUMLS-QP job``              analysis: tissues, representatives,    ``tumls_analyze.groovy``
                               nuclei, tiles, embedding colours
 ``TUMLS-QP seeded``           seeded clustering (``POST               ``tumls_seeded.groovy``
                               /jobs/{id}/seeded``)
 ``TUMLS-QP prototypes``       prototype clusters to name             ``tumls_prototypes.groovy``
+                              (``GET /jobs/{id}/prototypes``)
 ``TUMLS-QP dictionary``       a dictionary applied to the image      ``tumls_apply_dictionary.groovy``
-============================  =====================================  ==============================
+============================  =====================================  ==================================
 
 The value is always the number of the server job the objects come from (for seeded
 clustering and prototypes, the analysis job whose embeddings were used). Every marker

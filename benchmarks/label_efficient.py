@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tumls_qp.provenance import cpu_name
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lc25000_224"
 SETTINGS = {"5-class": None, "lung (3 classes)": "lung", "colon (2 classes)": "colon"}
@@ -48,14 +49,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def colour_histogram(path: Path) -> np.ndarray:
@@ -325,7 +318,7 @@ def main() -> int:
     lines = [
         f"Command: `{command}`",
         "",
-        f"Machine: {_cpu()}, {os.cpu_count()} cores (shared; 1-minute load average {load_start:.1f} at the start, "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores (shared; 1-minute load average {load_start:.1f} at the start, "
         f"{load_end:.1f} at the end), Python {platform.python_version()}, torch {_torch.__version__}, "
         f"scikit-learn {sklearn.__version__}. Total {total / 60:.1f} min.",
         "",

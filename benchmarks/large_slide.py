@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tumls_qp.provenance import cpu_name
+
 READ_ONLY = """
 import json, resource, sys, time
 from tumls_qp.config import TileConfig
@@ -38,14 +40,6 @@ print(json.dumps({"seconds": time.perf_counter() - start, "shape": list(thumbnai
 """
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:
@@ -100,7 +94,7 @@ def main() -> int:
         + (f" --report {args.report}" if args.report else ""),
         "```",
         "",
-        f"Machine: {_cpu()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
         "",
         "| slide (px) | pyramid | tissue tiles | tiles s | train s | embed s | cluster s | outputs s | "
         "total s | process CPU s | peak RSS MB | read-only s | read-only peak RSS MB | pipeline / read |",

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tumls_qp.provenance import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "reports" / "sample"
 TIMING = ROOT / "reports" / "report_timing.md"
@@ -35,14 +37,6 @@ TCGA = ROOT.parent / "shared" / "data" / "wsi" / "tcga-cr-7395-01a-01-ts1.svs"
 PREVIEW_SCALE = 1.25
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _cli(*args: str) -> str:
@@ -159,7 +153,7 @@ def main() -> int:
     TIMING.write_text(
         "# Rendering the PDF report\n\n"
         f"Made by `{command}` (`make sample-report`) on {time.strftime('%Y-%m-%d')}: "
-        f"{_cpu()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"load average {load} at the end (the machine is shared).\n\n"
         "*render*: the seconds `tumls-qp report` prints (reading the run folders, drawing the figures, laying out "
         "and writing the PDF); *whole command*: the same command's wall time in a fresh process, Python start-up "

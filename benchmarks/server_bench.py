@@ -41,16 +41,9 @@ from server_helpers import (  # noqa: E402
     run_clients,
 )
 from tumls_qp.outputs.qupath import path_to_file_uri  # noqa: E402
+from tumls_qp.provenance import cpu_name  # noqa: E402
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _compile_harness(folder: Path) -> str:
@@ -127,7 +120,7 @@ def main() -> int:
     parser.add_argument("--load-epochs", type=int, default=20,
                         help="autoencoder epochs of the load test's jobs (default 20)")
     args = parser.parse_args()
-    results: dict = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
+    results: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                                  "load_average_at_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -16,15 +16,12 @@ and result folders. They are what the command line and the server call:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +35,7 @@ from shapely.geometry.base import BaseGeometry
 from . import __version__
 from .config import PipelineConfig, config_from_dict, config_to_dict
 from .errors import ConfigError, InvalidInputError, OutputError, TumlsQpError
+from .files import replace_dir, staging_dir, write_csv, write_json
 from .outputs.classified import check_class_names, check_colour, classified_features
 from .outputs.geojson import feature_collection, make_feature, validate_geojson, write_geojson
 
@@ -145,61 +143,12 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
     return RunData(run_dir=run, latents=latents, boxes=boxes, mpp=mpp, slide_name=name, manifest=manifest)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, default=_json_default), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def _validated(features: list[dict[str, Any]]) -> dict[str, Any]:
     collection = feature_collection(features)
     problems = validate_geojson(collection)
     if problems:  # a bug, not bad input: never hand QuPath a file it would refuse
         raise RuntimeError("generated GeoJSON breaks QuPath's rules: " + "; ".join(problems[:5]))
     return collection
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _staging(parent: Path, name: str) -> Path:
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        stage = parent / f".{name}.{uuid.uuid4().hex[:8]}.partial"
-        stage.mkdir()
-    except OSError as exc:
-        raise OutputError(f"cannot write into {str(parent)!r}: {exc.strerror or exc}") from exc
-    return stage
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
 
 
 # --- seeded clustering --------------------------------------------------------------------------------------------------
@@ -477,7 +426,7 @@ def write_prototypes(
     padded = np.full((over.k, t), -1, dtype=np.int64)
     for j, tiles in enumerate(central):
         padded[j, : len(tiles)] = tiles
-    stage = _staging(run.run_dir, PROTOTYPES_DIR)
+    stage = staging_dir(run.run_dir, PROTOTYPES_DIR)
     try:
         arrays = {"labels": over.labels, "centroids": over.centroids, "distance": over.distance, "central": padded}
         if over.elbow is not None:
@@ -486,7 +435,7 @@ def write_prototypes(
         write_geojson(collection, stage / "prototypes.geojson")
         source = "elbow of the within-cluster distance" if over.k_source == "elbow" else "user"
         (stage / "names.toml").write_text(names_template(over.k, run.slide_name, source), encoding="utf-8")
-        _write_json(stage / "manifest.json", {
+        write_json(stage / "manifest.json", {
             "tool": "tumls-qp", "command": "prototypes", "version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "k": over.k, "k_source": over.k_source, "k_range": list(K_RANGE), "t": t, "seed": seed,
@@ -496,7 +445,7 @@ def write_prototypes(
                 "inertia": [float(v) for v in over.elbow.inertia]},
             "embeddings_sha256": _sha256_file(run.run_dir / "embeddings.npz"),
         })
-        _replace_dir(stage, run.run_dir / PROTOTYPES_DIR)
+        replace_dir(stage, run.run_dir / PROTOTYPES_DIR)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return run.run_dir / PROTOTYPES_DIR
@@ -712,11 +661,11 @@ def apply_dictionary(
                 tile_measurements={"Prototype distance": shown.distance},
             )
             collection = _validated(features)
-            stage = _staging(out, name)
+            stage = staging_dir(out, name)
             try:
                 geojson_name = "dictionary.geojson.gz" if gzip else "dictionary.geojson"
                 write_geojson(collection, stage / geojson_name)
-                _write_csv(stage / "tiles.csv",
+                write_csv(stage / "tiles.csv",
                            ["x", "y", "w", "h", "class_dq", "confidence_dq", "distance_dq", "class_cq",
                             "confidence_cq", "group_cq"],
                            [[*map(int, b), book.classes[a], f"{ca:.4f}", f"{da:.4f}", book.classes[c], f"{cc:.4f}",
@@ -744,8 +693,8 @@ def apply_dictionary(
                     "seconds": round(time.perf_counter() - started, 3),
                     "config": config_to_dict(book.config),
                 }
-                _write_json(stage / "manifest.json", manifest)
-                _replace_dir(stage, out / name)
+                write_json(stage / "manifest.json", manifest)
+                replace_dir(stage, out / name)
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
             results.append(DictionaryRun(slide=path, out_dir=out / name, manifest=manifest))
@@ -784,4 +733,3 @@ def write_embedding_colours(
     png = draw_embedding_colours(colours, run.run_dir / "embedding_colours.png", boxes=run.boxes,
                                  title=f"{run.slide_name}: embedding colours ({colours.method.upper()})")
     return geojson, png, colours.method
-

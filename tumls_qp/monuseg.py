@@ -50,6 +50,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InvalidInputError
+from .provenance import cpu_name
 
 __all__ = [
     "MonusegImage",
@@ -64,7 +65,6 @@ __all__ = [
     "run_monuseg_benchmark",
     "format_monuseg_report",
     "write_monuseg_report",
-    "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -425,21 +425,12 @@ class BenchmarkResult:
 
 def _machine() -> dict[str, str]:
     """CPU model, core count and versions of the libraries that do the work."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     import cv2
     import scipy
     import skimage
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": str(os.cpu_count() or "unknown"),
         "threads used": "1",
         "os": platform.platform(),

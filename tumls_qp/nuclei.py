@@ -88,6 +88,18 @@ _MACENKO_BETA = 0.15
 _MIN_BASIN_DEPTH = 0.5
 # White: brighter than this in every channel (0-255); achromatic white is background, not noise.
 _WHITE_LEVEL = 200
+# Outline refinement (_refine_outlines). Optical blur puts the edge of a stained step half-way
+# between the levels on either side of it.
+_OUTLINE_LEVEL = 0.5
+# Interior pixels are those at least this far (µm) inside a nucleus' outline.
+_CORE_UM = 0.5
+# The surround is the ring from 1 to 2 µm outside the nuclei: past the blurred edge (optics and
+# the 0.5 µm denoising), close enough to be the nucleus' own neighbourhood.
+_RING_UM = (1.0, 2.0)
+# The refined outline is searched within this distance (µm) outside the thresholded one.
+_GROW_UM = 1.0
+# Fewest samples (0.5 µm apart) for a per-nucleus median.
+_MIN_SAMPLES = 5
 
 
 @dataclass(frozen=True)
@@ -433,7 +445,7 @@ def _fill_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
     inside = (x > 0) & (y > 0) & (x + w < width) & (y + h < height)
     fill = inside & (area <= max_area_px)
     fill[0] = False  # label 0 is the mask itself
-    return mask | fill[labels]
+    return mask | np.take(fill, labels)
 
 
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -495,16 +507,22 @@ def _markers(h_raw: np.ndarray, components: np.ndarray, distance: np.ndarray, r_
     n_scales = max(2, int(round(math.log(max(r_max_px / r_min_px, 1.0)) / math.log(math.sqrt(2.0)))) + 1)
     radii = np.geomspace(r_min_px, max(r_max_px, r_min_px), n_scales)
     stack = np.empty((n_scales,) + small.shape, dtype=np.float32)
+    blurred, done = small, 0.0
     for k, radius in enumerate(radii):
         s = max(radius / math.sqrt(2.0) / factor, 0.5)
-        stack[k] = cv2.Laplacian(cv2.GaussianBlur(small, (0, 0), s), cv2.CV_32F)
+        # Gaussians compose (variances add): each scale blurs the previous one by what is missing.
+        step = math.sqrt(max(s * s - done * done, 0.0))
+        if step >= 0.3:
+            blurred = cv2.GaussianBlur(blurred, (0, 0), step)
+        done = s
+        stack[k] = cv2.Laplacian(blurred, cv2.CV_32F)
         stack[k] *= -s * s  # scale-normalised, positive on dark-stained (high haematoxylin) blobs
     kernel = np.ones((3, 3), np.uint8)
     spatial = np.stack([cv2.dilate(layer, kernel) for layer in stack])
     neighbourhood = spatial.copy()
     neighbourhood[1:] = np.maximum(neighbourhood[1:], spatial[:-1])
     neighbourhood[:-1] = np.maximum(neighbourhood[:-1], spatial[1:])
-    ks, ys, xs = np.nonzero((stack >= neighbourhood) & (stack > 0))
+    ks, ys, xs = np.unravel_index(np.flatnonzero((stack >= neighbourhood) & (stack > 0)), stack.shape)
     rows = np.minimum(ys * factor + factor // 2, height - 1)
     cols = np.minimum(xs * factor + factor // 2, width - 1)
     deep = (components[rows, cols] > 0) & (distance[rows, cols] >= r_min_px / 2.0)
@@ -531,69 +549,103 @@ def _markers(h_raw: np.ndarray, components: np.ndarray, distance: np.ndarray, r_
 
 
 def _split(components: np.ndarray, stats: np.ndarray, markers: np.ndarray, distance: np.ndarray,
-           h_raw: np.ndarray, spread: float, px_per_um: float, min_px: float, factor: int) -> np.ndarray:
-    """Instance labels: components with >= 2 markers split by a marker-controlled watershed.
+           h_raw: np.ndarray, spread: float, px_per_um: float, min_px: float, factor: int,
+           r_min_px: float) -> np.ndarray:
+    """Instance labels: every component flooded from its candidate nucleus centres, shallow basins merged.
 
     The relief to flood is low at nucleus centres (far from the background, much
     haematoxylin) and high on necks and pale gaps between touching nuclei: minus the
     distance to the background in µm, minus the haematoxylin (Gaussian of 1 µm) in units
-    of its spread inside nuclei. The watershed runs once for all the components to split,
-    on the image reduced ``factor`` times (a split line needs no finer than about 0.5 µm),
-    and the result is carried back to every pixel. A basin smaller than ``min_px`` is not
-    a nucleus: its marker is dropped and its component flooded again, so that its pixels
-    join a neighbour instead of being lost.
+    of its spread inside nuclei. The seeds are the candidate centres of two kinds of
+    evidence: the LoG blobs (``markers``: nucleus-sized dark spots) and the regional minima
+    of the relief itself (the centres its necks and pale gaps enclose, wherever the blob
+    detector put its marker). A blob next to a darker or larger nucleus sits in that
+    nucleus' negative LoG surround, which pushes its maximum to its far edge; a seed there
+    alone floods only a sliver, and the neighbour takes the rest across the neck. Every
+    component is flooded, so that a nucleus whose blob was missed still gets its basin. The
+    watershed runs once for all the components, on the image reduced ``factor`` times (a
+    split line needs no finer than about 0.5 µm), and the result is carried back to every
+    pixel. Then the dynamics decide (``_merge_basins``): a basin smaller than ``min_px`` or
+    less than ``_MIN_BASIN_DEPTH`` deep below its lowest pass joins its neighbour, so that
+    the many minima of one nucleus' chromatin texture make one nucleus again.
     """
+    from skimage.morphology import local_minima
     from skimage.segmentation import watershed
 
     n = len(stats)
-    comp_of_marker = components[markers[:, 0], markers[:, 1]] if len(markers) else np.zeros(0, np.int32)
-    multi = np.bincount(comp_of_marker, minlength=n) >= 2
-    multi[0] = False
-    labels = components.copy()
-    if not multi.any():
-        return labels
-    # Work in the bounding box of the components to split, reduced by factor.
-    boxes = stats[multi]
-    x0, y0 = int(boxes[:, 0].min()), int(boxes[:, 1].min())
-    x1, y1 = int((boxes[:, 0] + boxes[:, 2]).max()), int((boxes[:, 1] + boxes[:, 3]).max())
-    small_comp = components[y0:y1:factor, x0:x1:factor]
+    if n <= 1:
+        return components.copy()
+    height, width = components.shape
+    small_comp = components[::factor, ::factor]
     h, w = small_comp.shape
-    relief = distance[y0:y1:factor, x0:x1:factor] * np.float32(-1.0 / px_per_um)
+    relief = distance[::factor, ::factor] * np.float32(-1.0 / px_per_um)
     if spread > 0:
-        h_small = h_raw[y0:y1, x0:x1]
-        if factor > 1:
-            h_small = cv2.resize(h_small, (w, h), interpolation=cv2.INTER_AREA)
+        h_small = h_raw if factor == 1 else cv2.resize(h_raw, (w, h), interpolation=cv2.INTER_AREA)
         relief -= cv2.GaussianBlur(h_small, (0, 0), max(px_per_um / factor, 0.5)) / np.float32(spread)
-    keep = multi[comp_of_marker]
-    rows, cols = (markers[keep, 0] - y0) // factor, (markers[keep, 1] - x0) // factor
-    owner = comp_of_marker[keep]
-    on_own = small_comp[rows, cols] == owner  # a marker must survive the reduction inside its component
+    # Seeds of the first kind: the blob markers that stay inside their component once reduced.
+    rows, cols = markers[:, 0] // factor, markers[:, 1] // factor
+    owner = components[markers[:, 0], markers[:, 1]] if len(markers) else np.zeros(0, np.int32)
+    on_own = (owner > 0) & (small_comp[rows, cols] == owner)
     rows, cols, owner = rows[on_own], cols[on_own], owner[on_own]
+    # Of the second kind: regional minima of the relief (a plateau is one), unless under a marker.
+    minima = local_minima(relief, connectivity=2, allow_borders=True) & (small_comp > 0)
+    n_min, minima_labels = cv2.connectedComponents(minima.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    flat = minima_labels.ravel()
+    where = np.flatnonzero(flat)
+    first = np.zeros(n_min, dtype=np.int64)
+    first[flat[where][::-1]] = where[::-1]  # a pixel of each minimum
+    free = np.ones(n_min, dtype=bool)
+    free[minima_labels[rows, cols]] = False
+    free[0] = False
+    owner_all = np.concatenate([owner, small_comp.ravel()[first[free]]]).astype(np.int64)
+    # Only components with two seeds or more, and room for two of the smallest nuclei to separate, are flooded.
+    multi = (np.bincount(owner_all, minlength=n) >= 2) & (stats[:, cv2.CC_STAT_AREA] >= 2 * math.pi * r_min_px ** 2)
+    multi[0] = False
+    if not multi.any():
+        return components.copy()
+    flooded = multi[owner_all]
+    seed_id = np.zeros(len(owner_all), dtype=np.int32)
+    seed_id[flooded] = np.arange(1, int(flooded.sum()) + 1, dtype=np.int32)
     seeds = np.zeros((h, w), dtype=np.int32)
-    seeds[rows, cols] = np.arange(1, len(rows) + 1, dtype=np.int32)
+    seeds[rows, cols] = seed_id[: len(rows)]
+    minimum_id = np.zeros(n_min, dtype=np.int32)
+    minimum_id[free] = seed_id[len(rows):]
+    at_minima = np.take(minimum_id, minima_labels)
+    np.copyto(seeds, at_minima, where=at_minima > 0)
     to_split = multi[small_comp]
     split = watershed(relief, seeds, mask=to_split)
-    owner_of = np.concatenate([[0], owner]).astype(np.int32)
+    owner_of = np.concatenate([[0], owner_all[flooded]]).astype(np.int32)
     split = _merge_basins(split, relief, owner_of, min_px / (factor * factor), _MIN_BASIN_DEPTH)
-    # Back to full resolution, pixel by pixel of the split components only.
-    pr, pc = np.nonzero(multi[components[y0:y1, x0:x1]])
-    comp = components[y0 + pr, x0 + pc]
-    sr, sc = pr // factor, pc // factor
-    basin = split[sr, sc]
-    lost = owner_of[basin] != comp
-    # The reduction lost some pixels' basin: take one of their 3x3 neighbourhood, same component.
-    for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)):
-        idx = np.nonzero(lost)[0]
-        if len(idx) == 0:
-            break
-        candidate = split[np.clip(sr[idx] + dr, 0, h - 1), np.clip(sc[idx] + dc, 0, w - 1)]
-        ok = owner_of[candidate] == comp[idx]
-        basin[idx[ok]] = candidate[ok]
-        lost[idx[ok]] = False
-    # Basin k becomes label n + k - 1; a pixel that no basin reached keeps its component's label.
-    found = ~lost
-    labels[y0 + pr[found], x0 + pc[found]] = basin[found] + (n - 1)
-    return labels
+
+    # Back to full resolution: each pixel takes the basin of its sample, where that basin lies in its component.
+    def upsample(a: np.ndarray) -> np.ndarray:
+        if factor == 1:
+            return a.copy()
+        return np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)[:height, :width]
+
+    up = upsample(split)
+    # A pixel keeps its sample's basin when that basin lies in the pixel's component.
+    matched = (upsample(np.take(owner_of, split)) == components) & (components > 0)
+    out = np.where(matched, up + np.int32(n - 1), components)
+    # The others: pixels of components not flooded (they keep the component's label), and pixels of
+    # flooded components whose sample the reduction put outside it: they take a basin of their
+    # sample's 3x3 neighbourhood in the same component (else keep the component's label).
+    flat_out = out.ravel()
+    idx = np.flatnonzero(~matched & (components > 0))
+    comp = components.ravel()[idx]
+    idx, comp = idx[np.take(multi, comp)], comp[np.take(multi, comp)]
+    if len(idx):
+        sr, sc = (idx // width) // factor, (idx % width) // factor
+        todo = np.ones(len(idx), dtype=bool)
+        for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)):
+            pending = np.flatnonzero(todo)
+            if len(pending) == 0:
+                break
+            candidate = split[np.clip(sr[pending] + dr, 0, h - 1), np.clip(sc[pending] + dc, 0, w - 1)]
+            ok = owner_of[candidate] == comp[pending]
+            flat_out[idx[pending[ok]]] = candidate[ok] + (n - 1)
+            todo[pending[ok]] = False
+    return out
 
 
 def _merge_basins(split: np.ndarray, relief: np.ndarray, owner_of: np.ndarray, min_px: float,
@@ -658,19 +710,140 @@ def _merge_basins(split: np.ndarray, relief: np.ndarray, owner_of: np.ndarray, m
         np.add.at(area, step[basin[merge]], area[basin[merge]])
         np.minimum.at(lowest, step[basin[merge]], lowest[basin[merge]])  # small arrays
         source, target = step[source], step[target]
-    return remap.astype(split.dtype)[split]
+    return np.take(remap.astype(split.dtype), split)
 
 
-def _relabel_by_area(labels: np.ndarray, min_px: float, max_px: float) -> np.ndarray:
-    """Drop labels whose area is outside [min_px, max_px]; renumber the rest 1..n (int32)."""
-    if labels.size == 0:
-        return labels.astype(np.int32)
-    area = np.bincount(labels.ravel())
+def _label_medians(labels: np.ndarray, values: np.ndarray, n: int, lo: float, hi: float,
+                   bins: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) median of ``values`` per label, to 1/``bins`` of [lo, hi] (NaN where none), and (n,) count.
+
+    1-D inputs, labels in [0, n). One bincount of (label, bin): no sort.
+    """
+    count = np.bincount(labels, minlength=n)
+    median = np.full(n, np.nan)
+    if not hi > lo or len(labels) == 0:
+        median[count > 0] = lo
+        return median, count
+    q = np.clip(((values - lo) * (bins / (hi - lo))).astype(np.int64), 0, bins - 1)
+    hist = np.bincount(labels.astype(np.int64) * bins + q, minlength=n * bins).reshape(n, bins)
+    below = np.cumsum(hist, axis=1)
+    has = count > 0
+    k = np.argmax(below >= ((count + 1) // 2)[:, None], axis=1)
+    median[has] = lo + (k[has] + 0.5) * ((hi - lo) / bins)
+    return median, count
+
+
+def _refine_outlines(labels: np.ndarray, valid: np.ndarray, h: np.ndarray, artefacts: np.ndarray,
+                     px_per_um: float) -> np.ndarray:
+    """Move each nucleus' outline to the half-maximum between its interior and its surround.
+
+    A step of stain seen through the microscope is blurred by the optics (and by the
+    denoising Gaussian) symmetrically: the true edge of the step is where the blurred
+    profile crosses half-way between the levels on either side. A tile-wide threshold
+    instead puts the outline of a dark nucleus outside its edge and that of a pale one
+    inside. Per nucleus: the interior level is the median haematoxylin at least
+    ``_CORE_UM`` inside its outline, the surround level the median in the ring from
+    ``_RING_UM[0]`` to ``_RING_UM[1]`` outside every nucleus (the samples nearest to it;
+    the tile's ring median where it has too few), and the outline moves to the
+    ``_OUTLINE_LEVEL`` crossing: pixels of the nucleus less than ``_CORE_UM`` deep leave it
+    when below that level, background pixels within ``_GROW_UM`` of it (and nearer to it
+    than to any other nucleus) join it when above. The interior stays whatever its
+    level: the pale chromatin of a vesicular nucleus is nuclear. A nucleus not darker than
+    its surround keeps its outline. The statistics use a grid of samples 0.5 µm apart.
+    """
+    n = int(labels.max()) + 1
+    if n <= 1:
+        return labels
+    height, width = labels.shape
+    fg = labels > 0
+    # Statistics on the sample grid.
+    stride = max(1, int(round(0.5 * px_per_um)))
+    s_lab = np.ascontiguousarray(labels[::stride, ::stride])
+    s_h = np.ascontiguousarray(h[::stride, ::stride])
+    s_fg = s_lab > 0
+    s_dist, s_px = cv2.distanceTransformWithLabels((~s_fg).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_3,
+                                                   labelType=cv2.DIST_LABEL_PIXEL)
+    owner = np.zeros(int(s_px.max()) + 1, dtype=np.int32)
+    owner[s_px[s_fg]] = s_lab[s_fg]
+    s_near = np.take(owner, s_px)
+    # The interior: pixels at least _CORE_UM from the background. It stays as it is, split lines
+    # between touching nuclei included (the watershed drew those; the background is not there).
+    core_disk = _disk(_CORE_UM * px_per_um)
+    deep = cv2.erode(fg.view(np.uint8), core_disk).view(bool) if core_disk is not None else fg
+    # Interior samples for the statistics: the disk holds their own nucleus only.
+    s_disk = _disk(_CORE_UM * px_per_um / stride)
+    if s_disk is not None:
+        as_float = s_lab.astype(np.float32)  # labels up to 2**24 are exact
+        s_deep = (cv2.dilate(as_float, s_disk) == cv2.erode(as_float, s_disk)) & s_fg
+    else:
+        s_deep = s_fg
+    # Per-nucleus statistics on compact ids (the kept nuclei only): 1..m-1, 0 for the rest.
+    kept = np.flatnonzero(valid[:n])
+    compact = np.zeros(n, dtype=np.int32)
+    compact[kept] = np.arange(1, len(kept) + 1, dtype=np.int32)
+    m = len(kept) + 1
+    c_lab = np.take(compact, s_lab)
+    lo, hi = float(s_h.min()), float(s_h.max())
+    core, core_n = _label_medians(c_lab[s_deep], s_h[s_deep], m, lo, hi)
+    # A nucleus too small for an interior: the median of all its samples.
+    few = core_n < _MIN_SAMPLES
+    few[0] = False
+    if few.any():
+        sel = np.take(few, c_lab)
+        whole, _ = _label_medians(c_lab[sel], s_h[sel], m, lo, hi)
+        core = np.where(few, whole, core)
+    ring_sel = ((s_dist >= _RING_UM[0] * px_per_um / stride) & (s_dist <= _RING_UM[1] * px_per_um / stride)
+                & ~artefacts[::stride, ::stride])
+    surround, ring_n = _label_medians(np.take(compact, s_near[ring_sel]), s_h[ring_sel], m, lo, hi)
+    enough = ring_n >= _MIN_SAMPLES
+    enough[0] = False
+    # Where a nucleus has too little ring of its own (inside a cluster): the tile's typical surround.
+    tile_ring = float(np.median(surround[enough])) if enough.any() else 0.0
+    surround = np.where(enough, surround, tile_ring)
+    contrast = core - surround
+    refine = np.isfinite(contrast) & (contrast > 0)
+    level_c = np.where(refine, surround + _OUTLINE_LEVEL * np.where(refine, contrast, 0.0), -np.inf)
+    # Unrefined nuclei keep every pixel (-inf); objects to be dropped, and the background, get none (+inf).
+    level = np.full(n, np.inf, dtype=np.float32)
+    level[kept] = level_c[1:]
+    # Candidates: the rim of each nucleus and the band of _GROW_UM around it (to the nearest nucleus).
+    grow_disk = _disk(_GROW_UM * px_per_um)
+    band = cv2.dilate(fg.view(np.uint8), grow_disk).view(bool) if grow_disk is not None else fg
+    idx = np.flatnonzero(band & ~deep)
+    out = np.where(deep, labels, 0)
+    zone = labels.ravel()[idx]
+    outside = np.flatnonzero(zone == 0)
+    if len(outside):
+        where = idx[outside]
+        zone[outside] = s_near[(where // width) // stride, (where % width) // stride]
+    out.ravel()[idx] = np.where(h.ravel()[idx] > level[zone], zone, 0)
+    return out
+
+
+def _area_within(labels: np.ndarray, min_px: float, max_px: float) -> np.ndarray:
+    """(labels.max() + 1,) bool: labels whose area is within [min_px, max_px] (label 0: False)."""
+    flat = labels.ravel()
+    area = np.bincount(flat[np.flatnonzero(flat)], minlength=int(labels.max(initial=0)) + 1)
     keep = (area >= min_px) & (area <= max_px)
     keep[0] = False
-    remap = np.zeros(len(area), dtype=np.int32)
+    return keep
+
+
+def _relabel_by_area(labels: np.ndarray, min_px: float, max_px: float,
+                     valid: np.ndarray | None = None) -> np.ndarray:
+    """Drop labels whose area is outside [min_px, max_px] (or not ``valid``); renumber the rest 1..n.
+
+    Returns the (H, W) int32 labels and the (max label + 1,) bool array of the labels kept.
+    """
+    if labels.size == 0:
+        return labels.astype(np.int32), np.zeros(1, dtype=bool)
+    keep = _area_within(labels, min_px, max_px)
+    if valid is not None:
+        keep[: len(valid)] &= valid[: len(keep)]
+        keep[len(valid):] = False
+    remap = np.zeros(len(keep), dtype=np.int32)
     remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return remap[labels]
+    return np.take(remap, labels), keep
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -761,10 +934,12 @@ def segment_nuclei(rgb: np.ndarray, mpp: float, cfg: NucleiConfig = NucleiConfig
     if open_k is not None:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, open_k)
     n, components, stats = _components(mask.view(bool))
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_nucleus_px
-    keep &= _absorbs(rgb, components, n, px_per_um)
+    # The minimum area applies to the delineated nucleus (below): a small dark nucleus can be
+    # smaller than it as thresholded. What the opening leaves is an object to delineate.
+    keep = _absorbs(rgb, components, n, px_per_um)
     keep[0] = False
-    components = np.where(keep, np.arange(n, dtype=np.int32), 0)[components]
+    if not keep[1:].all():
+        components = np.take(np.where(keep, np.arange(n, dtype=np.int32), 0), components)
     mask1 = components > 0
 
     distance = cv2.distanceTransform(mask1.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
@@ -775,9 +950,23 @@ def segment_nuclei(rgb: np.ndarray, mpp: float, cfg: NucleiConfig = NucleiConfig
     # Split lines need no finer than ~0.5 µm: the watershed may run on a reduced image.
     split_factor = max(1, int(round(0.5 * px_per_um)))
     instances = _split(components, stats, markers, distance, h_raw, spread, px_per_um, min_nucleus_px,
-                       split_factor)
-    mask2 = _relabel_by_area(instances, min_nucleus_px, max_nucleus_px)
-    mask1 &= mask2 > 0  # objects dropped as too small or too large leave every mask
+                       split_factor, cfg.nucleus_radius_min_um * px_per_um)
+    # Instances larger than a nucleus are artefacts; they are not delineated. Only a component
+    # larger than a nucleus can hold one.
+    valid = np.ones(int(instances.max(initial=0)) + 1, dtype=bool)
+    valid[0] = False
+    for label in np.flatnonzero(stats[:, cv2.CC_STAT_AREA] > max_nucleus_px)[1:] if n > 1 else ():
+        if not keep[label]:
+            continue
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        box = instances[y:y + h, x:x + w][components[y:y + h, x:x + w] == label]
+        area = np.bincount(box, minlength=len(valid))
+        valid[area > max_nucleus_px] = False
+    # Mask 2's outlines at the half-maximum of each nucleus' own contrast, then the size limits.
+    refined = _refine_outlines(instances, valid, h_smooth, artefacts, px_per_um)
+    mask2, survivors = _relabel_by_area(refined, min_nucleus_px, max_nucleus_px, valid)
+    survivors = np.concatenate([survivors, np.zeros(max(0, len(valid) - len(survivors)), dtype=bool)])
+    mask1 &= np.take(survivors, instances)  # objects that mask 2 drops leave every mask
 
     median = int(round(cfg.median_um * px_per_um)) | 1
     # The median of a binary image is a majority vote in the window: a box filter does it

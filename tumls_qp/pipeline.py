@@ -9,9 +9,7 @@ name stays untouched until the new one is complete).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -24,7 +22,6 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -35,6 +32,8 @@ from . import __version__
 from .clusters import Clustering, cluster_embeddings
 from .config import PipelineConfig, config_to_dict, dump_config
 from .errors import ConfigError, OutputError, TumlsQpError
+from .provenance import package_versions
+from .files import replace_dir, write_csv, write_json
 from .classes import NUCLEUS_CLASS, NUCLEUS_COLOUR
 from .outputs.geojson import feature_collection, make_feature, tissue_features, validate_geojson, write_geojson
 from .representatives import Representative, select_representatives
@@ -288,10 +287,10 @@ def _analyze_group(
             results.append(RunResult(slide=d.slide.path, run_dir=out / name, manifest=manifest))
         progress("outputs", 1.0, "run folders written")
         for stage_dir, result in zip(staging, results):
-            _replace_dir(stage_dir, result.run_dir)
+            replace_dir(stage_dir, result.run_dir)
             # Timings are final only now; the manifest is rewritten in place, atomically.
             result.manifest["timings_s"] = {k: round(v, 3) for k, v in timer.seconds.items()}
-            _write_json(result.run_dir / "manifest.json", result.manifest)
+            write_json(result.run_dir / "manifest.json", result.manifest)
         staging.clear()
         return results
     finally:
@@ -538,7 +537,7 @@ def _write_run(
     write_geojson(collection, folder / geojson_name)
 
     # Tables
-    _write_csv(
+    write_csv(
         folder / "tiles.csv",
         ["x", "y", "w", "h", "tissue", "uncertainty", "distance", "tissue_fraction"],
         [
@@ -547,13 +546,13 @@ def _write_run(
                                           d.selection.tissue_fraction.ravel()[d.selection.kept])
         ],
     )
-    _write_csv(
+    write_csv(
         folder / "representatives.csv",
         ["tissue", "rank", "tile", "x", "y", "w", "h", "uncertainty", "distance"],
         [[r.tissue + 1, r.rank, r.tile, *map(int, boxes[r.tile]), f"{r.uncertainty:.5f}", f"{r.distance:.5f}"]
          for r in reps],
     )
-    _write_csv(
+    write_csv(
         folder / "training.csv",
         ["epoch", "train_mse", "val_mse"],
         [[i + 1, f"{t:.6g}", f"{v:.6g}"] for i, (t, v) in enumerate(zip(history.train_mse, history.val_mse))],
@@ -562,11 +561,11 @@ def _write_run(
         from .features import NUCLEUS_FEATURES, TISSUE_FEATURES
 
         tissue_columns = [f.name for f in TISSUE_FEATURES]
-        _write_csv(folder / "nuclei.csv",
+        write_csv(folder / "nuclei.csv",
                    ["tissue", "rank", "label", *(f.name for f in NUCLEUS_FEATURES if f.key != "label")],
                    low.nucleus_rows)
-        _write_csv(folder / "patch_features.csv", ["tissue", "rank", *tissue_columns], low.roi_rows)
-        _write_csv(folder / "features.csv", ["tissue", *tissue_columns],
+        write_csv(folder / "patch_features.csv", ["tissue", "rank", *tissue_columns], low.roi_rows)
+        write_csv(folder / "features.csv", ["tissue", *tissue_columns],
                    [[t + 1, *(_fmt(values[c]) for c in tissue_columns)] for t, values in low.tissue_features.items()])
 
     # Arrays for re-rendering and for the label-efficient methods (seeded clustering, dictionaries).
@@ -596,7 +595,7 @@ def _write_run(
     manifest = _manifest(d, config, clustering, labels, reps, low, history, cache_hit, timer, started, cohort,
                          geojson_name, len(features), warnings)
     manifest["outputs"]["embedding_colours"] = colours_name
-    _write_json(folder / "manifest.json", manifest)
+    write_json(folder / "manifest.json", manifest)
     if config.output.report:
         # Last, from the staging folder's own files: a report that fails to render leaves no run folder behind.
         from .outputs.pdf_report import REPORT_NAME, render_report
@@ -657,7 +656,7 @@ def _manifest(
         "created": started.isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "dependencies": _dependency_versions(),
+        "dependencies": package_versions(_DEPENDENCIES),
         "seed": config.seed,
         "device": history.device,
         "slide": {
@@ -721,53 +720,3 @@ def _manifest(
 def _peak_rss_mb() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return usage / 1024 if sys.platform != "darwin" else usage / (1024 * 1024)
-
-
-def _dependency_versions() -> dict[str, str]:
-    out = {}
-    for name in _DEPENDENCIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, default=_json_default), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move a finished staging folder to ``target``, replacing an earlier run only once the new one is in place."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

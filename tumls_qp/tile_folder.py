@@ -17,18 +17,14 @@ folder described in the README ("cluster-tiles").
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
 import platform
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +34,8 @@ from PIL import Image, UnidentifiedImageError
 from . import __version__
 from .config import PipelineConfig, config_to_dict, dump_config
 from .errors import InvalidInputError, NoTissueError, OutputError
+from .provenance import package_versions
+from .files import replace_dir, staging_dir, write_csv, write_json
 
 __all__ = ["TileFolder", "IMAGE_SUFFIXES", "read_tile_folder", "resample_tile", "cluster_tile_folder",
            "TileFolderResult"]
@@ -169,14 +167,6 @@ class TileFolderResult:
     manifest: dict[str, Any]
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
-
-
 def _check_out(out: Path) -> None:
     """Refuse to replace a folder that is not an earlier tumls-qp result."""
     if not out.exists():
@@ -268,21 +258,16 @@ def cluster_tile_folder(
     colours = embedding_colours(latents, colour_method, config.seed)
     timings["colours"] = time.perf_counter() - clock
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.partial"
-        stage.mkdir()
-    except OSError as exc:
-        raise OutputError(f"cannot write into {str(out.parent)!r}: {exc.strerror or exc}. Choose another --out.") from exc
+    stage = staging_dir(out.parent, out.name)
     try:
         files = data.files
-        _write_csv(stage / "clusters.csv", ["file", "cluster", "uncertainty", "distance"],
+        write_csv(stage / "clusters.csv", ["file", "cluster", "uncertainty", "distance"],
                    [[f, int(t) + 1, f"{u:.5f}", f"{d:.5f}"]
                     for f, t, u, d in zip(files, clustering.labels, clustering.uncertainty, clustering.distance)])
-        _write_csv(stage / "representatives.csv", ["cluster", "rank", "file", "uncertainty", "distance"],
+        write_csv(stage / "representatives.csv", ["cluster", "rank", "file", "uncertainty", "distance"],
                    [[r.tissue + 1, r.rank, files[r.tile], f"{r.uncertainty:.5f}", f"{r.distance:.5f}"] for r in reps])
         history = trained.history
-        _write_csv(stage / "training.csv", ["epoch", "train_mse", "val_mse"],
+        write_csv(stage / "training.csv", ["epoch", "train_mse", "val_mse"],
                    [[i + 1, f"{t:.6g}", f"{v:.6g}"] for i, (t, v) in enumerate(zip(history.train_mse, history.val_mse))])
         np.savez_compressed(stage / "embeddings.npz", files=np.array(files), latents=latents.astype(np.float32),
                             labels=clustering.labels, uncertainty=clustering.uncertainty, distance=clustering.distance,
@@ -300,7 +285,7 @@ def cluster_tile_folder(
             "version": __version__,
             "created": started.isoformat(timespec="seconds"),
             "python": platform.python_version(),
-            "dependencies": _versions(),
+            "dependencies": package_versions(_DEPENDENCIES),
             "seed": config.seed,
             "device": history.device,
             "folder": str(Path(folder).resolve()),
@@ -319,43 +304,8 @@ def cluster_tile_folder(
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "config": config_to_dict(config),
         }
-        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False, default=_json_default),
-                                             encoding="utf-8")
-        _replace_dir(stage, out)
+        write_json(stage / "manifest.json", manifest)
+        replace_dir(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return TileFolderResult(out_dir=out, manifest=manifest)
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in _DEPENDENCIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename a finished staging folder to ``target``; an earlier ``target`` goes only once the new one is in place."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -23,6 +23,7 @@ import java.io.InterruptedIOException
 import java.net.ConnectException
 import java.net.URI
 import java.net.http.HttpClient
+import java.net.http.HttpHeaders
 import java.net.http.HttpRequest
 import java.net.http.HttpResponse
 import java.nio.file.Files
@@ -211,6 +212,7 @@ if (result.get('report').getAsBoolean()) {
 class TumlsClient {
     final String base
     final String token
+    HttpHeaders lastHeaders
     // HTTP/1.1: the JDK's default HTTP/2 upgrade (h2c) is refused by uvicorn and by many proxies.
     final HttpClient http = HttpClient.newBuilder()
             .version(HttpClient.Version.HTTP_1_1)
@@ -258,16 +260,75 @@ class TumlsClient {
         return json(request(path).DELETE().build())
     }
 
-    /** The response body, gunzipped when the server sent it gzip-encoded. */
-    InputStream openGeoJson(String path) {
-        HttpResponse<InputStream> response = send(request(path).header('Accept-Encoding', 'gzip').GET().build(),
-                HttpResponse.BodyHandlers.ofInputStream())
-        if (response.statusCode() != 200) {
-            def body = response.body()
-            check(response.statusCode(), new String(body.readAllBytes(), 'UTF-8'))
-        }
+    /**
+     * The response body of a GET, or of a POST of ``body`` (JSON), gunzipped when the server sent it
+     * gzip-encoded. The response headers are kept in ``lastHeaders``.
+     */
+    InputStream openGeoJson(String path, JsonObject body = null) {
+        def builder = request(path).header('Accept-Encoding', 'gzip')
+        if (body == null)
+            builder.GET()
+        else
+            builder.header('Content-Type', 'application/json').POST(HttpRequest.BodyPublishers.ofString(body.toString()))
+        HttpResponse<InputStream> response = send(builder.build(), HttpResponse.BodyHandlers.ofInputStream())
+        lastHeaders = response.headers()
         def encoding = response.headers().firstValue('Content-Encoding').orElse('')
-        return encoding.equalsIgnoreCase('gzip') ? new GZIPInputStream(response.body()) : response.body()
+        InputStream stream = encoding.equalsIgnoreCase('gzip') ? new GZIPInputStream(response.body()) : response.body()
+        if (response.statusCode() != 200)
+            check(response.statusCode(), new String(stream.readAllBytes(), 'UTF-8'))
+        return stream
+    }
+
+    /** The same as bytes (small answers that are read twice: for their classes, then as objects). */
+    byte[] geoJsonBytes(String path, JsonObject body = null) {
+        InputStream stream = openGeoJson(path, body)
+        try {
+            return stream.readAllBytes()
+        } finally {
+            stream.close()
+        }
+    }
+
+    /** Stop unless the server speaks the script's API version. */
+    void checkApi(int expected) {
+        def version = get('/version')
+        if (version.get('api').getAsInt() != expected)
+            throw new IllegalStateException("TUMLS: the server speaks API ${version.get('api')}, this script " +
+                    "${expected}: use the groovy/ scripts of the tumls-qp version the server runs")
+    }
+
+    /** The job ``jobId``, or else the newest succeeded analysis of the image file ``uri``; it must have succeeded. */
+    JsonObject analysisJob(String uri, String jobId, String imageName) {
+        JsonObject job
+        if (jobId) {
+            job = get("/jobs/${jobId}")
+        } else {
+            def jobs = get('/jobs?kind=analysis&state=succeeded&limit=1&image_uri=' +
+                    URLEncoder.encode(uri, 'UTF-8')).getAsJsonArray('jobs')
+            if (jobs.size() == 0)
+                throw new IllegalStateException("TUMLS: ${imageName} has no finished analysis on the server at " +
+                        "${base}: run tumls_analyze.groovy on it first (or set JOB_ID)")
+            job = jobs.get(0).getAsJsonObject()
+        }
+        if (job.get('state').getAsString() != 'succeeded')
+            throw new IllegalStateException("TUMLS: job ${text(job, 'id')} is ${text(job, 'state')}; wait until it " +
+                    'has succeeded')
+        return job
+    }
+
+    /** Class name -> packed RGB of the features of a GeoJSON FeatureCollection. */
+    static Map<String, Integer> classColours(byte[] geojson) {
+        def colours = new LinkedHashMap<String, Integer>()
+        def features = JsonParser.parseString(new String(geojson, 'UTF-8')).getAsJsonObject().getAsJsonArray('features')
+        features.each {
+            def classification = it.getAsJsonObject().getAsJsonObject('properties').getAsJsonObject('classification')
+            if (classification != null) {
+                def rgb = classification.getAsJsonArray('color')
+                colours[classification.get('name').getAsString()] = ColorTools.packRGB(rgb.get(0).getAsInt(),
+                        rgb.get(1).getAsInt(), rgb.get(2).getAsInt())
+            }
+        }
+        return colours
     }
 
     /** Save a response body to a file (written next to it, then renamed: never half-written). */

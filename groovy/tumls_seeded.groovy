@@ -1,146 +1,327 @@
-/**
- * tumls-qp: seeded iterative clustering from QuPath (QuPath 0.4 - 0.7).
+/*
+ * tumls_seeded.groovy - seeded iterative clustering of the current image, computed by `tumls-qp serve`.
  *
- * Draw a few annotations of two or more classes on the tissue (clicks, scribbles or small
- * polygons, e.g. "Tumor" and "Benign"), then run this script. It sends them to the tumls-qp
- * server, which classifies every tile of the image from the embeddings it cached when the
- * image was analysed (no retraining; seconds), and imports the answer:
- *   - one annotation per class, "<class> (SIC)", the union of its tiles (Area um^2, Tile count,
- *     Mean SIC confidence);
- *   - one tile object per tile with its class and "SIC confidence" (Measure > Show measurement maps).
- * A re-run replaces the previous answer. Seeds are the selected annotations if any are selected,
- * otherwise every classified annotation that is not a tumls-qp result.
+ * Analyse the image with tumls_analyze.groovy first. Then draw a few annotations of two or more
+ * classes on the tissue (clicks, scribbles or small polygons, e.g. "Tumor" and "Stroma") and run
+ * this script: it sends them to the server, which gives every tile of the image one of these
+ * classes from the embeddings it cached when it analysed the image (no retraining; seconds), and
+ * imports the answer: one annotation per class, "<class> (SIC)", the union of its tiles (Area um^2,
+ * Tile count, Mean SIC confidence), and one tile object per tile with its class and
+ * "SIC confidence" (Measure > Show measurement maps).
+ * The seeds are the selected annotations when some are selected, otherwise every classified
+ * annotation you drew (objects tumls-qp made are never seeds). Running it again replaces the
+ * previous answer (objects with the "TUMLS-QP seeded" measurement) and nothing else.
+ * See groovy/README.md.
  *
- * Contract (see tumls_qp.labelling.seeded_classification in the Python package):
- *   POST {SERVER}/jobs/{JOB_ID}/seeded
- *   {"seeds": [{"class": "Tumor", "color": [r, g, b], "geometry": <GeoJSON geometry, level-0 px>}]}
- *   -> 200 with a GeoJSON FeatureCollection; 4xx with {"detail": "..."} for bad seeds (one class only,
- *      a seed outside the analysed tissue, ...).
- * The endpoint belongs to the tumls-qp server; SERVER and the way JOB_ID is found follow its
- * conventions and may need adjusting to them.
+ * QuPath 0.4 - 0.7. Uses Gson and java.net.http only (both ship with QuPath).
  */
+import static qupath.lib.gui.scripting.QPEx.*
 
 import com.google.gson.JsonArray
+import com.google.gson.JsonElement
+import com.google.gson.JsonNull
 import com.google.gson.JsonObject
 import com.google.gson.JsonParser
+import com.google.gson.JsonPrimitive
+import java.io.InterruptedIOException
+import java.net.ConnectException
 import java.net.URI
 import java.net.http.HttpClient
+import java.net.http.HttpHeaders
 import java.net.http.HttpRequest
 import java.net.http.HttpResponse
+import java.nio.file.Files
+import java.nio.file.Path
+import java.nio.file.StandardCopyOption
 import java.time.Duration
+import java.util.zip.GZIPInputStream
 import qupath.lib.common.ColorTools
 import qupath.lib.io.GsonTools
 import qupath.lib.io.PathIO
 
-// --- settings ------------------------------------------------------------------------------------------------
-def SERVER = System.getenv("TUMLS_QP_SERVER") ?: "http://127.0.0.1:8000"
-// The analysis job of this image. Empty: the job id that the analysis script stored in the project
-// entry's metadata under "tumls-qp.job".
-def JOB_ID = ""
-def TIMEOUT_S = 120
-// Measurements that mark objects tumls-qp made (never seeds; SIC results are replaced on a re-run).
-def SIC_MARKERS = ["SIC confidence", "Mean SIC confidence"]
-def TUMLS_MARKERS = SIC_MARKERS + ["Mean uncertainty", "Uncertainty", "Rank", "Prototype",
-                                   "Mean Dictionary confidence", "Dictionary confidence", "Embedding 1"]
+// ================================ settings ================================
+// Where `tumls-qp serve` listens. The environment variable TUMLS_QP_SERVER overrides it.
+def SERVER_URL = 'http://127.0.0.1:8765'
+// The token of a server started with --token ('' for a server on this computer). TUMLS_QP_TOKEN overrides it.
+def TOKEN = ''
+// The analysis job whose embeddings are used; '' = the newest succeeded analysis of this image. TUMLS_QP_JOB.
+def JOB_ID = ''
+// With exactly two classes: the class to carve out (the paper's Algorithm 1), e.g. 'Tumor'; '' = the
+// multi-class scheme. TUMLS_QP_POSITIVE overrides it.
+def POSITIVE = ''
+// ==========================================================================
 
-// --- the image and its job -----------------------------------------------------------------------------------
+// The measurement that marks this script's objects (keep in step with tumls_qp/outputs/qupath.py), and those
+// that mark any tumls-qp object (never a seed).
+def TAG = 'TUMLS-QP seeded'
+def MARKERS = ['TUMLS-QP job', 'TUMLS-QP seeded', 'TUMLS-QP prototypes', 'TUMLS-QP dictionary']
+def API_VERSION = 1
+
+def env = System.getenv()
+SERVER_URL = (env['TUMLS_QP_SERVER'] ?: SERVER_URL).replaceAll('/+$', '')
+TOKEN = env['TUMLS_QP_TOKEN'] ?: TOKEN
+JOB_ID = env['TUMLS_QP_JOB'] ?: JOB_ID
+POSITIVE = env['TUMLS_QP_POSITIVE'] ?: POSITIVE
+
+long started = System.nanoTime()
 def imageData = getCurrentImageData()
 if (imageData == null)
-    throw new IllegalStateException("tumls-qp: open an image first")
+    throw new IllegalStateException('TUMLS: open an image first')
+def server = imageData.getServer()
+def uris = server.getURIs().collect { it.toString() }
+if (uris.size() != 1)
+    throw new IllegalStateException('TUMLS: this image is not one slide file; tumls-qp works on slide files')
+def entry = getProjectEntry()
+String imageName = entry != null ? entry.getImageName() : server.getMetadata().getName()
 def hierarchy = imageData.getHierarchy()
-if (!JOB_ID) {
-    def entry = getProjectEntry()
-    try {
-        JOB_ID = entry?.getMetadataValue("tumls-qp.job") ?: ""
-    } catch (MissingMethodException ignored) {
-        JOB_ID = ""
-    }
-}
-if (!JOB_ID)
-    throw new IllegalStateException("tumls-qp: no analysis job for this image. Analyse it with tumls-qp first, " +
-            "or set JOB_ID at the top of this script.")
 
-// --- the seeds -----------------------------------------------------------------------------------------------
-def isTumlsResult = { obj -> TUMLS_MARKERS.any { obj.getMeasurementList().containsKey(it) } }
-def selected = hierarchy.getSelectionModel().getSelectedObjects().findAll { it.isAnnotation() }
-def candidates = selected ? selected : getAnnotationObjects()
-def seeds = candidates.findAll { it.getPathClass() != null && it.getROI() != null && !isTumlsResult(it) }
-def classNames = seeds.collect { it.getPathClass().toString() }.unique()
+// The seeds: the selected annotations, else every classified annotation; never an object tumls-qp made.
+def isOurs = { obj -> MARKERS.any { obj.getMeasurementList().containsKey(it) } }
+def usable = { obj -> obj.isAnnotation() && obj.getPathClass() != null && obj.getROI() != null && !isOurs(obj) }
+def selected = hierarchy.getSelectionModel().getSelectedObjects().findAll(usable)
+def seeds = selected ? selected : getAnnotationObjects().findAll(usable)
 if (seeds.isEmpty())
-    throw new IllegalArgumentException("tumls-qp: no seeds. Draw annotations on the tissue and give them a class " +
-            "(e.g. Tumor and Benign).")
-if (classNames.size() < 2)
-    throw new IllegalArgumentException("tumls-qp: seeds of one class only (" + classNames[0] + "); add at least one " +
-            "annotation of another class.")
+    throw new IllegalArgumentException("TUMLS: ${imageName}: no seeds. Draw a few annotations on the tissue and give " +
+            'them classes (at least two, e.g. Tumor and Stroma), then run this script again')
+def classNames = seeds.collect { it.getPathClass().toString() }.unique()
+
+def client = new TumlsClient(SERVER_URL, TOKEN)
+client.checkApi(API_VERSION)
+def job = client.analysisJob(uris[0], JOB_ID, imageName)
+String jobId = job.get('id').getAsString()
 
 def gson = GsonTools.getInstance()
 def array = new JsonArray()
-for (seed in seeds) {
+seeds.each { seed ->
     def pathClass = seed.getPathClass()
     def item = new JsonObject()
-    item.addProperty("class", pathClass.toString())
+    item.addProperty('class', pathClass.toString())
     Integer rgb = pathClass.getColor()
     if (rgb != null) {
         def colour = new JsonArray()
-        colour.add(ColorTools.red(rgb)); colour.add(ColorTools.green(rgb)); colour.add(ColorTools.blue(rgb))
-        item.add("color", colour)
+        colour.add(ColorTools.red(rgb))
+        colour.add(ColorTools.green(rgb))
+        colour.add(ColorTools.blue(rgb))
+        item.add('color', colour)
     }
-    item.add("geometry", gson.toJsonTree(seed.getROI()))
+    item.add('geometry', gson.toJsonTree(seed.getROI()))
     array.add(item)
 }
 def body = new JsonObject()
-body.add("seeds", array)
+body.add('seeds', array)
+if (POSITIVE)
+    body.addProperty('positive', POSITIVE)
+println "TUMLS: ${imageName}: ${seeds.size()} seed(s) of ${classNames.join(', ')} sent to ${SERVER_URL} " +
+        "(analysis job ${job.get('number').getAsInt()})"
 
-// --- the request ---------------------------------------------------------------------------------------------
-def client = HttpClient.newBuilder()
-        .proxy(HttpClient.Builder.NO_PROXY)
-        .connectTimeout(Duration.ofSeconds(10))
-        .build()
-def request = HttpRequest.newBuilder(URI.create(SERVER + "/jobs/" + URLEncoder.encode(JOB_ID, "UTF-8") + "/seeded"))
-        .timeout(Duration.ofSeconds(TIMEOUT_S))
-        .header("Content-Type", "application/json")
-        .POST(HttpRequest.BodyPublishers.ofString(gson.toJson(body)))
-        .build()
-println "tumls-qp: sending ${seeds.size()} seed(s) of ${classNames.join(', ')} to ${SERVER} (job ${JOB_ID})"
-HttpResponse<byte[]> response
+def objects
 try {
-    response = client.send(request, HttpResponse.BodyHandlers.ofByteArray())
-} catch (InterruptedException e) {
-    // "Kill running script": the request is short and has nothing to cancel on the server; stop here.
-    println "tumls-qp: interrupted; nothing was changed"
-    throw e
-} catch (IOException e) {
-    throw new IOException("tumls-qp: cannot reach the server at ${SERVER} (${e.getMessage()}). Is `tumls-qp serve` " +
-            "running?", e)
-}
-if (response.statusCode() != 200) {
-    def text = new String(response.body(), "UTF-8")
-    def detail = text
+    def stream = client.openGeoJson("/jobs/${jobId}/seeded", body)
     try {
-        def parsed = JsonParser.parseString(text)
-        if (parsed.isJsonObject() && parsed.getAsJsonObject().has("detail"))
-            detail = parsed.getAsJsonObject().get("detail").toString()
-    } catch (Exception ignored) {
+        objects = PathIO.readObjectsFromGeoJSON(stream)
+    } finally {
+        stream.close()
     }
-    throw new IllegalArgumentException("tumls-qp: the server refused the seeds (HTTP ${response.statusCode()}): ${detail}")
+} catch (InterruptedException | InterruptedIOException e) {
+    // "Kill running script": the request computes nothing lasting on the server; nothing here has changed.
+    println "TUMLS: ${imageName}: interrupted; nothing was changed"
+    throw e
 }
 
-// --- import: replace the previous answer ---------------------------------------------------------------------
-def objects = PathIO.readObjectsFromGeoJSON(new ByteArrayInputStream(response.body()))
-def previous = hierarchy.getFlattenedObjectList(null).findAll { obj ->
-    !obj.isRootObject() && SIC_MARKERS.any { obj.getMeasurementList().containsKey(it) }
+// Replace the previous answer (and only it): its objects carry the TAG measurement.
+def previous = hierarchy.getFlattenedObjectList(null).findAll {
+    !it.isRootObject() && it.getMeasurementList().containsKey(TAG)
 }
-if (!previous.isEmpty())
-    removeObjects(previous, true)
+removeObjects(previous, true)
 addObjects(objects)
 resolveHierarchy()
-// Class colours in GeoJSON apply only to classes QuPath creates; keep the user's colours for all of them.
-for (seed in seeds) {
-    def pathClass = seed.getPathClass()
-    if (pathClass.getColor() != null)
-        getPathClass(pathClass.toString()).setColor(pathClass.getColor())
-}
 fireHierarchyUpdate()
-def tiles = objects.count { it.isTile() }
-println "tumls-qp: imported ${objects.size() - tiles} region(s) and ${tiles} tile(s); " +
-        "show 'SIC confidence' with Measure > Show measurement maps"
+
+def summary = JsonParser.parseString(client.lastHeaders.firstValue('X-TUMLS-QP-Summary').orElse('{}')).getAsJsonObject()
+def counts = summary.has('classes') ? summary.getAsJsonArray('classes').collect {
+    "${it.getAsJsonObject().get('name').getAsString()} ${it.getAsJsonObject().get('tiles').getAsInt()}"
+}.join(', ') : ''
+double seconds = (System.nanoTime() - started) / 1e9
+println String.format('TUMLS: %s: %d objects imported (tiles per class: %s; seed F1 %s), %d earlier ones replaced, ' +
+        'in %.1f s', imageName, objects.size(), counts, TumlsClient.text(summary, 'seed_f1'), previous.size(), seconds)
+if (summary.has('warnings'))
+    summary.getAsJsonArray('warnings').each { println "TUMLS: warning: ${it.getAsString()}" }
+println "TUMLS: show 'SIC confidence' with Measure > Show measurement maps"
+
+
+/** The few HTTP calls the script makes, with the server's error messages passed on. */
+class TumlsClient {
+    final String base
+    final String token
+    HttpHeaders lastHeaders
+    // HTTP/1.1: the JDK's default HTTP/2 upgrade (h2c) is refused by uvicorn and by many proxies.
+    final HttpClient http = HttpClient.newBuilder()
+            .version(HttpClient.Version.HTTP_1_1)
+            .proxy(HttpClient.Builder.NO_PROXY)
+            .connectTimeout(Duration.ofSeconds(10))
+            .build()
+
+    TumlsClient(String base, String token) {
+        this.base = base
+        this.token = token
+    }
+
+    HttpRequest.Builder request(String path) {
+        def builder = HttpRequest.newBuilder(URI.create(base + path)).timeout(Duration.ofMinutes(5))
+        if (token)
+            builder.header('Authorization', 'Bearer ' + token)
+        return builder
+    }
+
+    public <T> HttpResponse<T> send(HttpRequest request, HttpResponse.BodyHandler<T> handler) {
+        try {
+            return http.send(request, handler)
+        } catch (ConnectException e) {
+            throw new IOException("TUMLS: cannot reach the tumls-qp server at ${base}: start it with `tumls-qp serve` " +
+                    '(see groovy/README.md) or correct SERVER_URL', e)
+        }
+    }
+
+    JsonObject json(HttpRequest request) {
+        HttpResponse<String> response = send(request, HttpResponse.BodyHandlers.ofString())
+        check(response.statusCode(), response.body())
+        return JsonParser.parseString(response.body()).getAsJsonObject()
+    }
+
+    JsonObject get(String path) {
+        return json(request(path).header('Accept', 'application/json').GET().build())
+    }
+
+    JsonObject post(String path, JsonObject body) {
+        return json(request(path).header('Content-Type', 'application/json')
+                .POST(HttpRequest.BodyPublishers.ofString(body.toString())).build())
+    }
+
+    JsonObject delete(String path) {
+        return json(request(path).DELETE().build())
+    }
+
+    /**
+     * The response body of a GET, or of a POST of ``body`` (JSON), gunzipped when the server sent it
+     * gzip-encoded. The response headers are kept in ``lastHeaders``.
+     */
+    InputStream openGeoJson(String path, JsonObject body = null) {
+        def builder = request(path).header('Accept-Encoding', 'gzip')
+        if (body == null)
+            builder.GET()
+        else
+            builder.header('Content-Type', 'application/json').POST(HttpRequest.BodyPublishers.ofString(body.toString()))
+        HttpResponse<InputStream> response = send(builder.build(), HttpResponse.BodyHandlers.ofInputStream())
+        lastHeaders = response.headers()
+        def encoding = response.headers().firstValue('Content-Encoding').orElse('')
+        InputStream stream = encoding.equalsIgnoreCase('gzip') ? new GZIPInputStream(response.body()) : response.body()
+        if (response.statusCode() != 200)
+            check(response.statusCode(), new String(stream.readAllBytes(), 'UTF-8'))
+        return stream
+    }
+
+    /** The same as bytes (small answers that are read twice: for their classes, then as objects). */
+    byte[] geoJsonBytes(String path, JsonObject body = null) {
+        InputStream stream = openGeoJson(path, body)
+        try {
+            return stream.readAllBytes()
+        } finally {
+            stream.close()
+        }
+    }
+
+    /** Stop unless the server speaks the script's API version. */
+    void checkApi(int expected) {
+        def version = get('/version')
+        if (version.get('api').getAsInt() != expected)
+            throw new IllegalStateException("TUMLS: the server speaks API ${version.get('api')}, this script " +
+                    "${expected}: use the groovy/ scripts of the tumls-qp version the server runs")
+    }
+
+    /** The job ``jobId``, or else the newest succeeded analysis of the image file ``uri``; it must have succeeded. */
+    JsonObject analysisJob(String uri, String jobId, String imageName) {
+        JsonObject job
+        if (jobId) {
+            job = get("/jobs/${jobId}")
+        } else {
+            def jobs = get('/jobs?kind=analysis&state=succeeded&limit=1&image_uri=' +
+                    URLEncoder.encode(uri, 'UTF-8')).getAsJsonArray('jobs')
+            if (jobs.size() == 0)
+                throw new IllegalStateException("TUMLS: ${imageName} has no finished analysis on the server at " +
+                        "${base}: run tumls_analyze.groovy on it first (or set JOB_ID)")
+            job = jobs.get(0).getAsJsonObject()
+        }
+        if (job.get('state').getAsString() != 'succeeded')
+            throw new IllegalStateException("TUMLS: job ${text(job, 'id')} is ${text(job, 'state')}; wait until it " +
+                    'has succeeded')
+        return job
+    }
+
+    /** Class name -> packed RGB of the features of a GeoJSON FeatureCollection. */
+    static Map<String, Integer> classColours(byte[] geojson) {
+        def colours = new LinkedHashMap<String, Integer>()
+        def features = JsonParser.parseString(new String(geojson, 'UTF-8')).getAsJsonObject().getAsJsonArray('features')
+        features.each {
+            def classification = it.getAsJsonObject().getAsJsonObject('properties').getAsJsonObject('classification')
+            if (classification != null) {
+                def rgb = classification.getAsJsonArray('color')
+                colours[classification.get('name').getAsString()] = ColorTools.packRGB(rgb.get(0).getAsInt(),
+                        rgb.get(1).getAsInt(), rgb.get(2).getAsInt())
+            }
+        }
+        return colours
+    }
+
+    /** Save a response body to a file (written next to it, then renamed: never half-written). */
+    Path download(String path, Path target) {
+        Files.createDirectories(target.getParent())
+        Path partial = target.resolveSibling(target.getFileName().toString() + '.part')
+        HttpResponse<Path> response = send(request(path).GET().build(), HttpResponse.BodyHandlers.ofFile(partial))
+        if (response.statusCode() != 200) {
+            String body = new String(Files.readAllBytes(partial), 'UTF-8')
+            Files.deleteIfExists(partial)
+            check(response.statusCode(), body)
+        }
+        Files.move(partial, target, StandardCopyOption.REPLACE_EXISTING)
+        return target
+    }
+
+    static void check(int status, String body) {
+        if (status >= 200 && status < 300)
+            return
+        String detail = body
+        try {
+            detail = JsonParser.parseString(body).getAsJsonObject().get('detail').getAsString()
+        } catch (Exception ignored) {
+            // not a tumls-qp error body: show it as it is
+        }
+        throw new IOException("TUMLS: the server answered ${status}: ${detail}")
+    }
+
+    /** A member as text ('' when absent or null). */
+    static String text(JsonObject object, String name) {
+        JsonElement value = object == null ? null : object.get(name)
+        return value == null || value.isJsonNull() ? '' : value.getAsString()
+    }
+
+    /** Gson tree of the settings' Groovy maps, lists, numbers, booleans and strings. */
+    static JsonElement toJson(Object value) {
+        if (value == null)
+            return JsonNull.INSTANCE
+        if (value instanceof Map) {
+            def object = new JsonObject()
+            value.each { k, v -> object.add(k.toString(), toJson(v)) }
+            return object
+        }
+        if (value instanceof Collection) {
+            def array = new JsonArray()
+            value.each { array.add(toJson(it)) }
+            return array
+        }
+        if (value instanceof Boolean)
+            return new JsonPrimitive((Boolean) value)
+        if (value instanceof Number)
+            return new JsonPrimitive((Number) value)
+        return new JsonPrimitive(value.toString())
+    }
+}

@@ -145,6 +145,7 @@ def test_pipeline_report_has_every_section_and_the_manifest_numbers(demo_run):
     for count in m["nuclei"]["per_tissue"].values():
         assert f"Nuclei {count:,}" in text
     assert "No nuclei were segmented" not in text
+    assert "Embedding colours" in text and "PCA; red, green, blue" in text
 
 
 def test_every_page_of_the_real_report_is_drawn(demo_run):
@@ -387,3 +388,4 @@ def test_read_run_folder(synthetic_run):
     assert [r.rank for r in run.representatives_of(1)] == [1, 2, 3, 4, 5]
     assert run.thumbnail_scale == pytest.approx(16 / 128)
     assert run.features is None and run.nuclei is None and run.notes == []
+    assert run.embedding_colours.rgb.shape == (len(run.boxes), 3) and run.embedding_colours.method == "pca"

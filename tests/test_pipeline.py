@@ -12,7 +12,8 @@ from tumls_qp.pipeline import STAGES, analyze
 
 RUN_FILES = {"config.toml", "manifest.json", "tissue.geojson", "tiles.csv", "representatives.csv", "training.csv",
              "embeddings.npz", "dendrogram.npz", "reconstructions.npz", "thumbnail.png", "model.pt", "model.json",
-             "patches", "nuclei.csv", "features.csv", "patch_features.csv", "report.pdf"}
+             "patches", "nuclei.csv", "features.csv", "patch_features.csv", "report.pdf", "embedding_colours.geojson",
+             "embedding_colours.npz"}
 
 
 def _rows(path):
@@ -64,6 +65,14 @@ def test_two_tissue_slide_run_folder(slides, fast_config, tmp_path):
         assert patch.size == (128, 128)  # 64 µm at 0.5 µm/px
     with np.load(run / "embeddings.npz") as npz:
         assert npz["latents"].shape == (len(tiles), 256)
+    # The embedding-colour layer: one tile per tissue tile, in the tiles' order, each in its own colour.
+    assert m["outputs"]["embedding_colours"] == "embedding_colours.geojson"
+    assert validate_geojson_file(run / "embedding_colours.geojson") == []
+    layer = json.loads((run / "embedding_colours.geojson").read_text())["features"]
+    with np.load(run / "embedding_colours.npz") as npz:
+        assert npz["rgb"].shape == (len(tiles), 3) and str(npz["method"]) == "pca"
+        assert [f["properties"]["color"] for f in layer] == npz["rgb"].tolist()
+    assert len(layer) == len(tiles) and {f["properties"]["objectType"] for f in layer} == {"tile"}
 
     assert [s for s, _ in events if _ == 1.0][-1] == "outputs"
     assert [s for s in dict.fromkeys(s for s, _ in events)] == list(STAGES)
@@ -199,6 +208,19 @@ def test_allow_non_he_analyses_dab(slides, fast_config, tmp_path):
     config = replace_in(fast_config, **{"slide.allow_non_he": True})
     [result] = analyze([slides["dab"]], tmp_path, config)
     assert validate_geojson_file(result.run_dir / "tissue.geojson") == []
+
+
+def test_embedding_colours_option(slides, fast_config, tmp_path, monkeypatch):
+    [result] = analyze([slides["two-tissues"]], tmp_path, replace_in(fast_config, **{"output.embedding_colours": "none"}))
+    assert result.manifest["outputs"]["embedding_colours"] is None
+    assert not list(result.run_dir.glob("embedding_colours*"))
+    import tumls_qp.embedding_colours as colours
+    from tumls_qp.errors import ConfigError
+
+    monkeypatch.setattr(colours, "umap_available", lambda: False)
+    with pytest.raises(ConfigError, match="output.embedding_colours = 'umap' needs umap-learn"):
+        analyze([slides["two-tissues"]], tmp_path / "u", replace_in(fast_config, **{"output.embedding_colours": "umap"}))
+    assert not (tmp_path / "u" / "two-tissues").exists()
 
 
 def test_gzip_output(slides, fast_config, tmp_path):

@@ -46,7 +46,8 @@ def test_a_job_runs_and_its_results_are_served(server):
     assert done["progress"] == 1.0 and done["elapsed_s"] > 0 and done["finished_at"]
     result = done["result"]
     assert result["k"] >= 1 and result["tissue_tiles"] >= 20 and result["embedding_cache"] == "miss"
-    assert set(done["links"]) == {"self", "geojson", "classes", "report"}  # output.report is on by default
+    # output.report and output.embedding_colours are on by default
+    assert set(done["links"]) == {"self", "geojson", "classes", "report", "seeded", "prototypes", "embedding_colours"}
     pdf = client.get(done["links"]["report"])
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
 

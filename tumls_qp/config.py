@@ -297,9 +297,16 @@ class OutputConfig:
     #: and ``cohort-report.pdf`` beside the run folders of a cohort. ``tumls-qp report`` renders
     #: them again later from the run folders alone.
     report: bool = True
+    #: Colour every tissue tile by its embedding reduced to 3-D (the SIC paper's feature-space view):
+    #: ``embedding_colours.geojson`` (a QuPath tile layer), ``embedding_colours.npz`` and a figure in
+    #: the report. ``auto``: UMAP when umap-learn is installed, PCA otherwise; ``umap``; ``pca``;
+    #: ``none`` writes nothing.
+    embedding_colours: str = "auto"
 
     def __post_init__(self) -> None:
         _require(isinstance(self.report, bool), "output.report", self.report, "true or false")
+        _require(self.embedding_colours in ("auto", "umap", "pca", "none"), "output.embedding_colours",
+                 self.embedding_colours, "one of auto, umap, pca, none")
 
 
 @dataclass(frozen=True)

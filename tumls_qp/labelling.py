@@ -485,6 +485,8 @@ def make_dictionary(
     run_dir: str | os.PathLike[str],
     naming: Any,
     out_path: str | os.PathLike[str],
+    *,
+    extra_provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save the named prototype clusters of a run as a dictionary file.
 
@@ -497,6 +499,8 @@ def make_dictionary(
         QuPath script's mapping), or a names file (:func:`tumls_qp.prototypes.load_names`).
     out_path : path-like
         The dictionary file (``.tumlsdict`` by convention), written atomically.
+    extra_provenance : mapping, optional
+        More provenance entries (JSON-safe), e.g. the server job and a name the user gave.
     """
     from .prototypes import ClusterNaming, build_prototypes, load_names, save_dictionary
 
@@ -513,6 +517,7 @@ def make_dictionary(
         "prototype_clusters": {"k": over.k, "k_source": over.k_source, "t": proto_manifest.get("t"),
                                "seed": proto_manifest.get("seed"), "tiles_per_cluster": over.sizes()},
         "naming": naming.summary(over.k),
+        **dict(extra_provenance or {}),
     }
     return save_dictionary(out_path, prototypes, prototype_class, naming.classes, naming.colours, run.run_dir,
                            run.config, provenance, prototype_cluster=clusters + 1)

@@ -31,7 +31,7 @@ from PIL import Image
 from . import __version__
 from .clusters import Clustering, cluster_embeddings
 from .config import PipelineConfig, config_to_dict, dump_config
-from .errors import OutputError, TumlsQpError
+from .errors import ConfigError, OutputError, TumlsQpError
 from .provenance import package_versions
 from .files import replace_dir, write_csv, write_json
 from .classes import NUCLEUS_CLASS, NUCLEUS_COLOUR
@@ -154,6 +154,12 @@ def analyze(
     """
     config = config or PipelineConfig()
     progress = progress or _no_progress
+    if config.output.embedding_colours == "umap":
+        from .embedding_colours import umap_available
+
+        if not umap_available():  # say so now rather than after the training
+            raise ConfigError("output.embedding_colours = 'umap' needs umap-learn: pip install 'tumls-qp[umap]' "
+                              "(or use 'auto' or 'pca')")
     slides = [Path(s) for s in slides]
     if not slides:
         raise TumlsQpError("no slide given")
@@ -573,6 +579,7 @@ def _write_run(
         distance=distance,
         centroids=clustering.centroids,
     )
+    colours_name = _write_embedding_colours(folder, config, boxes, latents)
     dendrogram = {"gaps_k": np.array(sorted(clustering.gaps), dtype=np.int64),
                   "gaps": np.array([clustering.gaps[k] for k in sorted(clustering.gaps)], dtype=np.float64)}
     if clustering.linkage is not None:
@@ -587,6 +594,7 @@ def _write_run(
     (folder / "config.toml").write_text(dump_config(config), encoding="utf-8")
     manifest = _manifest(d, config, clustering, labels, reps, low, history, cache_hit, timer, started, cohort,
                          geojson_name, len(features), warnings)
+    manifest["outputs"]["embedding_colours"] = colours_name
     write_json(folder / "manifest.json", manifest)
     if config.output.report:
         # Last, from the staging folder's own files: a report that fails to render leaves no run folder behind.
@@ -594,6 +602,32 @@ def _write_run(
 
         render_report(folder, folder / REPORT_NAME)
     return manifest
+
+
+#: The embedding colours of the tiles, for the report (``coords``, ``rgb``, ``method``).
+EMBEDDING_COLOURS_NPZ = "embedding_colours.npz"
+
+
+def _write_embedding_colours(folder: Path, config: PipelineConfig, boxes: np.ndarray,
+                             latents: np.ndarray) -> str | None:
+    """The embedding-colour tile layer (``embedding_colours.geojson``) and its colours; returns the GeoJSON's name.
+
+    A separate file so that ``tissue.geojson`` stays lean: the layer doubles the tile objects.
+    """
+    if config.output.embedding_colours == "none":
+        return None
+    from .embedding_colours import embedding_colour_features, embedding_colours
+
+    colours = embedding_colours(latents, config.output.embedding_colours, config.seed)
+    collection = feature_collection(embedding_colour_features(boxes, colours))
+    problems = validate_geojson(collection)
+    if problems:  # a bug, not bad input
+        raise RuntimeError("generated embedding-colour GeoJSON breaks QuPath's rules: " + "; ".join(problems[:5]))
+    name = "embedding_colours.geojson.gz" if config.output.gzip else "embedding_colours.geojson"
+    write_geojson(collection, folder / name)
+    np.savez_compressed(folder / EMBEDDING_COLOURS_NPZ, coords=colours.coords, rgb=colours.rgb,
+                        method=np.array(colours.method))
+    return name
 
 
 def _manifest(

@@ -18,6 +18,7 @@ import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.UUID;
@@ -36,22 +37,25 @@ import qupath.lib.projects.ProjectImageEntry;
 import qupath.lib.scripting.QP;
 
 /**
- * Runs groovy/tumls_analyze.groovy against the QuPath stand-ins, the way QuPath's "Run for project" does
+ * Runs a script of groovy/ against the QuPath stand-ins, the way QuPath's "Run for project" does
  * (one image at a time, fresh ImageData each, hierarchies kept per project entry), and dumps what the
  * hierarchies, the classes and the project hold afterwards as JSON.
  *
  * Usage: java -cp ... TumlsHarness config.json dump.json
  * config: {"script": path, "project_file": path or null, "gui": bool,
  *          "classes_before": [{"name", "color"}], "entries": [{"name", "uri", "width", "height",
- *          "pixel_size_um" (or null), "user_objects": n}], "runs": [entry index, ...],
+ *          "pixel_size_um" (or null), "user_objects": n, "seeds": [{"class", "color", "geometry"}]}],
+ *          "runs": [entry index, or {"entry": index, "script": path, "reclass": {"old class": "new class"},
+ *                   "select_classes": ["class", ...]}, ...],
  *          "interrupt": {"server": url, "run": index} or null}
+ * A run's "reclass" changes the class of the entry's objects before the run (as a user naming clusters would);
+ * "select_classes" selects the annotations of those classes.
  */
 public class TumlsHarness {
     public static void main(String[] args) throws Exception {
         JsonObject config = JsonParser.parseString(Files.readString(Paths.get(args[0]))).getAsJsonObject();
         Path dumpPath = Paths.get(args[1]);
-        Script compiled = new GroovyShell().parse(new File(config.get("script").getAsString()));
-        Class<? extends Script> scriptClass = compiled.getClass();
+        Map<String, Class<? extends Script>> compiled = new HashMap<>();
 
         Project<Object> project = null;
         if (config.has("project_file") && !config.get("project_file").isJsonNull())
@@ -85,6 +89,16 @@ public class TumlsHarness {
                 drawn.getMeasurementList().put("Drawn by hand", i);
                 hierarchy.addObjects(List.of(drawn));
             }
+            if (element.getAsJsonObject().has("seeds")) {
+                for (JsonElement seedElement : element.getAsJsonObject().getAsJsonArray("seeds")) {
+                    JsonObject seed = seedElement.getAsJsonObject();
+                    PathObject drawn = new PathObject(UUID.randomUUID(), "annotation", seed.get("geometry"));
+                    JsonArray rgb = seed.getAsJsonArray("color");
+                    drawn.setPathClass(PathClass.fromString(seed.get("class").getAsString(),
+                            ColorTools.packRGB(rgb.get(0).getAsInt(), rgb.get(1).getAsInt(), rgb.get(2).getAsInt())));
+                    hierarchy.addObjects(List.of(drawn));
+                }
+            }
             hierarchies.add(hierarchy);
         }
 
@@ -93,7 +107,32 @@ public class TumlsHarness {
         JsonArray runs = new JsonArray();
         int index = 0;
         for (JsonElement runEntry : config.getAsJsonArray("runs")) {
-            int e = runEntry.getAsInt();
+            JsonObject runConfig = runEntry.isJsonObject() ? runEntry.getAsJsonObject() : new JsonObject();
+            int e = runEntry.isJsonObject() ? runConfig.get("entry").getAsInt() : runEntry.getAsInt();
+            String scriptPath = runConfig.has("script") ? runConfig.get("script").getAsString()
+                    : config.get("script").getAsString();
+            if (!compiled.containsKey(scriptPath))
+                compiled.put(scriptPath, new GroovyShell().parse(new File(scriptPath)).getClass());
+            Class<? extends Script> scriptClass = compiled.get(scriptPath);
+            PathObjectHierarchy current = hierarchies.get(e);
+            if (runConfig.has("reclass")) {
+                JsonObject reclass = runConfig.getAsJsonObject("reclass");
+                for (PathObject object : current.getFlattenedObjectList(null)) {
+                    PathClass pathClass = object.getPathClass();
+                    if (pathClass != null && reclass.has(pathClass.getName()))
+                        object.setPathClass(PathClass.fromString(reclass.get(pathClass.getName()).getAsString()));
+                }
+            }
+            List<PathObject> selected = new ArrayList<>();
+            if (runConfig.has("select_classes")) {
+                List<String> names = new ArrayList<>();
+                for (JsonElement name : runConfig.getAsJsonArray("select_classes"))
+                    names.add(name.getAsString());
+                for (PathObject object : current.getFlattenedObjectList(null))
+                    if (object.getPathClass() != null && names.contains(object.getPathClass().getName()))
+                        selected.add(object);
+            }
+            current.getSelectionModel().setSelectedObjects(selected, null);
             JsonObject entry = entries.get(e).getAsJsonObject();
             double pixelSize = entry.get("pixel_size_um").isJsonNull() ? Double.NaN
                     : entry.get("pixel_size_um").getAsDouble();
@@ -121,6 +160,7 @@ public class TumlsHarness {
 
             JsonObject run = new JsonObject();
             run.addProperty("entry", e);
+            run.addProperty("script", scriptPath);
             run.addProperty("interrupted", interrupted);
             Throwable t = failure.get();
             run.addProperty("outcome", t == null ? "ok" : t.getClass().getName());

@@ -84,6 +84,9 @@ class RunFolder:
         ``features.csv`` (one row per tissue).
     nuclei : Table or None
         ``nuclei.csv`` (one row per nucleus).
+    embedding_colours : EmbeddingColours or None
+        ``embedding_colours.npz``: the tiles' embeddings reduced to 3-D and their colours, one row
+        per row of ``tiles.csv``.
     notes : list of str
         What was missing or unreadable among the optional files.
     """
@@ -103,6 +106,7 @@ class RunFolder:
     config_text: str | None = None
     features: Table | None = None
     nuclei: Table | None = None
+    embedding_colours: Any = None
     notes: list[str] = field(default_factory=list)
 
     # --- values derived from the manifest, None when it does not have them -------------------------------------------
@@ -372,9 +376,26 @@ def _read_optional(run: RunFolder) -> None:
         run.features = _read_csv(folder, "features.csv", ("tissue",))
     if (folder / "nuclei.csv").is_file():
         run.nuclei = _read_csv(folder, "nuclei.csv", ("tissue", "rank", "label"))
+    if (folder / "embedding_colours.npz").is_file():
+        run.embedding_colours = _read_embedding_colours(folder, len(run.boxes))
     absent = [f"tissue{r.tissue}-rank{r.rank}" for r in run.representatives if r.patch is None]
     if absent:
         run.notes.append(f"patch image(s) missing from patches/: {', '.join(absent)}")
+
+
+def _read_embedding_colours(folder: Path, n_tiles: int) -> Any:
+    """``embedding_colours.npz`` as :class:`~tumls_qp.embedding_colours.EmbeddingColours`."""
+    from ..embedding_colours import EmbeddingColours
+
+    try:
+        with np.load(folder / "embedding_colours.npz", allow_pickle=False) as npz:
+            colours = EmbeddingColours(coords=np.asarray(npz["coords"], dtype=np.float32),
+                                       rgb=np.asarray(npz["rgb"], dtype=np.uint8), method=str(npz["method"]))
+    except (OSError, ValueError, KeyError) as exc:
+        raise _damaged(folder, "embedding_colours.npz", exc) from exc
+    if colours.coords.shape != (n_tiles, 3) or colours.rgb.shape != (n_tiles, 3):
+        raise _damaged(folder, "embedding_colours.npz", f"{len(colours.coords)} rows for {n_tiles} tiles in tiles.csv")
+    return colours
 
 
 def display_name(column: str) -> str:

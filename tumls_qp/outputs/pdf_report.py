@@ -16,7 +16,8 @@ Pages of a case report, in order:
    distribution of its tiles' uncertainty.
 3. Comparison across tissues: normalised features; the tissue distribution.
 4. Method and quality: dendrogram with the chosen cut, autoencoder losses and
-   reconstructions, background filtering counts, MSE, warnings.
+   reconstructions, the embedding colours (when the run folder has ``embedding_colours.npz``),
+   background filtering counts, MSE, warnings.
 5. Parameters and provenance: versions, seed, device, timings, slide hash, the effective
    configuration.
 
@@ -714,6 +715,14 @@ def _method_page(styles: _Styles, run: RunFolder) -> list[Any]:
         right = [_image(figures.reconstruction_figure(*run.reconstructions, run.thumbnail_mpp)),
                  _para("Tissue-level tiles (top) and the autoencoder's reconstructions (bottom).", styles.small)]
     story.append(_side_by_side(left, right, (255, 255)))
+    if run.embedding_colours is not None:
+        story.append(_para("Embedding colours", styles.h2))
+        story.append(_image(_embedding_colours_figure(run), 504))
+        story.append(_para(
+            f"Each tile coloured by its embedding reduced to three dimensions "
+            f"({run.embedding_colours.method.upper()}; red, green, blue = dimensions 1, 2, 3): similar colours mean "
+            "similar embeddings. A view for people; the tissues come from the full embeddings. In QuPath: the tile "
+            "layer embedding_colours.geojson.", styles.small))
 
     mse = _get(m, "embedding", "mse") or {}
     n_tiles = _get(m, "embedding", "n_tiles") or {}
@@ -748,6 +757,19 @@ def _method_page(styles: _Styles, run: RunFolder) -> list[Any]:
         for note in run.notes:
             story.append(_para(f"• {_escape(note)}", styles.body))
     return story
+
+
+def _embedding_colours_figure(run: RunFolder) -> bytes:
+    """The embedding-colour figure of :func:`tumls_qp.embedding_colours.draw_embedding_colours`, as PNG bytes."""
+    import tempfile
+
+    from ..embedding_colours import draw_embedding_colours
+
+    names = [tissue_class_name(t) for t in range(run.k)]
+    with tempfile.TemporaryDirectory(prefix="tumls-report-") as folder:
+        path = draw_embedding_colours(run.embedding_colours, Path(folder) / "embedding_colours.png", boxes=run.boxes,
+                                      labels=run.tissue - 1, label_names=names)
+        return path.read_bytes()
 
 
 def _provenance_page(styles: _Styles, run: RunFolder) -> list[Any]:

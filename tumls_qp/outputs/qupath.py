@@ -12,6 +12,28 @@ export/import, unlike GeoJSON ``metadata`` (dropped by QuPath 0.4 and by 0.5 on
 detections; see ``QUPATH.md``). Objects the user drew have no such measurement and are
 never touched. The one way to lose the tag is to delete the measurement by hand
 (*Objects > Delete measurements*): such objects are then treated as the user's own.
+
+Layers
+------
+The human-in-the-loop results are layers of their own, each with its own marker, so that
+re-running one script replaces that layer and leaves the others alone:
+
+============================  =====================================  ==================================
+marker (measurement)          objects                                replaced by
+============================  =====================================  ==================================
+``TUMLS-QP job``              analysis: tissues, representatives,    ``tumls_analyze.groovy``
+                              nuclei, tiles, embedding colours
+``TUMLS-QP seeded``           seeded clustering (``POST               ``tumls_seeded.groovy``
+                              /jobs/{id}/seeded``)
+``TUMLS-QP prototypes``       prototype clusters to name             ``tumls_prototypes.groovy``
+                              (``GET /jobs/{id}/prototypes``)
+``TUMLS-QP dictionary``       a dictionary applied to the image      ``tumls_apply_dictionary.groovy``
+============================  =====================================  ==================================
+
+The value is always the number of the server job the objects come from (for seeded
+clustering and prototypes, the analysis job whose embeddings were used). Every marker
+starts with :data:`TAG_PREFIX`: an object with any such measurement is tumls-qp's, never a
+seed drawn by the user.
 """
 
 from __future__ import annotations
@@ -27,6 +49,11 @@ from ..errors import InvalidInputError
 
 __all__ = [
     "TAG_MEASUREMENT",
+    "TAG_PREFIX",
+    "SEEDED_TAG",
+    "PROTOTYPES_TAG",
+    "DICTIONARY_TAG",
+    "LAYER_TAGS",
     "tag_features",
     "is_tagged",
     "class_table",
@@ -37,22 +64,35 @@ __all__ = [
 #: Measurement that marks an object as made by tumls-qp (value: server job number, 0 from a run folder).
 #: ``groovy/tumls_analyze.groovy`` uses the same name (a test checks they agree).
 TAG_MEASUREMENT = "TUMLS-QP job"
+#: What every marker's name starts with (the scripts treat objects with any such measurement as tumls-qp's).
+TAG_PREFIX = "TUMLS-QP "
+#: Marker of seeded-clustering results (value: the analysis job whose embeddings were used).
+SEEDED_TAG = "TUMLS-QP seeded"
+#: Marker of prototype clusters for naming (value: the analysis job they were made from).
+PROTOTYPES_TAG = "TUMLS-QP prototypes"
+#: Marker of a dictionary's labelling of an image (value: the server job that applied it).
+DICTIONARY_TAG = "TUMLS-QP dictionary"
+#: Every marker, by layer.
+LAYER_TAGS = {"analysis": TAG_MEASUREMENT, "seeded": SEEDED_TAG, "prototypes": PROTOTYPES_TAG,
+              "dictionary": DICTIONARY_TAG}
 
 _REMOTE_SCHEMES = {"http", "https", "ftp", "ftps", "s3", "gs", "omero", "irods", "icat"}
 
 
-def tag_features(features: Iterable[dict[str, Any]], value: int) -> None:
-    """Add ``TAG_MEASUREMENT = value`` to every feature's measurements, in place."""
+def tag_features(features: Iterable[dict[str, Any]], value: int, tag: str = TAG_MEASUREMENT) -> None:
+    """Add the marker ``tag`` (default the analysis marker) ``= value`` to every feature's measurements, in place."""
+    if not tag.startswith(TAG_PREFIX):
+        raise ValueError(f"markers start with {TAG_PREFIX!r}; got {tag!r}")
     for feature in features:
         properties = feature.setdefault("properties", {})
         measurements = properties.setdefault("measurements", {})
-        measurements[TAG_MEASUREMENT] = float(value)
+        measurements[tag] = float(value)
 
 
-def is_tagged(measurements: Any) -> bool:
-    """True when a measurement mapping carries the tumls-qp tag."""
+def is_tagged(measurements: Any, tag: str = TAG_MEASUREMENT) -> bool:
+    """True when a measurement mapping carries the marker ``tag`` (default the analysis marker)."""
     try:
-        return TAG_MEASUREMENT in measurements
+        return tag in measurements
     except TypeError:
         return False
 

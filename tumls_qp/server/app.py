@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from .dictionaries import DictionaryService
 from .errors import ServerStartError, install_error_handlers
 from .jobs import JobService
 from .routes import protected, public
@@ -26,7 +27,11 @@ _DESCRIPTION = """\
 Runs TUMLS (unsupervised tissue segmentation of H&E slides) for QuPath.
 The QuPath script `groovy/tumls_analyze.groovy` submits the current image (`POST /jobs`), polls
 `GET /jobs/{id}`, then imports `GET /jobs/{id}/geojson` and colours the classes from
-`GET /jobs/{id}/classes`. Errors have the body `{"detail": ..., "field": ...}`.
+`GET /jobs/{id}/classes`. On a succeeded analysis, `tumls_seeded.groovy` sends the user's
+classified annotations (`POST /jobs/{id}/seeded`), `tumls_prototypes.groovy` fetches clusters to
+name (`GET /jobs/{id}/prototypes`) and saves the names as a dictionary (`POST /dictionaries`), and
+`tumls_dictionary.groovy` labels an image with one (`POST /dictionaries/{id}/apply`).
+Errors have the body `{"detail": ..., "field": ...}`.
 """
 
 
@@ -96,6 +101,7 @@ def create_app(settings: ServerSettings, runner: Runner | None = None) -> FastAP
         runner.start()
         store = JobStore(settings.db_path)
         app.state.jobs = JobService(settings, store, runner)
+        app.state.dictionaries = DictionaryService(app.state.jobs)
         try:
             yield
         finally:

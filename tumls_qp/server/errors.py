@@ -17,6 +17,7 @@ __all__ = [
     "ForbiddenPathError",
     "UnauthorizedError",
     "JobNotFoundError",
+    "DictionaryNotFoundError",
     "ResultNotFoundError",
     "JobStateError",
     "QueueFullError",
@@ -50,6 +51,10 @@ class JobNotFoundError(TumlsQpError):
     """No job with this id (404)."""
 
 
+class DictionaryNotFoundError(TumlsQpError):
+    """No dictionary with this id (404)."""
+
+
 class ResultNotFoundError(TumlsQpError):
     """The job has no such result, e.g. no PDF report (404)."""
 
@@ -75,6 +80,7 @@ STATUS_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (UnauthorizedError, 401),
     (ForbiddenPathError, 403),
     (JobNotFoundError, 404),
+    (DictionaryNotFoundError, 404),
     (ResultNotFoundError, 404),
     (JobStateError, 409),
     (BodyTooLargeError, 413),
@@ -94,8 +100,8 @@ def status_for(exc: BaseException) -> int:
 def _location(loc: Any) -> str:
     """``("body", "uris", 0)`` -> ``"uris[0]"``."""
     out = ""
-    for part in loc:
-        if part in ("body", "query", "path", "header") and not out:
+    for i, part in enumerate(loc):
+        if i == 0 and part in ("body", "query", "path", "header"):  # where, not what (a field may be named "query")
             continue
         if isinstance(part, int):
             out += f"[{part}]"

@@ -2,22 +2,29 @@
 
 Results are handed out only for ``succeeded`` jobs, whose files are complete by
 construction (see ``worker``); every other state answers 409 with the state.
+
+Two results are computed on request, in the API process, from a succeeded job's run
+folder (its cached embeddings; nothing is retrained): seeded iterative clustering
+(:meth:`JobService.seeded`, seconds) and the prototype clusters to name
+(:meth:`JobService.prototypes`, written once into the run folder and reused).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidInputError
 from .errors import JobNotFoundError, JobStateError, QueueFullError, RequestError, ResultNotFoundError
 from .intake import admit, config_dict, slide_path
 from .runner import Runner
-from .schemas import ClassInfo, ClassList, JobRequest, JobStatus, job_status
+from .schemas import ClassInfo, ClassList, JobRequest, JobStatus, SeedRequest, job_status
 from .settings import ServerSettings
-from .store import STATES, Job, JobStore
+from .store import KINDS, STATES, Job, JobStore
 
 __all__ = ["JobService"]
 
@@ -29,6 +36,13 @@ class JobService:
 
     def __init__(self, settings: ServerSettings, store: JobStore, runner: Runner) -> None:
         self.settings, self.store, self.runner = settings, store, runner
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, job_id: str) -> threading.Lock:
+        """One lock per job: two requests never write the same run folder's prototypes at once."""
+        with self._locks_guard:
+            return self._locks.setdefault(job_id, threading.Lock())
 
     def _job(self, job_id: str) -> Job:
         job = self.store.get(job_id) if _JOB_ID.match(job_id) else None
@@ -58,11 +72,14 @@ class JobService:
     def status(self, job_id: str) -> JobStatus:
         return job_status(self._job(job_id), time.time())
 
-    def list(self, *, image_uri: str | None, image_name: str | None, state: str | None, limit: int) -> list[JobStatus]:
+    def list(self, *, image_uri: str | None, image_name: str | None, state: str | None, limit: int,
+             kind: str | None = None) -> list[JobStatus]:
         if state is not None and state not in STATES:
             raise RequestError(f"state must be one of {', '.join(STATES)}; got {state!r}", field="state")
+        if kind is not None and kind not in KINDS:
+            raise RequestError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}", field="kind")
         image_path = str(slide_path([image_uri], self.settings.roots)) if image_uri is not None else None
-        jobs = self.store.list(image_path=image_path, image_name=image_name, state=state, limit=limit)
+        jobs = self.store.list(image_path=image_path, image_name=image_name, state=state, kind=kind, limit=limit)
         now = time.time()
         return [job_status(job, now) for job in jobs]
 
@@ -99,6 +116,104 @@ class JobService:
             )
         stem = os.path.basename(job.run_dir or "report")
         return path, f"{stem}-tumls-report.pdf"
+
+    def embedding_colours_path(self, job_id: str) -> Path:
+        """The served embedding-colour layer of a succeeded analysis."""
+        from .worker import SERVED_EMBEDDING_COLOURS
+
+        job = self._succeeded(job_id)
+        if not (job.summary or {}).get("embedding_colours"):
+            raise ResultNotFoundError(
+                f"job {job_id} has no embedding-colour layer: it is a {job.kind} job, or its analysis ran with "
+                "output.embedding_colours = 'none'"
+            )
+        path = Path(job.geojson_path or "").parent / SERVED_EMBEDDING_COLOURS
+        if not path.is_file():
+            raise ResultNotFoundError(f"the embedding-colour layer of job {job_id} is missing from the data folder "
+                                      f"({path}); it was removed by hand: run the job again")
+        return path
+
+    def run_folder(self, job_id: str, kind: str | None = None) -> tuple[Job, Path]:
+        """A succeeded job (of ``kind``, when given) and its run folder with the cached embeddings."""
+        job = self._succeeded(job_id)
+        if kind is not None and job.kind != kind:
+            raise RequestError(
+                f"job {job_id} is a {job.kind} job; this needs an {kind} job of the image (POST /jobs), whose "
+                "run folder holds the encoder and its embeddings", field="job")
+        run_dir = Path(job.run_dir or "")
+        if not (run_dir / "embeddings.npz").is_file():
+            raise ResultNotFoundError(f"the run folder of job {job_id} ({run_dir}) has no embeddings.npz; it was "
+                                      "removed by hand: run the job again")
+        return job, run_dir
+
+    def seeded(self, job_id: str, body: SeedRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Seeded iterative clustering of a job's tiles; returns (tagged FeatureCollection, summary).
+
+        Raises
+        ------
+        RequestError
+            Unusable seeds (422): malformed geometry, one class only, a seed off the tissue.
+        """
+        from ..labelling import parse_seed_request, seeded_classification
+        from ..outputs.qupath import SEEDED_TAG, tag_features
+
+        job, run_dir = self.run_folder(job_id)
+        seeds_body = {"seeds": [s.model_dump(by_alias=True) for s in body.seeds]}
+        try:
+            seeds = parse_seed_request(seeds_body)
+            if body.positive is not None and body.positive not in {name for name, _, _ in seeds}:
+                raise RequestError(f"positive: {body.positive!r} is not the class of any seed (the seeds' classes: "
+                                   f"{sorted({name for name, _, _ in seeds})})", field="positive")
+            answer = seeded_classification(run_dir, seeds, positive=body.positive, seed=int(job.config.get("seed") or 0))
+        except RequestError:
+            raise
+        except InvalidInputError as exc:
+            raise RequestError(f"seeds: {exc}", field="seeds") from exc
+        collection = answer.feature_collection
+        tag_features(collection["features"], job.number, SEEDED_TAG)
+        return collection, answer.summary()
+
+    def prototypes(self, job_id: str, k: int | None, t: int | None) -> dict[str, Any]:
+        """The prototype clusters of an analysis job's tiles as QuPath GeoJSON, for the user to name.
+
+        Each cluster j is an annotation over its tiles plus its ``t`` central tiles, all of class
+        "Cluster j" in the cluster's colour, with the measurements ``Prototype`` (j) and
+        ``Prototype clusters`` (k), tagged ``TUMLS-QP prototypes``. Computed on the first request
+        (k from the elbow rule unless given) and kept in the run folder (``prototypes/``), which
+        ``POST /dictionaries`` then reads; a request with another ``k`` or ``t`` replaces them.
+        """
+        from ..labelling import PROTOTYPES_DIR, load_overclustering, write_prototypes
+        from ..outputs.geojson import read_geojson, validate_geojson
+        from ..outputs.qupath import PROTOTYPES_TAG, tag_features
+        from ..prototypes import DEFAULT_T
+
+        job, run_dir = self.run_folder(job_id, kind="analysis")
+        want_t = DEFAULT_T if t is None else t
+        with self._lock(job.id):
+            try:
+                _, manifest = load_overclustering(run_dir)
+            except InvalidInputError:
+                manifest = None
+            stale = (manifest is None or manifest.get("t") != want_t
+                     or (manifest.get("k") != k if k is not None else manifest.get("k_source") != "elbow"))
+            if stale:
+                try:
+                    write_prototypes(run_dir, k=k, t=want_t)
+                except InvalidInputError as exc:
+                    raise RequestError(f"k: {exc}", field="k") from exc
+                _, manifest = load_overclustering(run_dir)
+            data = read_geojson(run_dir / PROTOTYPES_DIR / "prototypes.geojson")
+        features = data["features"]
+        for feature in features:
+            properties = feature["properties"]
+            cluster = int(properties["measurements"]["Prototype"])
+            properties["classification"] = {"name": f"Cluster {cluster}", "color": list(properties["color"])}
+            properties["measurements"]["Prototype clusters"] = float(manifest["k"])
+        tag_features(features, job.number, PROTOTYPES_TAG)
+        problems = validate_geojson(data)
+        if problems:  # a bug upstream: never hand QuPath a file it would refuse
+            raise RuntimeError("the prototype GeoJSON breaks QuPath's rules: " + "; ".join(problems[:5]))
+        return data
 
     def health(self) -> dict[str, Any]:
         alive = self.runner.workers_alive()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hmac
+import json
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
@@ -13,8 +14,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .. import __version__
 from .errors import UnauthorizedError
+from .dictionaries import DictionaryService
 from .jobs import JobService
-from .schemas import ClassList, ErrorBody, Health, JobList, JobRequest, JobStatus, Version
+from .schemas import (ApplyRequest, ClassList, DictionaryInfo, DictionaryList, ErrorBody, Health, JobList, JobRequest,
+                      JobStatus, NamingRequest, SeedRequest, Version)
 from .settings import API_VERSION
 
 __all__ = ["public", "protected"]
@@ -23,8 +26,17 @@ _bearer = HTTPBearer(auto_error=False, description="The token given to `tumls-qp
 _CHUNK = 1 << 16
 
 
+#: Response header of ``POST /jobs/{id}/seeded`` with the request's summary (ASCII JSON).
+SUMMARY_HEADER = "X-TUMLS-QP-Summary"
+_GEOJSON = {200: {"content": {"application/geo+json": {}}}}
+
+
 def _service(request: Request) -> JobService:
     return request.app.state.jobs
+
+
+def _dictionaries(request: Request) -> DictionaryService:
+    return request.app.state.dictionaries
 
 
 def require_token(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
@@ -66,9 +78,11 @@ def list_jobs(
     image_uri: str | None = Query(None, max_length=4096, description="Only jobs of this file: URI."),
     image_name: str | None = Query(None, max_length=1000, description="Only jobs of this QuPath image name."),
     state: str | None = Query(None, max_length=20, description="Only jobs in this state."),
+    kind: str | None = Query(None, max_length=20, description="Only jobs of this kind: analysis or dictionary."),
     limit: int = Query(50, ge=1, le=1000),
 ) -> JobList:
-    return JobList(jobs=_service(request).list(image_uri=image_uri, image_name=image_name, state=state, limit=limit))
+    return JobList(jobs=_service(request).list(image_uri=image_uri, image_name=image_name, state=state, kind=kind,
+                                               limit=limit))
 
 
 @protected.get("/jobs/{job_id}", response_model=JobStatus, summary="A job's state, progress, timings and error")
@@ -98,6 +112,78 @@ def get_classes(job_id: str, request: Request) -> ClassList:
 def get_report(job_id: str, request: Request) -> FileResponse:
     path, filename = _service(request).report_path(job_id)
     return FileResponse(path, media_type="application/pdf", filename=filename)
+
+
+@protected.get("/jobs/{job_id}/embedding-colours", response_class=Response, responses=_GEOJSON,
+               summary="The analysis's embedding-colour tile layer (gzip-encoded when the client accepts it)")
+def get_embedding_colours(job_id: str, request: Request) -> Response:
+    path = _service(request).embedding_colours_path(job_id)
+    return _gzip_file_response(path, _accepts_gzip(request.headers.get("accept-encoding", "")), "application/geo+json")
+
+
+@protected.post("/jobs/{job_id}/seeded", response_class=Response, responses=_GEOJSON,
+                summary="Seeded iterative clustering of the job's tiles from the user's classified annotations")
+def post_seeded(job_id: str, body: SeedRequest, request: Request) -> Response:
+    """Every tile of the image gets one of the seeds' classes, from the job's cached embeddings (no retraining).
+
+    The answer is QuPath GeoJSON: one annotation per class ("<class> (SIC)", the union of its tiles)
+    and one tile object per tile with its class and "SIC confidence", each tagged "TUMLS-QP seeded"
+    (the job number). The header X-TUMLS-QP-Summary holds counts, seed F1, seconds and warnings.
+    """
+    collection, summary = _service(request).seeded(job_id, body)
+    headers = {SUMMARY_HEADER: json.dumps(summary, ensure_ascii=True, separators=(",", ":"))}
+    return _json_response(collection, request, "application/geo+json", headers)
+
+
+@protected.get("/jobs/{job_id}/prototypes", response_class=Response, responses=_GEOJSON,
+               summary="Prototype clusters of an analysis job's tiles, for the user to name")
+def get_prototypes(
+    job_id: str, request: Request,
+    k: int | None = Query(None, ge=2, le=200, description="Number of clusters; default from the elbow rule (2-50)."),
+    t: int | None = Query(None, ge=1, le=100, description="Central tiles per cluster (default 10)."),
+) -> Response:
+    """Each cluster j: an annotation over its tiles and its t central tiles, class "Cluster j", tagged
+    "TUMLS-QP prototypes". Give a cluster's objects a class (or "mixed") in QuPath, then POST /dictionaries."""
+    return _json_response(_service(request).prototypes(job_id, k, t), request, "application/geo+json")
+
+
+@protected.post("/dictionaries", status_code=201, response_model=DictionaryInfo,
+                summary="Save named prototype clusters as a dictionary")
+def create_dictionary(body: NamingRequest, request: Request, response: Response) -> DictionaryInfo:
+    info = _dictionaries(request).create(body)
+    response.headers["Location"] = info.links["self"]
+    return info
+
+
+@protected.get("/dictionaries", response_model=DictionaryList, summary="Saved dictionaries, newest first")
+def list_dictionaries(request: Request) -> DictionaryList:
+    return DictionaryList(dictionaries=_dictionaries(request).list())
+
+
+@protected.get("/dictionaries/{dictionary_id}", response_class=FileResponse,
+               responses={200: {"content": {"application/zip": {}}}}, summary="Download a dictionary file")
+def get_dictionary(dictionary_id: str, request: Request) -> FileResponse:
+    service = _dictionaries(request)
+    path = service.path(dictionary_id)
+    return FileResponse(path, media_type="application/zip", filename=path.name)
+
+
+@protected.post("/dictionaries/{dictionary_id}/apply", status_code=202, response_model=JobStatus,
+                summary="Label an image with a dictionary (a job; results as for an analysis)")
+def apply_dictionary(dictionary_id: str, body: ApplyRequest, request: Request, response: Response) -> JobStatus:
+    status = _dictionaries(request).apply(dictionary_id, body)
+    response.headers["Location"] = status.links["self"]
+    return status
+
+
+def _json_response(data: Any, request: Request, media_type: str, headers: dict[str, str] | None = None) -> Response:
+    """JSON computed for this request, gzip-compressed for clients that accept gzip."""
+    body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    headers = {"Vary": "Accept-Encoding", **(headers or {})}
+    if _accepts_gzip(request.headers.get("accept-encoding", "")):
+        body = gzip.compress(body, compresslevel=5)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=media_type, headers=headers)
 
 
 def _accepts_gzip(header: str) -> bool:

@@ -1,4 +1,4 @@
-"""Request and response bodies: the contract with ``groovy/tumls_analyze.groovy``.
+"""Request and response bodies: the contract with the scripts in ``groovy/``.
 
 ``groovy/README.md`` holds an example request that a test validates against
 :class:`JobRequest`; change both together (and ``API_VERSION`` when incompatible).
@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,10 +23,19 @@ __all__ = [
     "Health",
     "Version",
     "ErrorBody",
+    "SeedAnnotation",
+    "SeedRequest",
+    "NamingRequest",
+    "DictionaryClass",
+    "DictionaryInfo",
+    "DictionaryList",
+    "ApplyRequest",
+    "DictionaryQuery",
     "job_status",
 ]
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Kind = Literal["analysis", "dictionary"]
 
 
 class JobRequest(BaseModel):
@@ -59,6 +68,18 @@ class JobRequest(BaseModel):
         description="Pipeline options, nested by section as in `tumls-qp config` (e.g. {\"clusters\": {\"k\": 4}}).")
 
 
+class DictionaryQuery(BaseModel):
+    """How a dictionary job labelled its image."""
+
+    id: str = Field(description="The dictionary (GET /dictionaries/{id}).")
+    name: str | None
+    query: Literal["dq", "cq"] = Field(description="The query shown in the GeoJSON: Direct-Query or Cluster-then-Query.")
+    gamma: int = Field(description="Cluster-then-Query's γ (groups = γ · classes found by Direct-Query).")
+    groups: int = Field(description="Cluster-then-Query's number of groups.")
+    tiles_per_class: dict[str, int] = Field(description="Tiles of each class in the GeoJSON.")
+    agreement_dq_cq: float = Field(description="Share of tiles on which the two queries agree.")
+
+
 class JobResult(BaseModel):
     """What a succeeded job produced."""
 
@@ -69,13 +90,18 @@ class JobResult(BaseModel):
     warnings: list[str]
     report: bool = Field(description="Whether the run has a PDF report (GET /jobs/{id}/report).")
     run_dir: str = Field(description="The run folder on the server.")
+    embedding_colours: bool = Field(
+        default=False, description="Whether the run has the embedding-colour layer (GET /jobs/{id}/embedding-colours).")
+    dictionary: DictionaryQuery | None = Field(default=None, description="A dictionary job's query (else null).")
 
 
 class JobStatus(BaseModel):
     """A job's state (``GET /jobs/{id}``)."""
 
     id: str
-    number: int = Field(description="Job number; objects from this job carry it as the 'TUMLS-QP job' measurement.")
+    number: int = Field(description="Job number; objects from this job carry it as a measurement: 'TUMLS-QP job' "
+                                    "(analysis) or 'TUMLS-QP dictionary' (dictionary).")
+    kind: Kind = Field(description="'analysis' (POST /jobs) or 'dictionary' (POST /dictionaries/{id}/apply).")
     state: State
     progress: float = Field(description="Overall progress in [0, 1].")
     stage: str | None = Field(description="Current pipeline stage (tiles, train, embed, cluster, outputs, ...).")
@@ -127,6 +153,94 @@ class ErrorBody(BaseModel):
     field: str | None
 
 
+RGB = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]
+
+
+class SeedAnnotation(BaseModel):
+    """One of the user's classified annotations (a click, a scribble or a polygon)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    class_name: str = Field(alias="class", min_length=1, max_length=200, description="The annotation's class.")
+    color: RGB | None = Field(default=None, description="The class colour [r, g, b] (default: a palette colour).")
+    geometry: dict[str, Any] = Field(description="GeoJSON geometry in level-0 px of the image (QuPath's frame).")
+
+
+class SeedRequest(BaseModel):
+    """Seeds for seeded iterative clustering (``POST /jobs/{id}/seeded``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"seeds": [
+        {"class": "Tumor", "color": [200, 0, 0], "geometry": {"type": "Point", "coordinates": [1500, 1200]}},
+        {"class": "Stroma", "color": [150, 200, 150],
+         "geometry": {"type": "LineString", "coordinates": [[300, 900], [600, 1100]]}},
+    ]}]})
+
+    seeds: list[SeedAnnotation] = Field(min_length=1, max_length=10_000,
+                                        description="At least one annotation of each of two or more classes.")
+    positive: str | None = Field(
+        default=None, max_length=200,
+        description="With exactly two classes: the class to treat as Algorithm 1's positive class (default: the "
+                    "multi-class scheme).")
+
+
+class NamingRequest(BaseModel):
+    """The user's names for a job's prototype clusters (``POST /dictionaries``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "job": "0123456789abcdef0123456789abcdef", "k": 4,
+        "names": {"1": "Tumor", "2": "Stroma", "3": "mixed", "4": None},
+        "colors": {"Tumor": [200, 0, 0], "Stroma": [150, 200, 150]}, "name": "breast tumour vs stroma",
+    }]})
+
+    job: str = Field(min_length=1, max_length=64, description="The analysis job whose prototype clusters were named.")
+    k: int = Field(ge=2, le=1000, description="The number of clusters named (as GET /jobs/{id}/prototypes gave them).")
+    names: dict[str, str | None] = Field(
+        description="Cluster number (1..k) -> class name, 'mixed' (dropped), or null (unnamed, dropped).")
+    colors: dict[str, RGB] = Field(default_factory=dict, description="Class name -> [r, g, b].")
+    name: str | None = Field(default=None, max_length=200, description="A name for the dictionary.")
+
+
+class DictionaryClass(BaseModel):
+    name: str
+    color: list[int] = Field(description="[r, g, b], each 0-255.")
+    prototypes: int = Field(description="Prototypes (named clusters) of this class.")
+
+
+class DictionaryInfo(BaseModel):
+    """A saved dictionary (``GET /dictionaries``)."""
+
+    id: str
+    name: str | None
+    created_at: datetime
+    classes: list[DictionaryClass]
+    source_job: str | None = Field(description="The analysis job whose clusters were named.")
+    source_image: str | None = Field(description="The image of that job.")
+    naming: dict[str, Any] = Field(description="Cluster numbers per class, mixed and unnamed.")
+    links: dict[str, str]
+
+
+class DictionaryList(BaseModel):
+    dictionaries: list[DictionaryInfo]
+
+
+class ApplyRequest(BaseModel):
+    """One image to label with a dictionary (``POST /dictionaries/{id}/apply``): the image as for ``POST /jobs``."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    uris: list[str] = Field(min_length=1, max_length=16, description="As for POST /jobs.")
+    width: int = Field(ge=1, le=10_000_000, description="As for POST /jobs.")
+    height: int = Field(ge=1, le=10_000_000, description="As for POST /jobs.")
+    pixel_size_um: float | None = Field(default=None, ge=0.01, le=100, allow_inf_nan=False,
+                                        description="As for POST /jobs.")
+    image_name: str = Field(min_length=1, max_length=1000, description="As for POST /jobs.")
+    server_type: str = Field(default="unknown", max_length=200, description="As for POST /jobs.")
+    query: Literal["dq", "cq"] = Field(
+        default="dq", description="Direct-Query (each tile takes its nearest prototype's class) or Cluster-then-Query.")
+    gamma: int | None = Field(default=None, ge=1, le=50,
+                              description="Cluster-then-Query's γ (groups = γ · classes; default 5).")
+
+
 def _time(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, tz=timezone.utc) if value is not None else None
 
@@ -140,11 +254,16 @@ def job_status(job: Job, now: float) -> JobStatus:
     result = None
     if job.state == "succeeded" and job.summary is not None:
         result = JobResult(**job.summary)
-        links.update(geojson=f"/jobs/{job.id}/geojson", classes=f"/jobs/{job.id}/classes")
+        links.update(geojson=f"/jobs/{job.id}/geojson", classes=f"/jobs/{job.id}/classes",
+                     seeded=f"/jobs/{job.id}/seeded")
+        if job.kind == "analysis":
+            links["prototypes"] = f"/jobs/{job.id}/prototypes"
         if result.report:
             links["report"] = f"/jobs/{job.id}/report"
+        if result.embedding_colours:
+            links["embedding_colours"] = f"/jobs/{job.id}/embedding-colours"
     return JobStatus(
-        id=job.id, number=job.number, state=job.state, progress=round(job.progress, 4), stage=job.stage,  # type: ignore[arg-type]
+        id=job.id, number=job.number, kind=job.kind, state=job.state, progress=round(job.progress, 4), stage=job.stage,  # type: ignore[arg-type]
         message=job.message, image_name=job.image_name, image_path=job.image_path,
         created_at=_time(job.created_at), started_at=_time(job.started_at),  # type: ignore[arg-type]
         finished_at=_time(job.finished_at), elapsed_s=elapsed, attempt=job.attempt, warnings=job.warnings,

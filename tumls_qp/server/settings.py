@@ -51,7 +51,8 @@ class ServerSettings:
     port : int
         TCP port; 0 picks a free one (printed at start).
     data_dir : Path
-        Job database (``jobs.sqlite3``), job folders (``jobs/<id>/``) and the embedding cache (``cache/``).
+        Job database (``jobs.sqlite3``), job folders (``jobs/<id>/``), the embedding cache (``cache/``) and
+        saved prototype dictionaries (``dictionaries/<id>.tumlsdict``).
     roots : tuple of Path
         Folders whose slides the server may read (symlinks resolved). Default: the home folder.
     workers : int
@@ -134,6 +135,11 @@ class ServerSettings:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def dictionaries_dir(self) -> Path:
+        """Saved prototype dictionaries, ``<id>.tumlsdict``."""
+        return self.data_dir / "dictionaries"
 
     @property
     def url(self) -> str:

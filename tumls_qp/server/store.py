@@ -22,18 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["Job", "JobStore", "STATES", "FINAL_STATES", "MAX_ATTEMPTS"]
+__all__ = ["Job", "JobStore", "STATES", "FINAL_STATES", "KINDS", "MAX_ATTEMPTS"]
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+#: What a job does: ``analysis`` runs the pipeline on an image (``POST /jobs``); ``dictionary`` labels an
+#: image with a saved prototype dictionary (``POST /dictionaries/{id}/apply``).
+KINDS = ("analysis", "dictionary")
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 #: A job interrupted by server restarts runs at most this many times in all.
 MAX_ATTEMPTS = 2
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     number INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL DEFAULT 'analysis',
     state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     progress REAL NOT NULL DEFAULT 0,
     stage TEXT,
@@ -66,6 +70,7 @@ class Job:
 
     number: int
     id: str
+    kind: str
     state: str
     progress: float
     stage: str | None
@@ -118,6 +123,9 @@ class JobStore:
                 raise RuntimeError(f"{self.path} was written by a newer tumls-qp (schema {version}); upgrade tumls-qp")
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if "kind" not in columns:  # schema 1 (before dictionary jobs): every job was an analysis
+                conn.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'analysis'")
             conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -143,15 +151,21 @@ class JobStore:
     # --- the API side -----------------------------------------------------------------------------------------
 
     def add(self, *, image_path: str, image_name: str, request: dict[str, Any], config: dict[str, Any],
-            warnings: list[str]) -> Job:
-        """Queue a new job; returns it."""
+            warnings: list[str], kind: str = "analysis") -> Job:
+        """Queue a new job; returns it.
+
+        ``config`` is the pipeline configuration of an analysis, or the options of a dictionary job.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
         now = time.time()
         job_id = uuid.uuid4().hex
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO jobs (id, state, stage, message, created_at, updated_at, image_path, image_name, request, "
-                "config, warnings) VALUES (?, 'queued', 'queued', 'waiting for a worker', ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, now, now, image_path, image_name, json.dumps(request), json.dumps(config),
+                "INSERT INTO jobs (id, kind, state, stage, message, created_at, updated_at, image_path, image_name, "
+                "request, config, warnings) VALUES (?, ?, 'queued', 'queued', 'waiting for a worker', ?, ?, ?, ?, ?, "
+                "?, ?)",
+                (job_id, kind, now, now, image_path, image_name, json.dumps(request), json.dumps(config),
                  json.dumps(warnings)),
             )
         job = self.get(job_id)
@@ -162,10 +176,11 @@ class JobStore:
         return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
 
     def list(self, *, image_path: str | None = None, image_name: str | None = None, state: str | None = None,
-             limit: int = 50) -> list[Job]:
-        """Most recent jobs first, optionally only those of one image or in one state."""
+             kind: str | None = None, number: int | None = None, limit: int = 50) -> list[Job]:
+        """Most recent jobs first, optionally only those of one image, state, kind or number."""
         where, args = [], []
-        for column, value in (("image_path", image_path), ("image_name", image_name), ("state", state)):
+        for column, value in (("image_path", image_path), ("image_name", image_name), ("state", state),
+                              ("kind", kind), ("number", number)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)

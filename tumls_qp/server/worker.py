@@ -28,16 +28,21 @@ from .settings import ServerSettings
 from .store import Job, JobStore
 
 __all__ = ["worker_main", "main", "run_job", "publish_geojson", "run_name", "settings_to_json", "SERVED_GEOJSON",
-           "JOB_LOG"]
+           "SERVED_EMBEDDING_COLOURS", "JOB_LOG"]
 
 log = logging.getLogger(__name__)
 
 #: The GeoJSON the server hands to QuPath: the run's, each object tagged with the job number, gzipped.
 SERVED_GEOJSON = "served.geojson.gz"
+#: The run's embedding-colour tile layer as served (``GET /jobs/{id}/embedding-colours``), tagged like the objects.
+SERVED_EMBEDDING_COLOURS = "served-embedding-colours.geojson.gz"
 #: Per-job log file (in ``jobs/<id>/``).
 JOB_LOG = "job.log"
 #: Relative share of the overall progress bar per pipeline stage (others count 1).
 _STAGE_WEIGHTS = {"train": 6.0, "outputs": 2.0}
+#: Stages of a dictionary job (``labelling.apply_dictionary``) and their shares of the progress bar.
+_DICTIONARY_STAGES = ("tiles", "embed", "outputs")
+_DICTIONARY_WEIGHTS = {"tiles": 1.0, "embed": 2.0, "outputs": 1.0}
 #: Seconds between progress writes to the store (stage changes are written at once).
 _PROGRESS_INTERVAL_S = 0.5
 
@@ -57,14 +62,17 @@ class _JobGone(Exception):
 class _Progress:
     """Pipeline progress callback that writes the overall fraction to the store, throttled."""
 
-    def __init__(self, store: JobStore, job: Job) -> None:
+    def __init__(self, store: JobStore, job: Job, stages: tuple[str, ...] | None = None,
+                 stage_weights: dict[str, float] | None = None) -> None:
         from ..pipeline import STAGES
 
         self.store, self.job = store, job
-        weights = [_STAGE_WEIGHTS.get(s, 1.0) for s in STAGES]
+        stages = STAGES if stages is None else stages
+        stage_weights = _STAGE_WEIGHTS if stage_weights is None else stage_weights
+        weights = [stage_weights.get(s, 1.0) for s in stages]
         total = sum(weights)
         self.offsets, start = {}, 0.0
-        for stage, weight in zip(STAGES, weights):
+        for stage, weight in zip(stages, weights):
             self.offsets[stage] = (start / total, weight / total)
             start += weight
         self.overall = 0.0
@@ -83,8 +91,12 @@ class _Progress:
             raise _JobGone(self.job.id)
 
 
-def publish_geojson(run_dir: Path, geojson_name: str, job_number: int, target: Path) -> tuple[list[dict[str, Any]], int]:
+def publish_geojson(run_dir: Path, geojson_name: str, job_number: int, target: Path,
+                    tag: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """Write the served GeoJSON: the run's objects, each tagged with the job number, gzipped, atomically.
+
+    ``tag`` is the marker measurement (default ``TAG_MEASUREMENT``, the analysis layer's; see
+    :mod:`tumls_qp.outputs.qupath`).
 
     Returns
     -------
@@ -93,11 +105,11 @@ def publish_geojson(run_dir: Path, geojson_name: str, job_number: int, target: P
     n_features : int
     """
     from ..outputs.geojson import read_geojson, validate_geojson, write_geojson
-    from ..outputs.qupath import class_table, tag_features
+    from ..outputs.qupath import TAG_MEASUREMENT, class_table, tag_features
 
     data = read_geojson(run_dir / geojson_name)
     features = data["features"] if isinstance(data, dict) else data
-    tag_features(features, job_number)
+    tag_features(features, job_number, tag or TAG_MEASUREMENT)
     problems = validate_geojson(data)
     if problems:  # a bug upstream: never hand QuPath a file it would refuse
         raise RuntimeError("the run's GeoJSON breaks QuPath's rules: " + "; ".join(problems[:5]))
@@ -105,10 +117,80 @@ def publish_geojson(run_dir: Path, geojson_name: str, job_number: int, target: P
     return class_table(features), len(features)
 
 
-def run_job(store: JobStore, settings: ServerSettings, job: Job) -> str:
-    """Run one claimed job to its end; returns its final state as recorded (or ``"superseded"``)."""
+def _run_analysis(store: JobStore, settings: ServerSettings, job: Job, slide: Path,
+                  out_dir: Path) -> tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]:
+    """The pipeline on one image; returns (run folder, served GeoJSON, classes, summary)."""
     from ..config import config_from_dict
     from ..pipeline import analyze
+
+    config = config_from_dict(job.config)
+    results = analyze([slide], out_dir, config, cache_dir=settings.cache_dir, progress=_Progress(store, job),
+                      run_names=[run_name(job.image_name)])
+    run = results[0]
+    manifest = run.manifest
+    store.progress(job.id, job.attempt, 0.99, "publish", "preparing the GeoJSON for QuPath")
+    served = out_dir / SERVED_GEOJSON
+    classes, n_features = publish_geojson(run.run_dir, manifest["outputs"]["geojson"], job.number, served)
+    colours_name = manifest["outputs"].get("embedding_colours")
+    if colours_name:
+        publish_geojson(run.run_dir, colours_name, job.number, out_dir / SERVED_EMBEDDING_COLOURS)
+    summary = {
+        "k": manifest.get("clusters", {}).get("k"),
+        "tissue_tiles": manifest.get("tiles", {}).get("kept"),
+        "features": n_features,
+        "embedding_cache": manifest.get("embedding", {}).get("cache"),
+        "warnings": list(job.warnings) + list(manifest.get("warnings", [])),
+        "report": (run.run_dir / "report.pdf").is_file(),
+        "run_dir": str(run.run_dir),
+        "embedding_colours": bool(colours_name),
+    }
+    return run.run_dir, served, classes, summary
+
+
+def _run_dictionary(store: JobStore, settings: ServerSettings, job: Job, slide: Path,
+                    out_dir: Path) -> tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]:
+    """A saved dictionary applied to one image; returns (result folder, served GeoJSON, classes, summary)."""
+    from ..errors import InvalidInputError
+    from ..labelling import apply_dictionary
+    from ..outputs.qupath import DICTIONARY_TAG
+
+    options = job.config
+    path = settings.dictionaries_dir / f"{options['dictionary_id']}.tumlsdict"
+    if not path.is_file():
+        raise InvalidInputError(f"the dictionary {options['dictionary_id']} was deleted from the server after this "
+                                "job was submitted (GET /dictionaries lists those that remain)")
+    device = str((settings.base_parameters.get("embedding") or {}).get("device", "auto"))
+    progress = _Progress(store, job, _DICTIONARY_STAGES, _DICTIONARY_WEIGHTS)
+    [result] = apply_dictionary(path, [slide], out_dir, query=options["query"], gamma=options["gamma"],
+                                seed=options.get("seed"), device=device, mpp=options.get("pixel_size_um"),
+                                gzip=True, progress=progress)
+    manifest = result.manifest
+    store.progress(job.id, job.attempt, 0.99, "publish", "preparing the GeoJSON for QuPath")
+    served = out_dir / SERVED_GEOJSON
+    classes, n_features = publish_geojson(result.out_dir, manifest["outputs"]["geojson"], job.number, served,
+                                          tag=DICTIONARY_TAG)
+    query = manifest["query"]
+    summary = {
+        "k": len(manifest["dictionary"]["classes"]),
+        "tissue_tiles": manifest["tiles"]["kept"],
+        "features": n_features,
+        "embedding_cache": None,
+        "warnings": list(job.warnings),
+        "report": False,
+        "run_dir": str(result.out_dir),
+        "embedding_colours": False,
+        "dictionary": {
+            "id": options["dictionary_id"], "name": options.get("dictionary_name"), "query": query["shown"],
+            "gamma": query["gamma"], "groups": query["groups"],
+            "tiles_per_class": query["tiles_per_class"][query["shown"]],
+            "agreement_dq_cq": round(float(query["agreement_dq_cq"]), 4),
+        },
+    }
+    return result.out_dir, served, classes, summary
+
+
+def run_job(store: JobStore, settings: ServerSettings, job: Job) -> str:
+    """Run one claimed job to its end; returns its final state as recorded (or ``"superseded"``)."""
     from .intake import check_under_roots
 
     job_dir = settings.jobs_dir / job.id
@@ -120,29 +202,15 @@ def run_job(store: JobStore, settings: ServerSettings, job: Job) -> str:
     package_log.addHandler(handler)
     package_log.setLevel(logging.INFO)
     try:
-        log.info("job %s (number %d, attempt %d): %s", job.id, job.number, job.attempt, job.image_path)
+        log.info("job %s (%s, number %d, attempt %d): %s", job.id, job.kind, job.number, job.attempt,
+                 job.image_path)
         # Checked again here: the file may have been swapped for a symlink since it was admitted.
         slide = check_under_roots(Path(job.image_path), settings.roots, "image")
-        config = config_from_dict(job.config)
-        results = analyze([slide], out_dir, config, cache_dir=settings.cache_dir, progress=_Progress(store, job),
-                          run_names=[run_name(job.image_name)])
-        run = results[0]
-        manifest = run.manifest
-        store.progress(job.id, job.attempt, 0.99, "publish", "preparing the GeoJSON for QuPath")
-        served = out_dir / SERVED_GEOJSON
-        classes, n_features = publish_geojson(run.run_dir, manifest["outputs"]["geojson"], job.number, served)
-        summary = {
-            "k": manifest.get("clusters", {}).get("k"),
-            "tissue_tiles": manifest.get("tiles", {}).get("kept"),
-            "features": n_features,
-            "embedding_cache": manifest.get("embedding", {}).get("cache"),
-            "warnings": list(job.warnings) + list(manifest.get("warnings", [])),
-            "report": (run.run_dir / "report.pdf").is_file(),
-            "run_dir": str(run.run_dir),
-        }
-        if store.finish(job.id, job.attempt, "succeeded", run_dir=str(run.run_dir), geojson_path=str(served),
+        run = _run_dictionary if job.kind == "dictionary" else _run_analysis
+        run_dir, served, classes, summary = run(store, settings, job, slide, out_dir)
+        if store.finish(job.id, job.attempt, "succeeded", run_dir=str(run_dir), geojson_path=str(served),
                         classes=classes, summary=summary):
-            log.info("job %s succeeded: %d objects", job.id, n_features)
+            log.info("job %s succeeded: %d objects", job.id, summary["features"])
             return "succeeded"
         log.info("job %s was cancelled or superseded while finishing; its outputs are removed", job.id)
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -7,6 +7,7 @@ import java.util.UUID;
 import qupath.lib.measurements.DefaultMeasurementList;
 import qupath.lib.measurements.MeasurementList;
 import qupath.lib.objects.classes.PathClass;
+import qupath.lib.roi.interfaces.ROI;
 
 /** An object of the hierarchy; the geometry is kept as the GeoJSON it was read from. */
 public class PathObject {
@@ -29,6 +30,12 @@ public class PathObject {
     public UUID getID() { return id; }
 
     public boolean isRootObject() { return "root".equals(objectType); }
+
+    public boolean isAnnotation() { return "annotation".equals(objectType); }
+
+    public boolean isTile() { return "tile".equals(objectType); }
+
+    public ROI getROI() { return geometry == null ? null : () -> geometry; }
 
     public MeasurementList getMeasurementList() { return measurements; }
 

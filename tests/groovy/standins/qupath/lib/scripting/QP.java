@@ -1,6 +1,8 @@
 package qupath.lib.scripting;
 
+import java.util.ArrayList;
 import java.util.Collection;
+import java.util.List;
 import qupath.lib.images.ImageData;
 import qupath.lib.images.servers.ImageServer;
 import qupath.lib.objects.PathObject;
@@ -36,6 +38,16 @@ public class QP {
     public static Project<?> getProject() { return project; }
 
     public static ProjectImageEntry<?> getProjectEntry() { return entry; }
+
+    public static List<PathObject> getAnnotationObjects() {
+        List<PathObject> out = new ArrayList<>();
+        PathObjectHierarchy hierarchy = getCurrentHierarchy();
+        if (hierarchy != null)
+            for (PathObject object : hierarchy.getFlattenedObjectList(null))
+                if (object.isAnnotation())
+                    out.add(object);
+        return out;
+    }
 
     public static PathClass getPathClass(String name) { return PathClass.fromString(name); }
 

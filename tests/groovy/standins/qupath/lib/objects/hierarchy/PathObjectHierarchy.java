@@ -12,10 +12,13 @@ import qupath.lib.objects.PathObjects;
 /** A tree of objects under a root, with the calls the script makes counted. */
 public class PathObjectHierarchy {
     private final PathObject root = new PathObject(UUID.randomUUID(), "root", null);
+    private final PathObjectSelectionModel selectionModel = new PathObjectSelectionModel();
     public int resolveCalls;
     public int changedEvents;
 
     public PathObject getRootObject() { return root; }
+
+    public PathObjectSelectionModel getSelectionModel() { return selectionModel; }
 
     /** All objects, the root first, like QuPath's. */
     public synchronized List<PathObject> getFlattenedObjectList(List<PathObject> list) {

@@ -1,0 +1,380 @@
+/*
+ * tumls_apply_dictionary.groovy - label the current image with a saved prototype dictionary (step 3 of 3).
+ *
+ * A dictionary (saved by tumls_save_dictionary.groovy from named prototype clusters) labels the tiles of
+ * any image: the server tiles and embeds the image with the dictionary's own encoder and gives each
+ * tile the class of its nearest prototype (Direct-Query), or of its group's (Cluster-then-Query). The
+ * script submits the image, prints the progress and imports one annotation per class,
+ * "<class> (dictionary)", and one tile object per tile with its class and "Dictionary confidence", in
+ * the dictionary's class names and colours. Runs on the open image or with "Run for project". Running
+ * it again replaces its earlier objects (the "TUMLS-QP dictionary" measurement) and nothing else;
+ * "Kill running script" cancels the server's job. See groovy/README.md.
+ *
+ * QuPath 0.4 - 0.7. Uses Gson and java.net.http only (both ship with QuPath).
+ */
+import static qupath.lib.gui.scripting.QPEx.*
+
+import com.google.gson.JsonArray
+import com.google.gson.JsonElement
+import com.google.gson.JsonNull
+import com.google.gson.JsonObject
+import com.google.gson.JsonParser
+import com.google.gson.JsonPrimitive
+import java.io.InterruptedIOException
+import java.net.ConnectException
+import java.net.URI
+import java.net.http.HttpClient
+import java.net.http.HttpHeaders
+import java.net.http.HttpRequest
+import java.net.http.HttpResponse
+import java.nio.file.Files
+import java.nio.file.Path
+import java.nio.file.StandardCopyOption
+import java.time.Duration
+import java.util.zip.GZIPInputStream
+import qupath.lib.common.ColorTools
+import qupath.lib.io.GsonTools
+import qupath.lib.io.PathIO
+
+// ================================ settings ================================
+// Where `tumls-qp serve` listens. The environment variable TUMLS_QP_SERVER overrides it.
+def SERVER_URL = 'http://127.0.0.1:8765'
+// The token of a server started with --token ('' for a server on this computer). TUMLS_QP_TOKEN overrides it.
+def TOKEN = ''
+// The dictionary: its id or its name; '' = the newest on the server. TUMLS_QP_DICTIONARY overrides it.
+def DICTIONARY = ''
+// 'dq' (Direct-Query: each tile takes its nearest prototype's class) or 'cq' (Cluster-then-Query). TUMLS_QP_QUERY.
+def QUERY = 'dq'
+// Cluster-then-Query's groups per class found (gamma); null = the server's default (5).
+Integer GAMMA = null
+def POLL_SECONDS = 2               // how often to ask the server for progress (TUMLS_QP_POLL_SECONDS)
+def TIMEOUT_MINUTES = 240          // give up, and cancel the server's job, after this long
+// ==========================================================================
+
+// The measurement that marks this script's objects (keep in step with tumls_qp/outputs/qupath.py).
+def TAG = 'TUMLS-QP dictionary'
+def API_VERSION = 1
+
+def env = System.getenv()
+SERVER_URL = (env['TUMLS_QP_SERVER'] ?: SERVER_URL).replaceAll('/+$', '')
+TOKEN = env['TUMLS_QP_TOKEN'] ?: TOKEN
+DICTIONARY = env['TUMLS_QP_DICTIONARY'] ?: DICTIONARY
+QUERY = env['TUMLS_QP_QUERY'] ?: QUERY
+POLL_SECONDS = env['TUMLS_QP_POLL_SECONDS'] ? Double.parseDouble(env['TUMLS_QP_POLL_SECONDS']) : POLL_SECONDS
+
+long started = System.nanoTime()
+def imageData = getCurrentImageData()
+if (imageData == null)
+    throw new IllegalStateException('TUMLS: open an image first')
+def server = imageData.getServer()
+def uris = server.getURIs().collect { it.toString() }
+if (uris.size() != 1)
+    throw new IllegalStateException('TUMLS: this image is not one slide file; tumls-qp works on slide files')
+def entry = getProjectEntry()
+String imageName = entry != null ? entry.getImageName() : server.getMetadata().getName()
+def hierarchy = imageData.getHierarchy()
+def calibration = server.getPixelCalibration()
+Double pixelSize = calibration.hasPixelSizeMicrons() ? calibration.getAveragedPixelSizeMicrons() : null
+if (pixelSize != null && (pixelSize.isNaN() || pixelSize <= 0))
+    pixelSize = null
+
+def client = new TumlsClient(SERVER_URL, TOKEN)
+client.checkApi(API_VERSION)
+def dictionaries = client.get('/dictionaries').getAsJsonArray('dictionaries').collect { it.getAsJsonObject() }
+def dictionary = DICTIONARY ? dictionaries.find {
+    TumlsClient.text(it, 'id') == DICTIONARY || TumlsClient.text(it, 'name') == DICTIONARY } :
+        (dictionaries ? dictionaries[0] : null)
+if (dictionary == null)
+    throw new IllegalStateException(DICTIONARY ? "TUMLS: the server at ${SERVER_URL} has no dictionary '${DICTIONARY}' " +
+            "(it has: ${dictionaries.collect { TumlsClient.text(it, 'name') ?: TumlsClient.text(it, 'id') }.join(', ')})" :
+            "TUMLS: the server at ${SERVER_URL} has no dictionary yet: make one with tumls_prototypes.groovy and " +
+                    'tumls_save_dictionary.groovy')
+String dictionaryId = dictionary.get('id').getAsString()
+String dictionaryName = TumlsClient.text(dictionary, 'name') ?: dictionaryId
+
+def request = new JsonObject()
+def uriArray = new JsonArray()
+uris.each { uriArray.add(it) }
+request.add('uris', uriArray)
+request.addProperty('width', server.getWidth())
+request.addProperty('height', server.getHeight())
+request.add('pixel_size_um', pixelSize == null ? JsonNull.INSTANCE : new JsonPrimitive(pixelSize))
+request.addProperty('image_name', imageName)
+request.addProperty('server_type', server.getClass().getSimpleName())
+request.addProperty('query', QUERY)
+if (GAMMA != null)
+    request.addProperty('gamma', GAMMA)
+
+def job = client.post("/dictionaries/${dictionaryId}/apply", request)
+String jobId = job.get('id').getAsString()
+println "TUMLS: ${imageName}: job ${job.get('number').getAsInt()} submitted to ${SERVER_URL} (id ${jobId}): " +
+        "dictionary ${dictionaryName}, ${QUERY == 'cq' ? 'Cluster-then-Query' : 'Direct-Query'}"
+job.getAsJsonArray('warnings').each { println "TUMLS: warning: ${it.getAsString()}" }
+
+def cancelJob = { String reason ->
+    Thread.interrupted()  // clear the interrupt so that this last request can go out
+    try {
+        client.delete("/jobs/${jobId}")
+        println "TUMLS: ${imageName}: server job ${jobId} cancelled (${reason})"
+    } catch (Exception e) {
+        println "TUMLS: ${imageName}: could not cancel server job ${jobId}: ${e.getMessage()}"
+    }
+}
+
+def objects
+def classes
+try {
+    long deadline = System.nanoTime() + (long) (TIMEOUT_MINUTES * 60e9)
+    String last = ''
+    while (true) {
+        String state = job.get('state').getAsString()
+        String line = "[${TumlsClient.text(job, 'stage')}] ${Math.round(job.get('progress').getAsDouble() * 100)}% " +
+                TumlsClient.text(job, 'message')
+        if (line != last) {
+            println "TUMLS: ${imageName}: ${line}"
+            last = line
+        }
+        if (state == 'succeeded')
+            break
+        if (state == 'failed')
+            throw new RuntimeException("TUMLS: labelling ${imageName} failed: ${TumlsClient.text(job, 'error')}")
+        if (state == 'cancelled')
+            throw new RuntimeException("TUMLS: job ${jobId} was cancelled on the server")
+        if (System.nanoTime() > deadline) {
+            cancelJob("no result after ${TIMEOUT_MINUTES} minutes")
+            throw new RuntimeException("TUMLS: gave up on ${imageName} after ${TIMEOUT_MINUTES} minutes")
+        }
+        Thread.sleep((long) (POLL_SECONDS * 1000))
+        job = client.get("/jobs/${jobId}")
+    }
+    classes = client.get("/jobs/${jobId}/classes").getAsJsonArray('classes')
+    def stream = client.openGeoJson("/jobs/${jobId}/geojson")
+    try {
+        objects = PathIO.readObjectsFromGeoJSON(stream)
+    } finally {
+        stream.close()
+    }
+} catch (InterruptedException | InterruptedIOException e) {
+    cancelJob('script killed')
+    throw e
+}
+
+// Replace this script's earlier objects (and only those): they carry the TAG measurement.
+def previous = hierarchy.getFlattenedObjectList(null).findAll {
+    !it.isRootObject() && it.getMeasurementList().containsKey(TAG)
+}
+removeObjects(previous, true)
+addObjects(objects)
+resolveHierarchy()
+
+// Colours: a GeoJSON colour only applies when QuPath creates a class, so set the dictionary's here.
+def pathClasses = []
+classes.each {
+    def info = it.getAsJsonObject()
+    def rgb = info.getAsJsonArray('color')
+    def pathClass = getPathClass(info.get('name').getAsString())
+    pathClass.setColor(ColorTools.packRGB(rgb.get(0).getAsInt(), rgb.get(1).getAsInt(), rgb.get(2).getAsInt()))
+    pathClasses << pathClass
+}
+def project = getProject()
+if (project != null) {
+    def listed = new ArrayList(project.getPathClasses())
+    listed.addAll(pathClasses.findAll { !listed.contains(it) })
+    project.setPathClasses(listed)
+}
+def gui = getQuPath()
+if (gui != null) {
+    // The GUI's class list may only change on the JavaFX thread.
+    Runnable addToGui = {
+        def available = gui.getAvailablePathClasses()
+        def missing = pathClasses.findAll { !available.contains(it) }
+        if (!missing.isEmpty())
+            available.addAll(missing)
+    }
+    Class.forName('javafx.application.Platform').getMethod('runLater', Runnable).invoke(null, addToGui)
+}
+fireHierarchyUpdate()
+
+def result = job.getAsJsonObject('result').getAsJsonObject('dictionary')
+def perClass = result.getAsJsonObject('tiles_per_class').entrySet().collect { "${it.key} ${it.value}" }
+double seconds = (System.nanoTime() - started) / 1e9
+println String.format('TUMLS: %s: %d objects imported (tiles per class: %s), %d earlier ones replaced, in %.1f s',
+        imageName, objects.size(), perClass.join(', '), previous.size(), seconds)
+
+
+/** The few HTTP calls the script makes, with the server's error messages passed on. */
+class TumlsClient {
+    final String base
+    final String token
+    HttpHeaders lastHeaders
+    // HTTP/1.1: the JDK's default HTTP/2 upgrade (h2c) is refused by uvicorn and by many proxies.
+    final HttpClient http = HttpClient.newBuilder()
+            .version(HttpClient.Version.HTTP_1_1)
+            .proxy(HttpClient.Builder.NO_PROXY)
+            .connectTimeout(Duration.ofSeconds(10))
+            .build()
+
+    TumlsClient(String base, String token) {
+        this.base = base
+        this.token = token
+    }
+
+    HttpRequest.Builder request(String path) {
+        def builder = HttpRequest.newBuilder(URI.create(base + path)).timeout(Duration.ofMinutes(5))
+        if (token)
+            builder.header('Authorization', 'Bearer ' + token)
+        return builder
+    }
+
+    public <T> HttpResponse<T> send(HttpRequest request, HttpResponse.BodyHandler<T> handler) {
+        try {
+            return http.send(request, handler)
+        } catch (ConnectException e) {
+            throw new IOException("TUMLS: cannot reach the tumls-qp server at ${base}: start it with `tumls-qp serve` " +
+                    '(see groovy/README.md) or correct SERVER_URL', e)
+        }
+    }
+
+    JsonObject json(HttpRequest request) {
+        HttpResponse<String> response = send(request, HttpResponse.BodyHandlers.ofString())
+        check(response.statusCode(), response.body())
+        return JsonParser.parseString(response.body()).getAsJsonObject()
+    }
+
+    JsonObject get(String path) {
+        return json(request(path).header('Accept', 'application/json').GET().build())
+    }
+
+    JsonObject post(String path, JsonObject body) {
+        return json(request(path).header('Content-Type', 'application/json')
+                .POST(HttpRequest.BodyPublishers.ofString(body.toString())).build())
+    }
+
+    JsonObject delete(String path) {
+        return json(request(path).DELETE().build())
+    }
+
+    /**
+     * The response body of a GET, or of a POST of ``body`` (JSON), gunzipped when the server sent it
+     * gzip-encoded. The response headers are kept in ``lastHeaders``.
+     */
+    InputStream openGeoJson(String path, JsonObject body = null) {
+        def builder = request(path).header('Accept-Encoding', 'gzip')
+        if (body == null)
+            builder.GET()
+        else
+            builder.header('Content-Type', 'application/json').POST(HttpRequest.BodyPublishers.ofString(body.toString()))
+        HttpResponse<InputStream> response = send(builder.build(), HttpResponse.BodyHandlers.ofInputStream())
+        lastHeaders = response.headers()
+        def encoding = response.headers().firstValue('Content-Encoding').orElse('')
+        InputStream stream = encoding.equalsIgnoreCase('gzip') ? new GZIPInputStream(response.body()) : response.body()
+        if (response.statusCode() != 200)
+            check(response.statusCode(), new String(stream.readAllBytes(), 'UTF-8'))
+        return stream
+    }
+
+    /** The same as bytes (small answers that are read twice: for their classes, then as objects). */
+    byte[] geoJsonBytes(String path, JsonObject body = null) {
+        InputStream stream = openGeoJson(path, body)
+        try {
+            return stream.readAllBytes()
+        } finally {
+            stream.close()
+        }
+    }
+
+    /** Stop unless the server speaks the script's API version. */
+    void checkApi(int expected) {
+        def version = get('/version')
+        if (version.get('api').getAsInt() != expected)
+            throw new IllegalStateException("TUMLS: the server speaks API ${version.get('api')}, this script " +
+                    "${expected}: use the groovy/ scripts of the tumls-qp version the server runs")
+    }
+
+    /** The job ``jobId``, or else the newest succeeded analysis of the image file ``uri``; it must have succeeded. */
+    JsonObject analysisJob(String uri, String jobId, String imageName) {
+        JsonObject job
+        if (jobId) {
+            job = get("/jobs/${jobId}")
+        } else {
+            def jobs = get('/jobs?kind=analysis&state=succeeded&limit=1&image_uri=' +
+                    URLEncoder.encode(uri, 'UTF-8')).getAsJsonArray('jobs')
+            if (jobs.size() == 0)
+                throw new IllegalStateException("TUMLS: ${imageName} has no finished analysis on the server at " +
+                        "${base}: run tumls_analyze.groovy on it first (or set JOB_ID)")
+            job = jobs.get(0).getAsJsonObject()
+        }
+        if (job.get('state').getAsString() != 'succeeded')
+            throw new IllegalStateException("TUMLS: job ${text(job, 'id')} is ${text(job, 'state')}; wait until it " +
+                    'has succeeded')
+        return job
+    }
+
+    /** Class name -> packed RGB of the features of a GeoJSON FeatureCollection. */
+    static Map<String, Integer> classColours(byte[] geojson) {
+        def colours = new LinkedHashMap<String, Integer>()
+        def features = JsonParser.parseString(new String(geojson, 'UTF-8')).getAsJsonObject().getAsJsonArray('features')
+        features.each {
+            def classification = it.getAsJsonObject().getAsJsonObject('properties').getAsJsonObject('classification')
+            if (classification != null) {
+                def rgb = classification.getAsJsonArray('color')
+                colours[classification.get('name').getAsString()] = ColorTools.packRGB(rgb.get(0).getAsInt(),
+                        rgb.get(1).getAsInt(), rgb.get(2).getAsInt())
+            }
+        }
+        return colours
+    }
+
+    /** Save a response body to a file (written next to it, then renamed: never half-written). */
+    Path download(String path, Path target) {
+        Files.createDirectories(target.getParent())
+        Path partial = target.resolveSibling(target.getFileName().toString() + '.part')
+        HttpResponse<Path> response = send(request(path).GET().build(), HttpResponse.BodyHandlers.ofFile(partial))
+        if (response.statusCode() != 200) {
+            String body = new String(Files.readAllBytes(partial), 'UTF-8')
+            Files.deleteIfExists(partial)
+            check(response.statusCode(), body)
+        }
+        Files.move(partial, target, StandardCopyOption.REPLACE_EXISTING)
+        return target
+    }
+
+    static void check(int status, String body) {
+        if (status >= 200 && status < 300)
+            return
+        String detail = body
+        try {
+            detail = JsonParser.parseString(body).getAsJsonObject().get('detail').getAsString()
+        } catch (Exception ignored) {
+            // not a tumls-qp error body: show it as it is
+        }
+        throw new IOException("TUMLS: the server answered ${status}: ${detail}")
+    }
+
+    /** A member as text ('' when absent or null). */
+    static String text(JsonObject object, String name) {
+        JsonElement value = object == null ? null : object.get(name)
+        return value == null || value.isJsonNull() ? '' : value.getAsString()
+    }
+
+    /** Gson tree of the settings' Groovy maps, lists, numbers, booleans and strings. */
+    static JsonElement toJson(Object value) {
+        if (value == null)
+            return JsonNull.INSTANCE
+        if (value instanceof Map) {
+            def object = new JsonObject()
+            value.each { k, v -> object.add(k.toString(), toJson(v)) }
+            return object
+        }
+        if (value instanceof Collection) {
+            def array = new JsonArray()
+            value.each { array.add(toJson(it)) }
+            return array
+        }
+        if (value instanceof Boolean)
+            return new JsonPrimitive((Boolean) value)
+        if (value instanceof Number)
+            return new JsonPrimitive((Number) value)
+        return new JsonPrimitive(value.toString())
+    }
+}

@@ -234,3 +234,20 @@ def test_graceful_stop_puts_the_running_job_back_in_the_queue(tmp_path):
         store.close()
     assert not list(settings.data_dir.rglob("*.partial"))
     assert not list((settings.jobs_dir / job["id"]).glob("attempt-*"))
+
+
+def test_workers_share_the_cores(monkeypatch):
+    import cv2
+    import torch
+
+    from tumls_qp.server import worker
+
+    monkeypatch.setattr(worker.os, "cpu_count", lambda: 8)
+    assert [worker.cpu_share(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        worker._share_cpus(4)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])

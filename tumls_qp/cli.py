@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
                         "~/.local/share/tumls-qp/server)")
     p.add_argument("--root", action="append", metavar="PATH",
                    help="a folder whose slides the server may read (repeatable; default: your home folder)")
-    p.add_argument("--workers", type=int, default=1, help="jobs that run at the same time (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="jobs that run at the same time, each on cores/N CPU threads (default 1)")
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default $TUMLS_QP_TOKEN); needed with "
                                    "any --host but loopback")
     p.add_argument("--config", metavar="FILE", help="TOML file of default pipeline options for every job")

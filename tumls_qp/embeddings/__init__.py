@@ -12,6 +12,7 @@ from .training import (
     reconstruct,
     resolve_device,
     save_checkpoint,
+    set_cpu_threads,
     train_autoencoder,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "reconstruct",
     "resolve_device",
     "save_checkpoint",
+    "set_cpu_threads",
     "train_autoencoder",
 ]

@@ -65,6 +65,17 @@ class TrainedAutoencoder:
     device: torch.device
 
 
+def set_cpu_threads(n: int) -> None:
+    """Let torch use ``n`` CPU threads in this process (``embedding.num_threads`` overrides it per training).
+
+    Processes that share the cores (server workers) each take their share: more threads than
+    cores makes the small autoencoder several times slower, not faster.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1; got {n!r}")
+    torch.set_num_threads(n)
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for ``auto``, ``cpu``, ``cuda`` or ``mps``; never a silent fallback.
 

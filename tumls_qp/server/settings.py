@@ -56,7 +56,8 @@ class ServerSettings:
     roots : tuple of Path
         Folders whose slides the server may read (symlinks resolved). Default: the home folder.
     workers : int
-        Worker processes, i.e. jobs that run at the same time.
+        Worker processes, i.e. jobs that run at the same time. Each uses its share of the CPU cores
+        (cores // workers threads, at least 1) for torch and OpenCV.
     token : str or None
         Bearer token every request must carry (``Authorization: Bearer <token>``).
     base_parameters : mapping

@@ -27,7 +27,7 @@ from ..errors import TumlsQpError
 from .settings import ServerSettings
 from .store import Job, JobStore
 
-__all__ = ["worker_main", "main", "run_job", "publish_geojson", "run_name", "settings_to_json", "SERVED_GEOJSON",
+__all__ = ["worker_main", "main", "run_job", "cpu_share", "publish_geojson", "run_name", "settings_to_json", "SERVED_GEOJSON",
            "SERVED_EMBEDDING_COLOURS", "JOB_LOG"]
 
 log = logging.getLogger(__name__)
@@ -276,6 +276,23 @@ def settings_to_json(settings: ServerSettings) -> str:
     return json.dumps(data)
 
 
+def cpu_share(workers: int) -> int:
+    """CPU threads for each of ``workers`` worker processes: the cores divided among them, at least 1."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _share_cpus(workers: int) -> None:
+    """Before each job: this worker's share of the cores for torch and OpenCV (a job's
+    ``embedding.num_threads`` still overrides it for its training)."""
+    import cv2
+
+    from ..embeddings import set_cpu_threads
+
+    n = cpu_share(workers)
+    set_cpu_threads(n)
+    cv2.setNumThreads(n)
+
+
 def worker_main(settings: ServerSettings) -> None:
     """Claim and run jobs until ``max_jobs_per_worker`` have run (or a job is cancelled under us)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -289,6 +306,7 @@ def worker_main(settings: ServerSettings) -> None:
             if job is None:
                 time.sleep(settings.poll_interval_s)
                 continue
+            _share_cpus(settings.workers)
             if run_job(store, settings, job) == "superseded":
                 # Cancelled under us: the server is about to stop this process; never start another job in it.
                 return

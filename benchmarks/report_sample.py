@@ -169,8 +169,8 @@ def main() -> int:
         "# Sample report\n\n"
         "[`report.pdf`](report.pdf) is the report `tumls-qp demo` writes for the bundled slide "
         "`CMU-1-Small-Region.svs` (H&E skin, CC0; `tumls_qp/data/PROVENANCE.md`), with the demo settings "
-        "(32 µm tiles, seed 0). No nucleus files are in this run folder yet, so the report says that no nuclei "
-        "were segmented. Regenerate it, the previews below and "
+        "(32 µm tiles, seed 0): per tissue, a page at the tissue level (representatives, uncertainty) and one at "
+        "the cell level (the best representative's nuclei and features). Regenerate it, the previews below and "
         "[`../report_timing.md`](../report_timing.md) with:\n\n"
         f"```\nmake sample-report      # or: {command}\n```\n\n"
         f"Previews of its {len(previews)} pages ({PREVIEW_SCALE * 72:.0f} dpi):\n\n" + pages,

@@ -71,6 +71,8 @@ _FRAME_WIDTH = 595.2756 - 2 * 42.5197
 
 # Feature columns that are identifiers, not measurements.
 _ID_COLUMNS = {"tissue", "rank", "label"}
+#: nuclei.csv columns that locate a nucleus rather than describe it: no mean in the listing.
+_POSITION_COLUMNS = {"x", "y"}
 # Keywords of the feature columns shown first on the summary line of each tissue (others follow in file order).
 _HEADLINE = (("nuclei",), ("per mm", "density"), ("area",), ("circularity",))
 _HEADLINE_COUNT = 4
@@ -583,6 +585,20 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
               "autoencoder saw them, at the tissue level. Bottom: the same regions at full resolution.", styles.small),
     ]))
 
+    png = figures.uncertainty_histogram(values, run.uncertainty, [r.uncertainty for r in reps], t)
+    quantiles = [["", "uncertainty (unitless)"], ["Tiles", _fmt(count)]]
+    if count:
+        quantiles += [["Mean", f"{values.mean():.3f}"], ["Median", f"{np.median(values):.3f}"],
+                      ["90th percentile", f"{np.percentile(values, 90):.3f}"],
+                      ["Tiles with u > 0.8", f"{int((values > 0.8).sum())} ({100 * (values > 0.8).mean():.1f} %)"],
+                      ["Representatives", ", ".join(f"{r.uncertainty:.3f}" for r in reps)]]
+    picture = _image(png)
+    story.append(KeepTogether([
+        _para("Uncertainty of the tissue's tiles", styles.h2),
+        _side_by_side(picture, _table(quantiles, styles, widths=[90, 150]),
+                      (picture.drawWidth + 6, _FRAME_WIDTH - picture.drawWidth - 6)),
+    ]))
+
     best = reps[0]
     patch = patches[0]
     labels, note = _best_labels(run, best, patch)
@@ -597,20 +613,6 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     if note:
         block.append(_para(note, styles.small))
     story.append(KeepTogether(block))
-
-    png = figures.uncertainty_histogram(values, run.uncertainty, [r.uncertainty for r in reps], t)
-    quantiles = [["", "uncertainty (unitless)"], ["Tiles", _fmt(count)]]
-    if count:
-        quantiles += [["Mean", f"{values.mean():.3f}"], ["Median", f"{np.median(values):.3f}"],
-                      ["90th percentile", f"{np.percentile(values, 90):.3f}"],
-                      ["Tiles with u > 0.8", f"{int((values > 0.8).sum())} ({100 * (values > 0.8).mean():.1f} %)"],
-                      ["Representatives", ", ".join(f"{r.uncertainty:.3f}" for r in reps)]]
-    picture = _image(png)
-    story.append(KeepTogether([
-        _para("Uncertainty of the tissue's tiles", styles.h2),
-        _side_by_side(picture, _table(quantiles, styles, widths=[90, 150]),
-                      (picture.drawWidth + 6, _FRAME_WIDTH - picture.drawWidth - 6)),
-    ]))
     return story
 
 
@@ -646,7 +648,8 @@ def _feature_listing(styles: _Styles, run: RunFolder, t: int, best: Any, labels:
     nuclei = run.nuclei_of(t, best.rank)
     if nuclei is not None:
         rows.append([f"Nuclei in this patch (nuclei.csv)", _fmt(len(nuclei))])
-        measures = [c for c in run.nuclei.columns if c not in _ID_COLUMNS] if run.nuclei is not None else []
+        measures = ([c for c in run.nuclei.columns if c not in _ID_COLUMNS | _POSITION_COLUMNS]
+                    if run.nuclei is not None else [])
         for c in measures:
             v = np.array([n[c] for n in nuclei], dtype=np.float64)
             v = v[np.isfinite(v)]
@@ -697,6 +700,8 @@ def _comparison_page(styles: _Styles, run: RunFolder) -> list[Any]:
 
 
 def _method_page(styles: _Styles, run: RunFolder) -> list[Any]:
+    from reportlab.platypus import KeepTogether
+
     m = run.manifest
     story = [_para("Method and quality", styles.title)]
     story.append(_para("Number of tissues", styles.h2))
@@ -715,15 +720,6 @@ def _method_page(styles: _Styles, run: RunFolder) -> list[Any]:
         right = [_image(figures.reconstruction_figure(*run.reconstructions, run.thumbnail_mpp)),
                  _para("Tissue-level tiles (top) and the autoencoder's reconstructions (bottom).", styles.small)]
     story.append(_side_by_side(left, right, (255, 255)))
-    if run.embedding_colours is not None:
-        story.append(_para("Embedding colours", styles.h2))
-        story.append(_image(_embedding_colours_figure(run), 504))
-        story.append(_para(
-            f"Each tile coloured by its embedding reduced to three dimensions "
-            f"({run.embedding_colours.method.upper()}; red, green, blue = dimensions 1, 2, 3): similar colours mean "
-            "similar embeddings. A view for people; the tissues come from the full embeddings. In QuPath: the tile "
-            "layer embedding_colours.geojson.", styles.small))
-
     mse = _get(m, "embedding", "mse") or {}
     n_tiles = _get(m, "embedding", "n_tiles") or {}
     dropped = _get(m, "tiles", "dropped") or {}
@@ -756,6 +752,15 @@ def _method_page(styles: _Styles, run: RunFolder) -> list[Any]:
         story.append(_para("Missing from the run folder", styles.h2))
         for note in run.notes:
             story.append(_para(f"• {_escape(note)}", styles.body))
+    if run.embedding_colours is not None:
+        story.append(KeepTogether([
+            _para("Embedding colours", styles.h2),
+            _image(_embedding_colours_figure(run), 504),
+            _para(f"Each tile coloured by its embedding reduced to three dimensions "
+                  f"({run.embedding_colours.method.upper()}; red, green, blue = dimensions 1, 2, 3): similar colours "
+                  "mean similar embeddings. A view for people; the tissues come from the full embeddings. In QuPath: "
+                  "the tile layer embedding_colours.geojson.", styles.small),
+        ]))
     return story
 
 

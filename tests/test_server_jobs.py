@@ -181,12 +181,19 @@ def test_sweep_keeps_only_servable_results(tmp_path):
         stale = [settings.jobs_dir / done / "attempt-1" / ".tumls-run-0a1b2c3d.partial",
                  settings.jobs_dir / done / "attempt-2",
                  settings.jobs_dir / gone / "attempt-1" / "run",
-                 settings.cache_dir / ".0123.abcd.partial"]
+                 settings.cache_dir / ".0123.abcd.partial",
+                 keep / ".prototypes.0a1b2c3d.partial"]
         for folder in stale:
             folder.mkdir(parents=True)
+        settings.dictionaries_dir.mkdir()
+        saved = settings.dictionaries_dir / ("ab" * 16 + ".tumlsdict")
+        saved.write_bytes(b"kept")
+        unfinished = settings.dictionaries_dir / f".{saved.name}.x1y2z3"
+        unfinished.write_bytes(b"half")
         assert store.finish(done, claimed.attempt, "succeeded", run_dir=str(keep))
-        assert sweep_outputs(settings, store) == 4
-        assert (keep / "tissue.geojson").is_file()
+        assert sweep_outputs(settings, store) == 6
+        assert (keep / "tissue.geojson").is_file() and saved.read_bytes() == b"kept"
+        assert not unfinished.exists()
         assert not any(folder.exists() for folder in stale)
         assert not (settings.jobs_dir / gone / "attempt-1").exists()
     finally:

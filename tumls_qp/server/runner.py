@@ -5,8 +5,9 @@ Crash and restart policy
 At start, before any worker runs, jobs that the previous server left ``running`` go back
 to the queue (a job runs at most ``store.MAX_ATTEMPTS`` times in all; then it fails with a
 message saying so), queued jobs simply run, and folders that can never be served are
-removed: pipeline staging folders (``.partial``), the outputs of unfinished attempts,
-and everything but the result of succeeded jobs. A graceful stop does the same for the
+removed: staging folders (``.partial``, in run folders too), temporary dictionary files,
+the outputs of unfinished attempts, and everything but the result of succeeded jobs.
+A graceful stop does the same for the
 jobs it interrupts. A worker that dies while the server lives (out of memory, killed)
 fails its job with the exit status. A cancel stops the worker (SIGTERM, then SIGKILL
 after ``cancel_grace_s``); the supervisor then removes the job's outputs and starts a
@@ -58,6 +59,10 @@ def sweep_outputs(settings: ServerSettings, store: JobStore) -> int:
     for stale in list(settings.cache_dir.glob(".*.partial")) if settings.cache_dir.is_dir() else []:
         shutil.rmtree(stale, ignore_errors=True)
         removed += 1
+    # Dictionaries are written to a hidden temporary file, then renamed.
+    for stale in list(settings.dictionaries_dir.glob(".*")) if settings.dictionaries_dir.is_dir() else []:
+        stale.unlink(missing_ok=True)
+        removed += 1
     if not settings.jobs_dir.is_dir():
         return removed
     for job_dir in settings.jobs_dir.iterdir():
@@ -71,7 +76,9 @@ def sweep_outputs(settings: ServerSettings, store: JobStore) -> int:
             continue  # not ours to touch (only called when no worker runs, but be safe)
         for attempt in job_dir.glob("attempt-*"):
             if keep is not None and attempt == keep:
-                for partial in [*attempt.glob(".*.partial"), *attempt.glob(".*.old")]:
+                # Staging folders of the run, and of what is written into the run folder later (prototypes).
+                for partial in [*attempt.glob(".*.partial"), *attempt.glob(".*.old"),
+                                *attempt.glob("*/.*.partial"), *attempt.glob("*/.*.old")]:
                     shutil.rmtree(partial, ignore_errors=True)
                     removed += 1
                 continue

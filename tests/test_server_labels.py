@@ -274,6 +274,15 @@ def test_prototypes_named_into_a_dictionary_applied_to_an_image(hitl):
     _error(client.get(f"/jobs/{cq['id']}/prototypes"), 422, "job", "dictionary job")
     _error(client.get(f"/jobs/{cq['id']}/embedding-colours"), 404, None, "no embedding-colour layer")
 
+    # Deleting: the file goes; a job queued with it before fails and says why.
+    queued = client.post(f"/dictionaries/{info['id']}/apply", json=image).json()
+    assert client.delete(f"/dictionaries/{info['id']}").status_code == 204
+    assert client.get("/dictionaries").json() == {"dictionaries": []}
+    _error(client.delete(f"/dictionaries/{info['id']}"), 404, None, "no dictionary")
+    _error(client.get(f"/dictionaries/{info['id']}"), 404, None, "no dictionary")
+    assert run_queued(settings) == ["failed"]
+    assert "was deleted" in client.get(f"/jobs/{queued['id']}").json()["error"]
+
 
 def test_a_version_1_job_database_opens_and_gains_the_kind(tmp_path):
     """A database written before dictionary jobs existed: its jobs become analyses; dictionary jobs can be added."""

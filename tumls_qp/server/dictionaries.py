@@ -89,6 +89,10 @@ class DictionaryService:
     def info(self, dictionary_id: str) -> DictionaryInfo:
         return self._info(self.path(dictionary_id))
 
+    def delete(self, dictionary_id: str) -> None:
+        """Remove a saved dictionary (404 when there is none)."""
+        self.path(dictionary_id).unlink(missing_ok=True)
+
     def apply(self, dictionary_id: str, body: ApplyRequest) -> JobStatus:
         """Queue a dictionary job: label one image with a saved dictionary (the image checked as for POST /jobs)."""
         info = self.info(dictionary_id)

@@ -168,6 +168,14 @@ def get_dictionary(dictionary_id: str, request: Request) -> FileResponse:
     return FileResponse(path, media_type="application/zip", filename=path.name)
 
 
+@protected.delete("/dictionaries/{dictionary_id}", status_code=204, response_class=Response,
+                  summary="Delete a saved dictionary")
+def delete_dictionary(dictionary_id: str, request: Request) -> Response:
+    """The file goes; jobs already queued with it fail, saying that it was deleted."""
+    _dictionaries(request).delete(dictionary_id)
+    return Response(status_code=204)
+
+
 @protected.post("/dictionaries/{dictionary_id}/apply", status_code=202, response_model=JobStatus,
                 summary="Label an image with a dictionary (a job; results as for an analysis)")
 def apply_dictionary(dictionary_id: str, body: ApplyRequest, request: Request, response: Response) -> JobStatus:

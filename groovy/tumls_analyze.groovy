@@ -49,6 +49,8 @@ def PARAMETERS = [
 def POLL_SECONDS = 2               // how often to ask the server for progress (TUMLS_QP_POLL_SECONDS)
 def TIMEOUT_MINUTES = 240          // give up, and cancel the server's job, after this long
 def SAVE_REPORT = true             // save the run's PDF report (when it has one) in <project>/tumls-qp/
+def EMBEDDING_COLOURS = false      // also import the tiles coloured by their embedding, a second tile layer
+                                   // (TUMLS_QP_EMBEDDING_COLOURS=true|false overrides it)
 // ==========================================================================
 
 // The measurement that marks this tool's objects (the server adds it; keep in step with tumls_qp/outputs/qupath.py).
@@ -59,6 +61,8 @@ def env = System.getenv()
 SERVER_URL = (env['TUMLS_QP_SERVER'] ?: SERVER_URL).replaceAll('/+$', '')
 TOKEN = env['TUMLS_QP_TOKEN'] ?: TOKEN
 POLL_SECONDS = env['TUMLS_QP_POLL_SECONDS'] ? Double.parseDouble(env['TUMLS_QP_POLL_SECONDS']) : POLL_SECONDS
+EMBEDDING_COLOURS = env['TUMLS_QP_EMBEDDING_COLOURS'] ?
+        Boolean.parseBoolean(env['TUMLS_QP_EMBEDDING_COLOURS']) : EMBEDDING_COLOURS
 JsonObject parameters = env['TUMLS_QP_PARAMETERS'] ?
         JsonParser.parseString(env['TUMLS_QP_PARAMETERS']).getAsJsonObject() :
         TumlsClient.toJson(PARAMETERS).getAsJsonObject()
@@ -142,9 +146,22 @@ try {
     classes = client.get("/jobs/${jobId}/classes").getAsJsonArray('classes')
     def stream = client.openGeoJson("/jobs/${jobId}/geojson")
     try {
-        objects = PathIO.readObjectsFromGeoJSON(stream)
+        objects = new ArrayList(PathIO.readObjectsFromGeoJSON(stream))
     } finally {
         stream.close()
+    }
+    if (EMBEDDING_COLOURS) {
+        if (job.getAsJsonObject('links').has('embedding_colours')) {
+            // Tagged like the other objects: a re-run replaces this layer too.
+            stream = client.openGeoJson("/jobs/${jobId}/embedding-colours")
+            try {
+                objects.addAll(PathIO.readObjectsFromGeoJSON(stream))
+            } finally {
+                stream.close()
+            }
+        } else {
+            println "TUMLS: ${imageName}: this job has no embedding-colour layer (output.embedding_colours = \"none\")"
+        }
     }
 } catch (InterruptedException | InterruptedIOException e) {
     cancelJob('script killed')

@@ -56,12 +56,12 @@ def server(tmp_path_factory):
         yield live
 
 
-def _run(harness, server, tmp_path, config, parameters=PARAMETERS):
+def _run(harness, server, tmp_path, config, parameters=PARAMETERS, env_extra=None):
     config = {"script": str(SCRIPT), "project_file": None, "gui": False, "classes_before": [], "interrupt": None,
               **config}
     (tmp_path / "config.json").write_text(json.dumps(config))
     env = {**os.environ, "TUMLS_QP_SERVER": server.url, "TUMLS_QP_POLL_SECONDS": "0.3",
-           "TUMLS_QP_PARAMETERS": json.dumps(parameters)}
+           "TUMLS_QP_PARAMETERS": json.dumps(parameters), **(env_extra or {})}
     out = subprocess.run([harness["java"], "-cp", harness["classpath"], "TumlsHarness", str(tmp_path / "config.json"),
                           str(tmp_path / "dump.json")], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -142,6 +142,22 @@ def test_script_imports_replaces_and_colours(harness, server, tmp_path):
     assert all(s > 0 for s in seconds)
     bench_out("groovy_e2e_test", {"parameters": PARAMETERS, "objects": len(served[2]),
                                   "seconds_script_start_to_objects": seconds})
+
+
+@pytest.mark.groovy
+def test_embedding_colour_layer_on_request(harness, server, tmp_path):
+    """EMBEDDING_COLOURS adds the embedding-colour tiles, tagged like the rest so that a re-run replaces them."""
+    config = {"entries": [_entry("CMU-1-Small-Region.svs")], "runs": [0]}
+    dump, jobs, stdout = _run(harness, server, tmp_path, config, env_extra={"TUMLS_QP_EMBEDDING_COLOURS": "true"})
+    assert [r["outcome"] for r in dump["runs"]] == ["ok"], stdout
+    with server.client() as http:
+        status = http.get(f"/jobs/{jobs[0]}").json()
+        served = http.get(f"/jobs/{jobs[0]}/geojson").json()["features"]
+        layer = http.get(f"/jobs/{jobs[0]}/embedding-colours").json()["features"]
+    assert layer and {f["properties"]["classification"]["name"] for f in layer} == {"Embedding colour"}
+    objects = dump["images"][0]["objects"]
+    assert sorted(map(_from_object, objects)) == sorted(map(_from_feature, served + layer))
+    assert {o["measurements"][TAG_MEASUREMENT] for o in objects} == {status["number"]}
 
 
 @pytest.mark.groovy

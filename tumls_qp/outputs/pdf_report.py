@@ -50,7 +50,7 @@ from .. import __version__
 from ..classes import tissue_class_name, tissue_colour
 from ..errors import InvalidInputError, OutputError
 from . import _report_figures as figures
-from ._run_folder import RunFolder, display_name, load_labels, read_run_folder
+from ._run_folder import RunFolder, _get, display_name, load_labels, read_run_folder
 
 __all__ = ["render_report", "ReportResult", "read_run_folder", "RunFolder", "REPORT_NAME", "COHORT_REPORT_NAME",
            "DISCLAIMER"]
@@ -365,13 +365,6 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def _area(um2: float | None) -> str:
     return "n/a" if um2 is None else f"{um2:,.0f}"
 
-
-def _get(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
 
 
 def _shares(run: RunFolder) -> np.ndarray:

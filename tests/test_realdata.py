@@ -1,6 +1,5 @@
 """The pipeline on the real slides in ../shared/data/wsi (skipped when the folder is absent)."""
 
-import json
 
 import pytest
 

@@ -640,7 +640,7 @@ def _feature_listing(styles: _Styles, run: RunFolder, t: int, best: Any, labels:
         rows.append(["features.csv", f"no row for tissue {t}"])
     nuclei = run.nuclei_of(t, best.rank)
     if nuclei is not None:
-        rows.append([f"Nuclei in this patch (nuclei.csv)", _fmt(len(nuclei))])
+        rows.append(["Nuclei in this patch (nuclei.csv)", _fmt(len(nuclei))])
         measures = ([c for c in run.nuclei.columns if c not in _ID_COLUMNS | _POSITION_COLUMNS]
                     if run.nuclei is not None else [])
         for c in measures:

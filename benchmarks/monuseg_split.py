@@ -86,7 +86,7 @@ def _run_code(code_dir: Path | None, folder: str, ids: list[str], repeats: int) 
     """Run the worker in a fresh process with ``code_dir`` (or the working tree) first on sys.path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(code_dir if code_dir is not None else ROOT)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--folder", folder,
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--folder", str(Path(folder).resolve()),
            "--repeats", str(repeats), "--ids", ",".join(ids)]
     proc = subprocess.run(cmd, env=env, cwd=str(code_dir or ROOT), check=True, capture_output=True, text=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tumls_qp.errors import OutputError
-from tumls_qp.files import replace_dir, staging_dir, write_csv, write_json
+from tumls_qp.files import replace_dir, run_folder_names, staging_dir, write_csv, write_json
 from tumls_qp.provenance import cpu_name, package_versions
 
 
@@ -68,3 +68,8 @@ def test_provenance() -> None:
     versions = package_versions(["numpy", "surely-not-a-distribution"])
     assert versions == {"numpy": np.__version__, "surely-not-a-distribution": "not installed"}
     assert cpu_name()
+
+
+def test_run_folder_names_are_unique() -> None:
+    slides = [Path("/a/s.svs"), Path("/b/s.ome.tif"), Path("/c/s.tif"), Path("/d/.svs")]
+    assert run_folder_names(slides) == ["s", "s-2", "s-3", ".svs"]

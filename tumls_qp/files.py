@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import OutputError
 
-__all__ = ["write_csv", "write_json", "json_default", "staging_dir", "replace_dir"]
+__all__ = ["write_csv", "write_json", "json_default", "staging_dir", "replace_dir", "run_folder_names"]
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -78,3 +78,15 @@ def replace_dir(new: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def run_folder_names(slides: Sequence[Path]) -> list[str]:
+    """One output folder name per slide: the file name before its first dot, made unique with ``-2``, ``-3``, ..."""
+    names: list[str] = []
+    for slide in slides:
+        base = slide.name.split(".")[0] or slide.name
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.append(name)
+    return names

@@ -35,7 +35,7 @@ from shapely.geometry.base import BaseGeometry
 from . import __version__
 from .config import PipelineConfig, config_from_dict, config_to_dict
 from .errors import ConfigError, InvalidInputError, OutputError, TumlsQpError
-from .files import replace_dir, staging_dir, write_csv, write_json
+from .files import replace_dir, run_folder_names, staging_dir, write_csv, write_json
 from .outputs.classified import check_class_names, check_colour, classified_features
 from .outputs.geojson import feature_collection, make_feature, validate_geojson, write_geojson
 
@@ -630,13 +630,7 @@ def apply_dictionary(
     paths = [Path(s) for s in slides]
     if not paths:
         raise InvalidInputError("no slide given")
-    names: list[str] = []
-    for p in paths:
-        base = p.name.split(".")[0] or p.name
-        name, i = base, 2
-        while name in names:
-            name, i = f"{base}-{i}", i + 1
-        names.append(name)
+    names = run_folder_names(paths)
     results: list[DictionaryRun] = []
     first_error: TumlsQpError | None = None
     for index, (path, name) in enumerate(zip(paths, names)):

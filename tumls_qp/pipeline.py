@@ -33,7 +33,7 @@ from .clusters import Clustering, cluster_embeddings
 from .config import PipelineConfig, config_to_dict, dump_config
 from .errors import ConfigError, OutputError, TumlsQpError
 from .provenance import package_versions
-from .files import replace_dir, write_csv, write_json
+from .files import replace_dir, run_folder_names, write_csv, write_json
 from .classes import NUCLEUS_CLASS, NUCLEUS_COLOUR
 from .outputs.geojson import feature_collection, make_feature, tissue_features, validate_geojson, write_geojson
 from .representatives import Representative, select_representatives
@@ -163,7 +163,7 @@ def analyze(
     slides = [Path(s) for s in slides]
     if not slides:
         raise TumlsQpError("no slide given")
-    names = list(run_names) if run_names is not None else _run_names(slides)
+    names = list(run_names) if run_names is not None else run_folder_names(slides)
     if len(names) != len(slides) or len(set(names)) != len(names):
         raise TumlsQpError(f"run_names must give one distinct name per slide; got {names!r}")
     out = _prepare_out_dir(Path(out_dir))
@@ -188,17 +188,6 @@ def analyze(
             first_error.add_note(f"{len(results)} of {len(slides)} slides were analysed")
         raise first_error
     return results
-
-
-def _run_names(slides: list[Path]) -> list[str]:
-    names: list[str] = []
-    for slide in slides:
-        base = slide.name.split(".")[0] or slide.name
-        name, i = base, 2
-        while name in names:
-            name, i = f"{base}-{i}", i + 1
-        names.append(name)
-    return names
 
 
 def _prepare_out_dir(out: Path) -> Path:

@@ -37,7 +37,7 @@ def main() -> int:
     import torch
 
     from tumls_qp.config import EmbeddingConfig
-    from tumls_qp.embeddings import embed_tiles, train_autoencoder
+    from tumls_qp.tissue.embeddings import embed_tiles, train_autoencoder
 
     tiles = _tiles(args.tiles, 0)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

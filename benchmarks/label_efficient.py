@@ -63,7 +63,7 @@ def colour_histogram(path: Path) -> np.ndarray:
 
 
 def load(data: Path, tile_px: int):
-    from tumls_qp.tile_folder import read_tile_folder
+    from tumls_qp.evaluation.tile_folder import read_tile_folder
 
     folder = read_tile_folder(data, tile_px)
     with open(data / "labels.csv", newline="") as fh:
@@ -84,7 +84,7 @@ def embed(tiles_train: np.ndarray, tiles_all: np.ndarray, seed: int, cache: Path
             return npz["latents"], {"epochs": int(npz["epochs"]), "test_mse": float(npz["test_mse"]),
                                     "seconds": float(npz["seconds"]), "cached": True}
     from tumls_qp.config import EmbeddingConfig
-    from tumls_qp.embeddings import embed_tiles, train_autoencoder
+    from tumls_qp.tissue.embeddings import embed_tiles, train_autoencoder
 
     trained = train_autoencoder(tiles_train, EmbeddingConfig(device="cpu"), seed)
     latents = embed_tiles(trained, tiles_all)
@@ -97,7 +97,7 @@ def unsupervised(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> dic
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    from tumls_qp.clusters import cluster_embeddings
+    from tumls_qp.tissue.clusters import cluster_embeddings
     from tumls_qp.config import ClusterConfig
 
     auto = cluster_embeddings(x, ClusterConfig(), seed)
@@ -110,7 +110,7 @@ def unsupervised(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> dic
 def sic(x: np.ndarray, y: np.ndarray, class_names: list[str], n_seeds: int, draws: int, setting_seed: int,
         **kwargs) -> dict:
     """Best, mean and sd over draws of the F1 on non-seed tiles; the seed draws depend only on (setting, n, draw)."""
-    from tumls_qp.seeded import binary_f1, macro_f1, seeded_iterative_clustering
+    from tumls_qp.interactive.seeded import binary_f1, macro_f1, seeded_iterative_clustering
 
     positive = kwargs.get("positive")
     scores, seconds = [], []
@@ -132,9 +132,9 @@ def sic(x: np.ndarray, y: np.ndarray, class_names: list[str], n_seeds: int, draw
 
 def dictionary(x_a: np.ndarray, y_a: np.ndarray, x_b: np.ndarray, y_b: np.ndarray, n_classes: int, seed: int,
                k: int | None = None) -> dict:
-    from tumls_qp.prototypes import (DEFAULT_GAMMA, DEFAULT_T, central_tiles, cluster_then_query, direct_query,
-                                     label_by_central_tiles, over_cluster)
-    from tumls_qp.seeded import macro_f1
+    from tumls_qp.interactive.prototypes import (DEFAULT_GAMMA, DEFAULT_T, central_tiles, cluster_then_query,
+                                                 direct_query, label_by_central_tiles, over_cluster)
+    from tumls_qp.interactive.seeded import macro_f1
 
     over = over_cluster(x_a, k=k, seed=seed)
     named = label_by_central_tiles(y_a, central_tiles(over.distance, over.labels, over.k, DEFAULT_T))
@@ -203,7 +203,7 @@ def timing(work: Path, n_target: int, repeats: int) -> dict:
     # Where the time goes (one request, stage by stage).
     from tumls_qp.outputs.classified import classified_features
     from tumls_qp.outputs.geojson import feature_collection, validate_geojson
-    from tumls_qp.seeded import seeded_iterative_clustering, seeds_to_tiles
+    from tumls_qp.interactive.seeded import seeded_iterative_clustering, seeds_to_tiles
 
     stages = {}
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ READ_ONLY = """
 import json, resource, sys, time
 from tumls_qp.config import TileConfig
 from tumls_qp.slide import open_slide
-from tumls_qp.tiles import plan_grid, read_thumbnail
+from tumls_qp.tissue.tiles import plan_grid, read_thumbnail
 start = time.perf_counter()
 with open_slide(sys.argv[1]) as slide:
     grid = plan_grid(slide, TileConfig())

@@ -8,7 +8,7 @@ before any change is looked at:
 * **held** (held-out half): the other 7 images. They are scored rarely: once per idea that
   was kept on the development half.
 
-Scores are those of ``tumls_qp.monuseg.image_metrics`` (mask 2 unless told), means over
+Scores are those of ``tumls_qp.evaluation.monuseg.image_metrics`` (mask 2 unless told), means over
 the images of a half. Timing as in the benchmark: one thread, the fastest of ``--repeats``
 runs of ``segment_nuclei`` alone, wall and CPU time of the calling thread.
 
@@ -54,8 +54,8 @@ def _worker(folder: str, ids: list[str], repeats: int) -> list[dict]:
 
     import numpy as np
 
-    from tumls_qp.monuseg import _OneThread, image_metrics, list_monuseg, read_monuseg_image
-    from tumls_qp.nuclei import segment_nuclei
+    from tumls_qp.evaluation.monuseg import _OneThread, image_metrics, list_monuseg, read_monuseg_image
+    from tumls_qp.cells.nuclei import segment_nuclei
 
     items = [it for it in list_monuseg(folder) if it.image_id in set(ids)]
     out = []
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from tumls_qp.monuseg import list_monuseg
+    from tumls_qp.evaluation.monuseg import list_monuseg
 
     items = list_monuseg(args.folder)
     dev, held = split_halves(items)

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from tumls_qp.clusters import SPLIT_CRITICAL_VALUE, choose_k, cluster_embeddings, dendrogram_gaps, split_statistic
+from tumls_qp.tissue.clusters import (SPLIT_CRITICAL_VALUE, choose_k, cluster_embeddings, dendrogram_gaps,
+                                     split_statistic)
 from tumls_qp.config import ClusterConfig
 from tumls_qp.errors import InvalidInputError
-from tumls_qp.representatives import select_representatives
+from tumls_qp.tissue.representatives import select_representatives
 
 RNG = np.random.default_rng(0)
 MIX = RNG.standard_normal((256, 256)) * 0.1

@@ -4,7 +4,7 @@ import types
 import numpy as np
 import pytest
 
-from tumls_qp.embedding_colours import (
+from tumls_qp.interactive.embedding_colours import (
     LAYER_CLASS,
     coordinates_to_rgb,
     draw_embedding_colours,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tumls_qp.config import EmbeddingConfig
-from tumls_qp.embeddings import (
+from tumls_qp.tissue.embeddings import (
     Autoencoder,
     embed_tiles,
     load_checkpoint,

@@ -1,4 +1,4 @@
-"""Tests of tumls_qp.features: known answers on drawn shapes, the column table, edge cases."""
+"""Tests of tumls_qp.cells.features: known answers on drawn shapes, the column table, edge cases."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-import tumls_qp.features as features
+import tumls_qp.cells.features as features
 from tumls_qp.errors import InvalidInputError
-from tumls_qp.features import NUCLEUS_FEATURES, TISSUE_FEATURES, measure_nuclei, measure_tissue
+from tumls_qp.cells.features import NUCLEUS_FEATURES, TISSUE_FEATURES, measure_nuclei, measure_tissue
 
 
 def draw(shape: tuple[int, int], ellipses: list[tuple[float, float, float, float]], mpp: float) -> np.ndarray:

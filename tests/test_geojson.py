@@ -17,7 +17,7 @@ from tumls_qp.outputs.geojson import (
     validate_geojson_file,
     write_geojson,
 )
-from tumls_qp.representatives import Representative
+from tumls_qp.tissue.representatives import Representative
 
 
 def _good():

@@ -26,15 +26,16 @@ from tumls_qp.labelling import (
 )
 from tumls_qp.outputs.geojson import read_geojson, validate_geojson, validate_geojson_file, write_geojson
 from tumls_qp.pipeline import analyze
-from tumls_qp.prototypes import load_dictionary, naming_from_mapping
+from tumls_qp.interactive.prototypes import load_dictionary, naming_from_mapping
 
 #: The synthetic scene: stroma left of a wavy boundary near x = 1536 px, epithelium right of it.
 BOUNDARY_X = 1536
 
 
 def test_label_modules_import_light():
-    code = ("import sys, tumls_qp.seeded, tumls_qp.prototypes, tumls_qp.labelling, tumls_qp.embedding_colours, "
-            "tumls_qp.tile_folder, tumls_qp.outputs.classified;"
+    code = ("import sys, tumls_qp.interactive.seeded, tumls_qp.interactive.prototypes, tumls_qp.labelling, "
+            "tumls_qp.interactive.embedding_colours, "
+            "tumls_qp.evaluation.tile_folder, tumls_qp.outputs.classified;"
             "print([m for m in ('torch', 'matplotlib', 'umap', 'sklearn') if m in sys.modules])")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,

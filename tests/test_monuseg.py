@@ -1,4 +1,4 @@
-"""Tests of tumls_qp.monuseg: metrics by hand, annotation reading, and the benchmark on 1 real image."""
+"""Tests of tumls_qp.evaluation.monuseg: metrics by hand, annotation reading, and the benchmark on 1 real image."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tumls_qp.errors import InvalidInputError
-from tumls_qp.monuseg import (
+from tumls_qp.evaluation.monuseg import (
     image_metrics,
     list_monuseg,
     read_aperio_polygons,
@@ -207,7 +207,7 @@ def test_benchmark_on_one_image(one_image_result):
 @pytest.mark.realdata
 def test_report_is_written(one_image_result, tmp_path):
     result, _ = one_image_result
-    command = "python -m tumls_qp.monuseg /data/monuseg --report out.md"
+    command = "python -m tumls_qp.evaluation.monuseg /data/monuseg --report out.md"
     path = write_monuseg_report(result, tmp_path / "sub" / "monuseg.md", command)
     text = path.read_text(encoding="utf-8")
     assert command in text

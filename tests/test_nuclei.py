@@ -1,4 +1,4 @@
-"""Tests of tumls_qp.nuclei: known answers on drawn H&E images, robustness, polygons, real MoNuSeg tiles."""
+"""Tests of tumls_qp.cells.nuclei: known answers on drawn H&E images, robustness, polygons, real MoNuSeg tiles."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import shapely
 
 from tumls_qp.config import NucleiConfig, PipelineConfig, config_from_dict, dump_config, load_config
 from tumls_qp.errors import ConfigError, InvalidInputError
-from tumls_qp.nuclei import (
+from tumls_qp.cells.nuclei import (
     REFERENCE_STAINS,
     NucleiResult,
     estimate_stains,
@@ -55,7 +55,7 @@ def areas_um2(labels: np.ndarray, mpp: float) -> np.ndarray:
 
 def load_monuseg(name: str) -> tuple[np.ndarray, float]:
     """One MoNuSeg image and its pixel size."""
-    from tumls_qp.monuseg import list_monuseg, read_monuseg_image
+    from tumls_qp.evaluation.monuseg import list_monuseg, read_monuseg_image
 
     item = next(i for i in list_monuseg(MONUSEG) if i.image_id == name)
     rgb, _, mpp = read_monuseg_image(item)

@@ -214,7 +214,7 @@ def test_embedding_colours_option(slides, fast_config, tmp_path, monkeypatch):
     [result] = analyze([slides["two-tissues"]], tmp_path, replace_in(fast_config, **{"output.embedding_colours": "none"}))
     assert result.manifest["outputs"]["embedding_colours"] is None
     assert not list(result.run_dir.glob("embedding_colours*"))
-    import tumls_qp.embedding_colours as colours
+    import tumls_qp.interactive.embedding_colours as colours
     from tumls_qp.errors import ConfigError
 
     monkeypatch.setattr(colours, "umap_available", lambda: False)

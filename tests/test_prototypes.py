@@ -7,7 +7,7 @@ import pytest
 
 from tumls_qp.config import PipelineConfig, replace_in
 from tumls_qp.errors import ConfigError, InvalidInputError
-from tumls_qp.prototypes import (
+from tumls_qp.interactive.prototypes import (
     PURITY,
     build_prototypes,
     central_tiles,
@@ -115,7 +115,7 @@ def test_names_file(tmp_path):
 
 @pytest.fixture()
 def model_dir(tmp_path):
-    from tumls_qp.embeddings import Autoencoder, save_checkpoint
+    from tumls_qp.tissue.embeddings import Autoencoder, save_checkpoint
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -3,7 +3,7 @@ import pytest
 from shapely.geometry import GeometryCollection, LineString, MultiPoint, Point, Polygon, box
 
 from tumls_qp.errors import InvalidInputError
-from tumls_qp.seeded import (
+from tumls_qp.interactive.seeded import (
     binary_f1,
     macro_f1,
     relative_margin,

@@ -8,7 +8,7 @@ from PIL import Image
 
 from tumls_qp.cli import main
 from tumls_qp.errors import InvalidInputError
-from tumls_qp.tile_folder import read_tile_folder, resample_tile
+from tumls_qp.evaluation.tile_folder import read_tile_folder, resample_tile
 
 
 def test_area_averaging_to_the_tile_size_is_exact_on_blocks():

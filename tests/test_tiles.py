@@ -4,7 +4,7 @@ import pytest
 from tumls_qp.config import TileConfig
 from tumls_qp.errors import InvalidInputError, NoTissueError, NotBrightfieldError
 from tumls_qp.slide import open_slide
-from tumls_qp.tiles import (
+from tumls_qp.tissue.tiles import (
     check_brightfield_he,
     plan_grid,
     read_thumbnail,
@@ -87,7 +87,7 @@ def test_dark_tiles_are_artefacts():
     thumb = np.full((32, 64, 3), 240, np.uint8)
     thumb[:, 16:] = (200, 120, 190)  # tissue
     thumb[:16, 32:48] = 5  # a pen mark covering one tile
-    from tumls_qp.tiles import TileGrid
+    from tumls_qp.tissue.tiles import TileGrid
 
     grid = TileGrid(tile_size=32, shape=(4, 2), tile_px=16, mpp=0.5)
     cfg = TileConfig(tile_um=16.0, min_fragment_um2=0)

@@ -226,7 +226,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import shlex
 
-    from .monuseg import run_monuseg_benchmark, write_monuseg_report
+    from .evaluation.monuseg import run_monuseg_benchmark, write_monuseg_report
 
     command = ["tumls-qp", "eval", "monuseg", args.folder, "--report", args.report]
     if args.limit is not None:
@@ -415,7 +415,7 @@ def _cmd_prototypes(args: argparse.Namespace) -> int:
 
 def _cmd_make_dictionary(args: argparse.Namespace) -> int:
     from .labelling import make_dictionary
-    from .prototypes import load_dictionary
+    from .interactive.prototypes import load_dictionary
 
     path = make_dictionary(args.run, args.names, args.out)
     book = load_dictionary(path)
@@ -449,7 +449,7 @@ def _cmd_embedding_colours(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_tiles(args: argparse.Namespace) -> int:
-    from .tile_folder import cluster_tile_folder
+    from .evaluation.tile_folder import cluster_tile_folder
 
     config = load_config(args.config) if args.config else PipelineConfig()
     config = replace_in(config, **{"tiles.tile_px": args.tile_px, "clusters.k": args.k,

@@ -219,11 +219,11 @@ def seeded_classification(
     seeds : sequence of (class name, colour, geometry)
         The user's classified annotations: class name (no ':'), colour ``(r, g, b)`` or None
         (a default), and a shapely geometry in level-0 px of the slide (QuPath's frame).
-        Points, lines (scribbles) and polygons; see :func:`tumls_qp.seeded.seeds_to_tiles`.
+        Points, lines (scribbles) and polygons; see :func:`tumls_qp.interactive.seeded.seeds_to_tiles`.
         The first colour given for a class is used.
     positive : str, optional
         With exactly two classes, the class to treat as Algorithm 1's positive class; default
-        the multi-class scheme (see :mod:`tumls_qp.seeded`).
+        the multi-class scheme (see :mod:`tumls_qp.interactive.seeded`).
     conventional_step : bool
         Binary mode: allow Algorithm 1's extra plain 2-means step.
     tile_objects : bool
@@ -240,7 +240,7 @@ def seeded_classification(
         Not a run folder; no seeds; seeds of one class only; a seed outside the analysed tissue
         (named in the message); bad class names or colours.
     """
-    from .seeded import seeded_iterative_clustering, seeds_to_tiles
+    from .interactive.seeded import seeded_iterative_clustering, seeds_to_tiles
 
     started = time.perf_counter()
     run = load_run(run_dir)
@@ -265,7 +265,7 @@ def seeded_classification(
     seed_tiles = seeds_to_tiles(run.boxes, pairs)
     result = seeded_iterative_clustering(run.latents, seed_tiles.tiles, positive=positive,
                                          conventional_step=conventional_step, seed=seed)
-    from .prototypes import class_colour
+    from .interactive.prototypes import class_colour
 
     names = result.classes
     rgb = tuple(colours[n] or class_colour(i) for i, n in enumerate(names))
@@ -395,7 +395,7 @@ def write_prototypes(
     seed : int, optional
         Default: the run's seed.
     """
-    from .prototypes import DEFAULT_T, K_RANGE, central_tiles, names_template, over_cluster
+    from .interactive.prototypes import DEFAULT_T, K_RANGE, central_tiles, names_template, over_cluster
 
     run = load_run(run_dir)
     t = DEFAULT_T if t is None else t
@@ -459,7 +459,7 @@ def load_overclustering(run_dir: str | os.PathLike[str]) -> tuple[Any, dict[str,
     InvalidInputError
         There are none, or they belong to other embeddings than the run's.
     """
-    from .prototypes import Overclustering
+    from .interactive.prototypes import Overclustering
 
     run = Path(run_dir)
     folder = run / PROTOTYPES_DIR
@@ -495,14 +495,14 @@ def make_dictionary(
     run_dir : path-like
         A run folder with prototype clusters (:func:`write_prototypes`).
     naming : ClusterNaming or path-like
-        The names (:func:`tumls_qp.prototypes.naming_from_mapping`, as a server builds from a
-        QuPath script's mapping), or a names file (:func:`tumls_qp.prototypes.load_names`).
+        The names (:func:`tumls_qp.interactive.prototypes.naming_from_mapping`, as a server builds from a
+        QuPath script's mapping), or a names file (:func:`tumls_qp.interactive.prototypes.load_names`).
     out_path : path-like
         The dictionary file (``.tumlsdict`` by convention), written atomically.
     extra_provenance : mapping, optional
         More provenance entries (JSON-safe), e.g. the server job and a name the user gave.
     """
-    from .prototypes import ClusterNaming, build_prototypes, load_names, save_dictionary
+    from .interactive.prototypes import ClusterNaming, build_prototypes, load_names, save_dictionary
 
     run = load_run(run_dir)
     over, proto_manifest = load_overclustering(run.run_dir)
@@ -535,8 +535,8 @@ class DictionaryRun:
 def _slide_tiles(path: Path, config: PipelineConfig, mpp: float | None) -> tuple[Any, np.ndarray, np.ndarray]:
     """Open a slide and cut its tissue tiles as the dictionary's run did; returns (slide, boxes, tiles)."""
     from .slide import open_slide
-    from .tiles import (check_brightfield_he, plan_grid, read_thumbnail, require_tissue, select_tiles, tile_pixels,
-                        tissue_mask)
+    from .tissue.tiles import (check_brightfield_he, plan_grid, read_thumbnail, require_tissue, select_tiles,
+                               tile_pixels, tissue_mask)
 
     slide_cfg = config.slide
     given = mpp if mpp is not None else slide_cfg.mpp
@@ -609,8 +609,8 @@ def apply_dictionary(
         In the order of ``slides``; when a slide fails, the others are still labelled and the
         first error is raised at the end.
     """
-    from .embeddings import embed_tiles, resolve_device
-    from .prototypes import DEFAULT_GAMMA, cluster_then_query, direct_query, load_dictionary
+    from .tissue.embeddings import embed_tiles, resolve_device
+    from .interactive.prototypes import DEFAULT_GAMMA, cluster_then_query, direct_query, load_dictionary
     from .slide import slide_quickhash
 
     if query not in ("cq", "dq"):
@@ -711,13 +711,13 @@ def write_embedding_colours(
 ) -> tuple[Path, Path, str]:
     """Write a run's embedding-colour layer (``embedding_colours.geojson``) and figure (``embedding_colours.png``).
 
-    Both go into the run folder, each written atomically. See :mod:`tumls_qp.embedding_colours`.
+    Both go into the run folder, each written atomically. See :mod:`tumls_qp.interactive.embedding_colours`.
 
     Returns
     -------
     (geojson path, png path, method used)
     """
-    from .embedding_colours import draw_embedding_colours, embedding_colour_features, embedding_colours
+    from .interactive.embedding_colours import draw_embedding_colours, embedding_colour_features, embedding_colours
 
     run = load_run(run_dir)
     seed = run.config.seed if seed is None else seed

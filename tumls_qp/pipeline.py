@@ -29,16 +29,16 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
-from .clusters import Clustering, cluster_embeddings
+from .tissue.clusters import Clustering, cluster_embeddings
 from .config import PipelineConfig, config_to_dict, dump_config
 from .errors import ConfigError, OutputError, TumlsQpError
 from .provenance import package_versions
 from .files import replace_dir, run_folder_names, write_csv, write_json
 from .classes import NUCLEUS_CLASS, NUCLEUS_COLOUR
 from .outputs.geojson import feature_collection, make_feature, tissue_features, validate_geojson, write_geojson
-from .representatives import Representative, select_representatives
+from .tissue.representatives import Representative, select_representatives
 from .slide import Slide, open_slide, slide_quickhash
-from .tiles import (
+from .tissue.tiles import (
     TileGrid,
     TileSelection,
     check_brightfield_he,
@@ -155,7 +155,7 @@ def analyze(
     config = config or PipelineConfig()
     progress = progress or _no_progress
     if config.output.embedding_colours == "umap":
-        from .embedding_colours import umap_available
+        from .interactive.embedding_colours import umap_available
 
         if not umap_available():  # say so now rather than after the training
             raise ConfigError("output.embedding_colours = 'umap' needs umap-learn: pip install 'tumls-qp[umap]' "
@@ -234,7 +234,7 @@ def _analyze_group(
             progress("train", 1.0, "reused the cached model")
             progress("embed", 1.0, "reused the cached embeddings")
         else:
-            from .embeddings import embed_tiles, train_autoencoder
+            from .tissue.embeddings import embed_tiles, train_autoencoder
 
             with timer.stage("train"):
                 progress("train", 0.0, f"training the autoencoder on {len(all_tiles)} tiles")
@@ -357,7 +357,7 @@ def _cache_load(cache: Path, key: str) -> dict | None:
     if not (folder / "complete").exists():
         return None
     try:
-        from .embeddings import TrainingHistory, load_checkpoint
+        from .tissue.embeddings import TrainingHistory, load_checkpoint
 
         with np.load(folder / "tiles.npz") as npz:
             latents = npz["latents"]
@@ -374,7 +374,7 @@ def _cache_load(cache: Path, key: str) -> dict | None:
 def _cache_store(cache: Path, key: str, data: list[_SlideData], latents: np.ndarray, history: Any, model: Any) -> None:
     from dataclasses import asdict
 
-    from .embeddings import save_checkpoint
+    from .tissue.embeddings import save_checkpoint
 
     folder = cache / key
     tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}.partial"
@@ -444,8 +444,8 @@ def _low_level(
     low = _LowLevel(patches=[], detections=[], nucleus_rows=[], roi_rows=[], tissue_features={}, segmented=0)
     per_tissue: dict[int, list[dict[str, float]]] = {}
     if cfg.enabled:
-        from .features import NUCLEUS_FEATURES, TISSUE_FEATURES, combine_rois, measure_nuclei, measure_tissue
-        from .nuclei import labels_to_polygons, segment_nuclei
+        from .cells.features import NUCLEUS_FEATURES, TISSUE_FEATURES, combine_rois, measure_nuclei, measure_tissue
+        from .cells.nuclei import labels_to_polygons, segment_nuclei
 
         measured = [f.name for f in NUCLEUS_FEATURES if f.key not in ("label", "x", "y")]
     for j, rep in enumerate(reps):
@@ -500,7 +500,7 @@ def _write_run(
 ) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from .embeddings import reconstruct, save_checkpoint
+    from .tissue.embeddings import reconstruct, save_checkpoint
 
     labels, uncertainty, distance = local.labels, local.uncertainty, local.distance
     boxes = d.grid.boxes(d.selection.kept)
@@ -547,7 +547,7 @@ def _write_run(
         [[i + 1, f"{t:.6g}", f"{v:.6g}"] for i, (t, v) in enumerate(zip(history.train_mse, history.val_mse))],
     )
     if config.nuclei.enabled:
-        from .features import NUCLEUS_FEATURES, TISSUE_FEATURES
+        from .cells.features import NUCLEUS_FEATURES, TISSUE_FEATURES
 
         tissue_columns = [f.name for f in TISSUE_FEATURES]
         write_csv(folder / "nuclei.csv",
@@ -605,7 +605,7 @@ def _write_embedding_colours(folder: Path, config: PipelineConfig, boxes: np.nda
     """
     if config.output.embedding_colours == "none":
         return None
-    from .embedding_colours import embedding_colour_features, embedding_colours
+    from .interactive.embedding_colours import embedding_colour_features, embedding_colours
 
     colours = embedding_colours(latents, config.output.embedding_colours, config.seed)
     collection = feature_collection(embedding_colour_features(boxes, colours))

@@ -384,8 +384,8 @@ def _read_optional(run: RunFolder) -> None:
 
 
 def _read_embedding_colours(folder: Path, n_tiles: int) -> Any:
-    """``embedding_colours.npz`` as :class:`~tumls_qp.embedding_colours.EmbeddingColours`."""
-    from ..embedding_colours import EmbeddingColours
+    """``embedding_colours.npz`` as :class:`~tumls_qp.interactive.embedding_colours.EmbeddingColours`."""
+    from ..interactive.embedding_colours import EmbeddingColours
 
     try:
         with np.load(folder / "embedding_colours.npz", allow_pickle=False) as npz:

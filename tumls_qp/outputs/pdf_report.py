@@ -758,10 +758,10 @@ def _method_page(styles: _Styles, run: RunFolder) -> list[Any]:
 
 
 def _embedding_colours_figure(run: RunFolder) -> bytes:
-    """The embedding-colour figure of :func:`tumls_qp.embedding_colours.draw_embedding_colours`, as PNG bytes."""
+    """The embedding-colour figure (:func:`~tumls_qp.interactive.embedding_colours.draw_embedding_colours`) as PNG."""
     import tempfile
 
-    from ..embedding_colours import draw_embedding_colours
+    from ..interactive.embedding_colours import draw_embedding_colours
 
     names = [tissue_class_name(t) for t in range(run.k)]
     with tempfile.TemporaryDirectory(prefix="tumls-report-") as folder:

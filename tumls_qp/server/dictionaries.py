@@ -1,7 +1,7 @@
 """Prototype dictionaries on the server: save a naming, list, download, and queue applying one to an image.
 
 A dictionary is one file, ``DATA_DIR/dictionaries/<id>.tumlsdict`` (the format of
-:func:`tumls_qp.prototypes.save_dictionary`), written atomically; its ``dictionary.json``
+:func:`tumls_qp.interactive.prototypes.save_dictionary`), written atomically; its ``dictionary.json``
 carries what the listing shows (``provenance.server``: the source job and image, the name
 the user gave). Applying one is a job of kind ``dictionary`` that a worker runs like an
 analysis (:func:`tumls_qp.labelling.apply_dictionary`).
@@ -49,7 +49,7 @@ class DictionaryService:
     def create(self, body: NamingRequest) -> DictionaryInfo:
         """Save the named prototype clusters of an analysis job as a dictionary."""
         from ..labelling import load_overclustering, make_dictionary
-        from ..prototypes import naming_from_mapping
+        from ..interactive.prototypes import naming_from_mapping
 
         job, run_dir = self.jobs.run_folder(body.job, kind="analysis")
         try:

@@ -185,7 +185,7 @@ class JobService:
         from ..labelling import PROTOTYPES_DIR, load_overclustering, write_prototypes
         from ..outputs.geojson import read_geojson, validate_geojson
         from ..outputs.qupath import PROTOTYPES_TAG, tag_features
-        from ..prototypes import DEFAULT_T
+        from ..interactive.prototypes import DEFAULT_T
 
         job, run_dir = self.run_folder(job_id, kind="analysis")
         want_t = DEFAULT_T if t is None else t

@@ -286,7 +286,7 @@ def _share_cpus(workers: int) -> None:
     ``embedding.num_threads`` still overrides it for its training)."""
     import cv2
 
-    from ..embeddings import set_cpu_threads
+    from ..tissue.embeddings import set_cpu_threads
 
     n = cpu_share(workers)
     set_cpu_threads(n)

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.cluster.hierarchy import linkage
 
-from .config import ClusterConfig
-from .errors import InvalidInputError
+from ..config import ClusterConfig
+from ..errors import InvalidInputError
 
 __all__ = [
     "Clustering",

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, InvalidInputError
+from ..errors import ConfigError, InvalidInputError
 
 __all__ = [
     "EmbeddingColours",
@@ -173,7 +173,7 @@ def embedding_colour_features(boxes: np.ndarray, colours: EmbeddingColours) -> l
         (x, y, width, height) in level-0 px.
     colours : EmbeddingColours
     """
-    from .outputs.classified import coloured_tile_features
+    from ..outputs.classified import coloured_tile_features
 
     measurements = {f"Embedding {j + 1}": colours.coords[:, j] for j in range(3)}
     return coloured_tile_features(boxes, colours.rgb, LAYER_CLASS, LAYER_COLOUR, measurements)
@@ -214,7 +214,7 @@ def draw_embedding_colours(
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
-    from .classes import tissue_colour
+    from ..classes import tissue_colour
 
     rgb = colours.rgb.astype(np.float64) / 255.0
     xyz = colours.coords

@@ -10,7 +10,7 @@ Conventions: lengths are in µm and areas in µm² (pixel counts times ``mpp``²
 positions are in the tile's pixel frame (x right, y down, pixel ``(r, c)`` covers
 ``[c, c + 1] x [r, r + 1]``). Intensities: luminance is Rec. 601 luma of the 8-bit RGB
 (0 black, 255 white); haematoxylin is the concentration of the H&E colour deconvolution
-in optical-density (OD) units (:func:`tumls_qp.nuclei.haematoxylin_od`).
+in optical-density (OD) units (:func:`tumls_qp.cells.nuclei.haematoxylin_od`).
 
 Edge cases: with no nucleus, ``Nuclei`` is 0, ``Nuclei per mm^2`` is 0 and every
 per-nucleus statistic (means, spread) is NaN; with one nucleus ``Spread um`` is NaN.
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .nuclei import check_mpp, check_rgb, estimate_stains, haematoxylin_od
 
 __all__ = [

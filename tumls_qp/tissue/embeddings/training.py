@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import EmbeddingConfig
-from ..errors import ConfigError, DeviceError
+from ...config import EmbeddingConfig
+from ...errors import ConfigError, DeviceError
 from .model import Autoencoder
 
 __all__ = [

@@ -22,7 +22,7 @@ Algorithm 1 of the SIC paper (binary: a positive class such as "Tumor" against a
    (no negative seed is left inside). We keep it when (a) all positive seeds of the cluster
    fall on one side, so the seed F1 does not drop, and (b) the cluster is more than one
    Gaussian cloud by the G-means split test already used for k = 1
-   (:func:`tumls_qp.clusters.split_statistic`, A*² above ``SPLIT_CRITICAL_VALUE``).
+   (:func:`tumls_qp.tissue.clusters.split_statistic`, A*² above ``SPLIT_CRITICAL_VALUE``).
    Without (b), one seed would always halve a homogeneous positive cluster. The step runs at
    most once ("an additional step"). ``conventional_step=False`` leaves it out.
 
@@ -65,7 +65,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 __all__ = [
     "SeededResult",
@@ -430,7 +430,7 @@ def _conventional_split(xs: np.ndarray, is_seed: np.ndarray, seed: int) -> tuple
     """
     from sklearn.cluster import KMeans
 
-    from .clusters import SPLIT_CRITICAL_VALUE, split_statistic
+    from ..tissue.clusters import SPLIT_CRITICAL_VALUE, split_statistic
 
     if not split_statistic(xs, seed) > SPLIT_CRITICAL_VALUE:
         return np.ones(len(xs), dtype=bool), None

@@ -50,10 +50,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__
-from .config import PipelineConfig, config_from_dict, config_to_dict
-from .errors import ConfigError, InvalidInputError
-from .outputs.classified import check_class_names, check_colour
+from .. import __version__
+from ..config import PipelineConfig, config_from_dict, config_to_dict
+from ..errors import ConfigError, InvalidInputError
+from ..outputs.classified import check_class_names, check_colour
 
 __all__ = [
     "ElbowCurve",
@@ -571,7 +571,7 @@ class PrototypeDictionary:
 
     def load_encoder(self) -> Any:
         """The encoder's autoencoder (torch), on the CPU."""
-        from .embeddings import load_checkpoint
+        from ..tissue.embeddings import load_checkpoint
 
         with zipfile.ZipFile(self.path) as zf, tempfile.TemporaryDirectory(prefix="tumls-dict-") as tmp:
             for member in ("model.pt", "model.json"):

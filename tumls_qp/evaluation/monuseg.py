@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import InvalidInputError
-from .provenance import cpu_name
+from ..errors import InvalidInputError
+from ..provenance import cpu_name
 
 __all__ = [
     "MonusegImage",
@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 #: Metric names that ``image_metrics`` returns, in report order.
 METRICS: tuple[str, ...] = ("dice", "iou", "aji", "f1_object", "precision", "recall", "n_true", "n_pred")
 
-#: The masks of :class:`~tumls_qp.nuclei.NucleiResult` that the benchmark scores.
+#: The masks of :class:`~tumls_qp.cells.nuclei.NucleiResult` that the benchmark scores.
 MASKS: tuple[str, ...] = ("mask1", "mask2", "mask3")
 
 
@@ -365,7 +365,7 @@ class ImageResult:
     mpp : float
         Pixel size used, µm/px.
     seconds : float
-        Wall time of :func:`~tumls_qp.nuclei.segment_nuclei` on one thread (reading and
+        Wall time of :func:`~tumls_qp.cells.nuclei.segment_nuclei` on one thread (reading and
         scoring not included), the fastest of the repeated runs.
     cpu_seconds : float
         CPU time of the calling thread over the same call, the smallest of the runs: close
@@ -505,8 +505,8 @@ def run_monuseg_benchmark(
     time is counted; one untimed call on the first image comes first, so that lazy imports
     and caches do not count. ``ImageResult.seconds`` is the fastest of ``repeats`` runs.
     """
-    from .config import NucleiConfig
-    from .nuclei import check_mpp, segment_nuclei
+    from ..config import NucleiConfig
+    from ..cells.nuclei import check_mpp, segment_nuclei
 
     cfg = NucleiConfig() if cfg is None else cfg
     if not isinstance(cfg, NucleiConfig):
@@ -579,7 +579,7 @@ def format_monuseg_report(result: BenchmarkResult, command: str) -> str:
     """The Markdown text of :func:`write_monuseg_report`."""
     import tomli_w
 
-    from .config import config_to_dict
+    from ..config import config_to_dict
 
     seconds = result.seconds()
     cpu = result.cpu_seconds()
@@ -671,7 +671,7 @@ def write_monuseg_report(result: BenchmarkResult, path: str | Path, command: str
     OutputError
         When the file cannot be written.
     """
-    from .errors import OutputError
+    from ..errors import OutputError
 
     path = Path(path)
     try:

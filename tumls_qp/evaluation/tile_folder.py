@@ -31,11 +31,11 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import __version__
-from .config import PipelineConfig, config_to_dict, dump_config
-from .errors import InvalidInputError, NoTissueError, OutputError
-from .provenance import package_versions
-from .files import replace_dir, staging_dir, write_csv, write_json
+from .. import __version__
+from ..config import PipelineConfig, config_to_dict, dump_config
+from ..errors import InvalidInputError, NoTissueError, OutputError
+from ..provenance import package_versions
+from ..files import replace_dir, staging_dir, write_csv, write_json
 
 __all__ = ["TileFolder", "IMAGE_SUFFIXES", "read_tile_folder", "resample_tile", "cluster_tile_folder",
            "TileFolderResult"]
@@ -216,10 +216,10 @@ def cluster_tile_folder(
     -------
     TileFolderResult
     """
-    from .clusters import cluster_embeddings
-    from .embedding_colours import draw_embedding_colours, embedding_colours
-    from .embeddings import embed_tiles, save_checkpoint, train_autoencoder
-    from .representatives import select_representatives
+    from ..tissue.clusters import cluster_embeddings
+    from ..interactive.embedding_colours import draw_embedding_colours, embedding_colours
+    from ..tissue.embeddings import embed_tiles, save_checkpoint, train_autoencoder
+    from ..tissue.representatives import select_representatives
 
     config = config or PipelineConfig()
     progress = progress or (lambda stage, fraction, message: None)

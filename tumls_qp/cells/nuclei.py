@@ -50,8 +50,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .config import NucleiConfig
-from .errors import InvalidInputError
+from ..config import NucleiConfig
+from ..errors import InvalidInputError
 
 __all__ = [
     "REFERENCE_STAINS",

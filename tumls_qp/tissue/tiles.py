@@ -25,9 +25,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from .config import TileConfig
-from .errors import InvalidInputError, NoTissueError, NotBrightfieldError
-from .slide import Slide
+from ..config import TileConfig
+from ..errors import InvalidInputError, NoTissueError, NotBrightfieldError
+from ..slide import Slide
 
 __all__ = [
     "TileGrid",

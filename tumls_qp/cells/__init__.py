@@ -1,0 +1,1 @@
+"""The cell level on representative patches: nuclei and their features."""

@@ -1,0 +1,1 @@
+"""Benchmarks on labelled data: MoNuSeg nuclei, folders of labelled tiles."""

@@ -1,0 +1,1 @@
+"""What a person steers: seeded clustering, prototype dictionaries, embedding colours."""

@@ -19,11 +19,11 @@ Scenes (``layout``):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["write_synthetic_slide", "render_scene", "LAYOUTS"]
+__all__ = ["write_synthetic_slide", "write_pyramidal_tiff", "render_scene", "LAYOUTS"]
 
 LAYOUTS = ("two-tissues", "homogeneous", "blank", "fluorescence", "dab")
 
@@ -145,29 +145,81 @@ def write_synthetic_slide(
     compression : str
         TIFF compression passed to tifffile (``jpeg``, ``zlib``, ``none``).
     """
-    import tifffile
-
     path = Path(path)
     scene_mpp = mpp or 0.5
     size_um = (width * scene_mpp, height * scene_mpp)
-    if levels is None:
-        levels = 1
-        while max(width, height) >> levels > tile:
-            levels += 1
+    levels = levels or _levels_to_fit(width, height, tile)
+
+    def level_tile(level: int, tx: int, ty: int) -> np.ndarray:
+        level_mpp = scene_mpp * (1 << level)
+        return render_scene(layout, tx * level_mpp, ty * level_mpp, tile, tile, level_mpp, size_um, seed)
+
+    _write_pyramid(path, width, height, levels, level_tile, mpp, tile, compression)
+    return path
+
+
+def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float | None, *, tile: int = 256,
+                         compression: str = "jpeg") -> Path:
+    """Write an image as a tiled, pyramidal generic TIFF (levels by area averaging, each half the last).
+
+    Parameters
+    ----------
+    path : path-like
+    rgb : (H, W, 3) uint8 ndarray
+        Level 0.
+    mpp : float or None
+        Level-0 pixel size in µm/px written to the resolution tags; None writes no pixel size.
+    tile : int
+        TIFF tile side in pixels (a multiple of 16).
+    compression : str
+        TIFF compression passed to tifffile (``jpeg``, ``zlib``, ``none``).
+    """
+    from PIL import Image
+
+    path = Path(path)
+    height, width = rgb.shape[:2]
+    levels = _levels_to_fit(width, height, tile)
+    images = [np.ascontiguousarray(rgb, dtype=np.uint8)]
+    for level in range(1, levels):
+        h, w = max(1, height >> level), max(1, width >> level)
+        images.append(np.asarray(Image.fromarray(images[0]).resize((w, h), Image.Resampling.BOX)))
+
+    def level_tile(level: int, tx: int, ty: int) -> np.ndarray:
+        out = np.full((tile, tile, 3), 255, np.uint8)
+        part = images[level][ty:ty + tile, tx:tx + tile]
+        out[: part.shape[0], : part.shape[1]] = part
+        return out
+
+    _write_pyramid(path, width, height, levels, level_tile, mpp, tile, compression)
+    return path
+
+
+def _levels_to_fit(width: int, height: int, tile: int) -> int:
+    """Pyramid levels, each half the previous, until the image fits in one tile."""
+    levels = 1
+    while max(width, height) >> levels > tile:
+        levels += 1
+    return levels
+
+
+def _write_pyramid(path: Path, width: int, height: int, levels: int, level_tile: Callable[[int, int, int], np.ndarray],
+                   mpp: float | None, tile: int, compression: str) -> None:
+    """Write levels tile by tile: ``level_tile(level, x, y)`` gives the (tile, tile, 3) pixels at (x, y) of a level."""
+    import tifffile
+
     shapes = [(max(1, height >> i), max(1, width >> i)) for i in range(levels)]
 
     def tiles(level: int) -> Iterator[np.ndarray]:
         h, w = shapes[level]
-        level_mpp = scene_mpp * (1 << level)
         for ty in range(0, h, tile):
             for tx in range(0, w, tile):
-                yield render_scene(layout, tx * level_mpp, ty * level_mpp, tile, tile, level_mpp, size_um, seed)
+                yield level_tile(level, tx, ty)
 
     options = dict(tile=(tile, tile), photometric="rgb", dtype=np.uint8,
                    compression=None if compression == "none" else compression)
     with tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as tw:
         for level, (h, w) in enumerate(shapes):
-            extra = {}
+            extra: dict = {}
             if mpp is not None:
                 px_per_cm = 1e4 / (mpp * (1 << level))
                 extra = dict(resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER")
@@ -176,4 +228,3 @@ def write_synthetic_slide(
             else:
                 extra["subfiletype"] = 1
             tw.write(tiles(level), shape=(h, w, 3), **options, **extra)
-    return path

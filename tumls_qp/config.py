@@ -26,6 +26,7 @@ __all__ = [
     "ClusterConfig",
     "RepresentativeConfig",
     "NucleiConfig",
+    "GlandConfig",
     "OutputConfig",
     "PipelineConfig",
     "load_config",
@@ -283,6 +284,72 @@ class NucleiConfig:
         _require(isinstance(self.macenko_min_pixels, int) and not isinstance(self.macenko_min_pixels, bool)
                  and self.macenko_min_pixels >= 10, "nuclei.macenko_min_pixels", self.macenko_min_pixels,
                  "an integer >= 10")
+
+
+@dataclass(frozen=True)
+class GlandConfig:
+    """Unsupervised gland segmentation (:mod:`tumls_qp.cells.glands`).
+
+    No training data and no shipped weights: every quantity is measured on the image
+    itself, relative to its own nuclei. Sizes are in µm (or µm²); the values were chosen
+    on the GlaS training images (see ``reports/glands.md``).
+    """
+
+    #: Pixel size (µm/px) the method works at; every image is resampled to it (1.24 µm/px
+    #: is 8x: nuclei stay a few pixels wide, a gland is tens of pixels).
+    working_mpp: float = 1.24
+    #: A pixel is tissue when its optical density averaged over R, G and B exceeds this.
+    tissue_od: float = 0.083
+    #: Standard deviation (µm) of the Gaussian that turns haematoxylin into a density of
+    #: nuclei and basophilic cytoplasm.
+    smoothing_um: float = 3.7
+    #: Epithelium: smoothed haematoxylin above this fraction of the image's nuclear
+    #: haematoxylin (its 99th percentile in tissue), after the lymphocyte penalty.
+    threshold: float = 0.25
+    #: Nuclear clumps smaller than this (µm²) count as lymphocytes or other single small
+    #: round cells: epithelial nuclei are larger and crowd into larger clumps.
+    lymphocyte_area_um2: float = 60.0
+    #: Weight of the lymphocyte penalty: the share of nuclear pixels in small clumps
+    #: (within ``lymphocyte_window_um``) times this is subtracted from the density.
+    lymphocyte_weight: float = 0.25
+    #: Standard deviation (µm) of the window in which the share of small clumps is measured.
+    lymphocyte_window_um: float = 7.4
+    #: Epithelium fragments smaller than this (µm²) are dropped before the interior is filled.
+    min_epithelium_um2: float = 460.0
+    #: A region that touches the image border is a cut lumen (and filled) when less than this
+    #: share of its outline lies on the border and it is smaller than ``max_open_lumen_um2``.
+    max_open_share: float = 0.5
+    #: Largest region (µm²) touching the image border that can be filled as a cut lumen.
+    max_open_lumen_um2: float = 15400.0
+    #: An enclosed region is filled only when its mean haematoxylin is below this fraction of the
+    #: nuclear level: lumens, mucin and secretions hold few nuclei, stroma caught between glands holds many.
+    max_lumen_haematoxylin: float = 0.18
+    #: Glands smaller than this (µm², a disk about 50 µm across) are dropped: stroma and
+    #: lymphocyte clusters leave small dark specks, glands are larger.
+    min_gland_um2: float = 2000.0
+
+    def __post_init__(self) -> None:
+        _require(_is_number(self.working_mpp) and 0.2 <= self.working_mpp <= 5, "glands.working_mpp",
+                 self.working_mpp, "a pixel size in µm/px between 0.2 and 5")
+        _require(_is_number(self.tissue_od) and 0 < self.tissue_od < 2, "glands.tissue_od", self.tissue_od,
+                 "an optical density in (0, 2)")
+        for name in ("smoothing_um", "lymphocyte_window_um"):
+            value = getattr(self, name)
+            _require(_is_number(value) and 0.5 <= value <= 100, f"glands.{name}", value,
+                     "a length in µm between 0.5 and 100")
+        _require(_is_number(self.threshold) and 0 < self.threshold < 1, "glands.threshold", self.threshold,
+                 "a fraction in (0, 1)")
+        _require(_is_number(self.lymphocyte_area_um2) and self.lymphocyte_area_um2 >= 0,
+                 "glands.lymphocyte_area_um2", self.lymphocyte_area_um2, "an area in µm² >= 0")
+        _require(_is_number(self.lymphocyte_weight) and 0 <= self.lymphocyte_weight <= 1,
+                 "glands.lymphocyte_weight", self.lymphocyte_weight, "a weight in [0, 1]")
+        for name in ("min_epithelium_um2", "max_open_lumen_um2", "min_gland_um2"):
+            value = getattr(self, name)
+            _require(_is_number(value) and value >= 0, f"glands.{name}", value, "an area in µm² >= 0")
+        _require(_is_number(self.max_open_share) and 0 <= self.max_open_share <= 1, "glands.max_open_share",
+                 self.max_open_share, "a fraction in [0, 1]")
+        _require(_is_number(self.max_lumen_haematoxylin) and self.max_lumen_haematoxylin > 0,
+                 "glands.max_lumen_haematoxylin", self.max_lumen_haematoxylin, "a fraction > 0")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,344 @@
+"""Unsupervised gland segmentation of H&E patches, and gland measurements.
+
+No annotation, no training data and no shipped weights: every quantity is measured on the
+image itself, relative to its own nuclei, so the method adapts to each image's staining.
+The idea is the one of the gland-segmentation proposal the project comes from (a gland is
+an exterior of epithelium around an interior of lumen and cytoplasm, and the interior is
+filled): the epithelium is found first, the interior it encloses is then added.
+
+1. **Resampling.** The image is resampled to ``working_mpp`` (1.24 µm/px by default); an
+   input pixel size far from the range the method was designed for is resampled all the
+   same and said so in :attr:`GlandResult.notes`.
+2. **Haematoxylin.** Macenko stain vectors of the image, then the haematoxylin
+   concentration of every pixel (as for the nuclei, :mod:`tumls_qp.cells.nuclei`). The
+   image's nuclear level is the 99th percentile of haematoxylin in tissue.
+3. **Epithelium.** Glandular epithelium is a crowded layer of nuclei with basophilic
+   cytoplasm: haematoxylin smoothed over a few µm stays high across it, unlike stroma.
+   Lymphocyte-rich lamina propria is just as dark, but its nuclei are small and apart:
+   the share of nuclear pixels that lie in clumps smaller than ``lymphocyte_area_um2``
+   lowers the score. Epithelium is where the score exceeds ``threshold`` times the
+   nuclear level; fragments smaller than ``min_epithelium_um2`` are dropped.
+4. **Filled interior.** What the epithelium encloses (lumen, mucin, goblet cells,
+   secretions) belongs to the gland: holes are filled, and so are regions that the
+   image border cuts open, when less than ``max_open_share`` of their outline lies on
+   the border and they are smaller than ``max_open_lumen_um2``. A region is filled only
+   when its mean haematoxylin is below ``max_lumen_haematoxylin`` times the nuclear
+   level: lumens hold few nuclei, stroma caught between glands holds many.
+5. **Glands.** The 8-connected components of the result, at the input's resolution.
+   Glands that touch are one object; glands smaller than ``min_gland_um2`` are dropped
+   (stroma and lymphocyte clusters leave small dark specks). Pixels of a gland that are
+   not epithelium are its lumen (:attr:`GlandResult.lumen`).
+
+An image without tissue or too small to hold a gland gives an empty result. Every
+parameter is in :class:`~tumls_qp.config.GlandConfig`; how each was chosen on the GlaS
+training images, and what it scores, is in ``reports/glands.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..config import GlandConfig
+from ..errors import InvalidInputError
+from .nuclei import check_mpp, check_rgb, estimate_stains, haematoxylin_od
+
+__all__ = [
+    "MPP_RANGE",
+    "GLAND_MEASUREMENTS",
+    "GlandResult",
+    "segment_glands",
+    "gland_scores",
+    "measure_glands",
+]
+
+log = logging.getLogger(__name__)
+
+#: Input pixel sizes (µm/px) the method was designed for: 0.62 µm/px (GlaS, 20x) and
+#: 0.25-0.5 µm/px slides. Outside, the image is resampled all the same and a note says so.
+MPP_RANGE: tuple[float, float] = (0.1, 2.0)
+#: Names of the per-gland measurements of :func:`measure_glands`, in order.
+GLAND_MEASUREMENTS: tuple[str, ...] = ("area_um2", "perimeter_um", "circularity", "lumen_fraction")
+
+# An image smaller than this (µm) on either side at the working resolution cannot hold a gland.
+_MIN_SIDE_UM = 20.0
+# Fewest tissue pixels (at the working resolution) for the image statistics.
+_MIN_TISSUE_PX = 64
+# Standard deviation (µm) of the light smoothing before the tissue and nucleus thresholds.
+_FINE_UM = 0.93
+
+
+@dataclass(frozen=True)
+class GlandResult:
+    """Glands of a patch and what they were made from.
+
+    Arrays have the input image's height ``H`` and width ``W``.
+
+    Attributes
+    ----------
+    labels : (H, W) int32 ndarray
+        Instance labels: 0 is not gland, glands are numbered 1..n without gaps.
+    lumen : (H, W) bool ndarray
+        Gland pixels that are not epithelium: lumen, mucin, goblet cells, secretions.
+    epithelium : (H, W) bool ndarray
+        Pixels of the epithelium found in step 3 (before the interior is filled).
+    mpp : float
+        Pixel size of the input in µm/px.
+    working_mpp : float
+        Pixel size the method worked at.
+    notes : tuple of str
+        What the caller should know: a resampling far from the designed range, an image
+        too small or without tissue.
+    """
+
+    labels: np.ndarray
+    lumen: np.ndarray
+    epithelium: np.ndarray
+    mpp: float
+    working_mpp: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def n_glands(self) -> int:
+        """Number of glands."""
+        return int(self.labels.max()) if self.labels.size else 0
+
+
+def _check_cfg(cfg: Any) -> GlandConfig:
+    """Check that ``cfg`` is a GlandConfig."""
+    if not isinstance(cfg, GlandConfig):
+        raise InvalidInputError(f"cfg must be a GlandConfig; got {type(cfg).__name__}")
+    return cfg
+
+
+def _resample_notes(mpp: float, cfg: GlandConfig) -> list[str]:
+    """Notes about resampling an image of pixel size ``mpp``."""
+    lo, hi = MPP_RANGE
+    if mpp > hi:
+        return [f"mpp {mpp:g} µm/px is coarser than the {lo:g}-{hi:g} µm/px the method was designed for: the image "
+                f"was upsampled to {cfg.working_mpp:g} µm/px, nuclei are not resolved and the glands are unreliable"]
+    if mpp < lo:
+        return [f"mpp {mpp:g} µm/px is finer than the {lo:g}-{hi:g} µm/px the method was designed for: the image "
+                f"was downsampled {cfg.working_mpp / mpp:.0f}x to {cfg.working_mpp:g} µm/px; check that mpp is right"]
+    return []
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-averaged when shrinking, bilinear when enlarging."""
+    shrink = width * height < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _gaussian(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur of a float32 image (reflected borders)."""
+    return cv2.GaussianBlur(image, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu threshold of 1-D values (their mean when they are all alike)."""
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values)) if values.size and np.ptp(values) > 0 else float(values.mean(initial=0.0))
+
+
+def _remove_small(mask: np.ndarray, min_px: float) -> np.ndarray:
+    """Drop 8-connected components of fewer than ``min_px`` pixels."""
+    if min_px <= 1 or not mask.any():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_px
+    keep[0] = False
+    return keep[labels]
+
+
+def gland_scores(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Epithelium score and tissue mask of an image at the working resolution (steps 1-3).
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8 ndarray
+        Brightfield H&E image.
+    mpp : float
+        Its pixel size in µm/px.
+    cfg : GlandConfig
+
+    Returns
+    -------
+    score : (h, w) float32 ndarray
+        Smoothed haematoxylin over the image's nuclear level, minus the lymphocyte
+        penalty, at ``cfg.working_mpp`` (``h = round(H * mpp / working_mpp)``, likewise ``w``).
+        Epithelium is ``score > cfg.threshold``. All zeros where the image has too little tissue.
+    tissue : (h, w) bool ndarray
+        Pixels whose mean optical density exceeds ``cfg.tissue_od``.
+    """
+    rgb = check_rgb(rgb)
+    mpp = check_mpp(mpp)
+    cfg = _check_cfg(cfg)
+    scale = mpp / cfg.working_mpp
+    height = max(1, int(round(rgb.shape[0] * scale)))
+    width = max(1, int(round(rgb.shape[1] * scale)))
+    small = _resize(rgb, width, height) if (height, width) != rgb.shape[:2] else rgb
+    return _scores(small, cfg)[:2]
+
+
+def _scores(rgb: np.ndarray, cfg: GlandConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epithelium score, tissue mask and haematoxylin over the nuclear level, at the working resolution."""
+    px_per_um = 1.0 / cfg.working_mpp
+    od = -np.log10((rgb.astype(np.float32) + 1.0) / 256.0)
+    tissue = _gaussian(od.mean(axis=2), _FINE_UM * px_per_um) > cfg.tissue_od
+    score = np.zeros(rgb.shape[:2], dtype=np.float32)
+    if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
+        return score, tissue, score.copy()
+    h = haematoxylin_od(rgb, estimate_stains(rgb).matrix)
+    level = float(np.percentile(h[tissue], 99))
+    if not level > 0:
+        return score, tissue, score.copy()
+    h /= level
+    # Nuclei: Otsu on lightly smoothed haematoxylin of tissue pixels.
+    h_fine = _gaussian(h, _FINE_UM * px_per_um)
+    nuclei = (h_fine > _otsu(h_fine[tissue][::3])) & tissue
+    _, clumps, stats, _ = cv2.connectedComponentsWithStats(nuclei.view(np.uint8), connectivity=8)
+    area_um2 = stats[:, cv2.CC_STAT_AREA].astype(np.float32) * cfg.working_mpp ** 2
+    small_clump = area_um2 < cfg.lymphocyte_area_um2
+    small_clump[0] = False
+    window = cfg.lymphocyte_window_um * px_per_um
+    share_small = _gaussian(small_clump[clumps].astype(np.float32), window) / (
+        _gaussian(nuclei.astype(np.float32), window) + 1e-3)
+    score = _gaussian(h, cfg.smoothing_um * px_per_um) - cfg.lymphocyte_weight * share_small
+    return score.astype(np.float32), tissue, h
+
+
+def _fill_interior(epithelium: np.ndarray, h: np.ndarray, cfg: GlandConfig) -> np.ndarray:
+    """Epithelium plus the pale regions it encloses, alone or with the image border (cut lumens)."""
+    max_open_px = cfg.max_open_lumen_um2 / cfg.working_mpp ** 2
+    background = ~epithelium
+    n, regions = cv2.connectedComponents(background.view(np.uint8), connectivity=4)
+    if n <= 1:
+        return epithelium.copy()
+    edge = np.zeros(epithelium.shape, dtype=bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    on_border = np.bincount(regions[edge & background], minlength=n)
+    touching = cv2.dilate(epithelium.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & background
+    on_epithelium = np.bincount(regions[touching], minlength=n)
+    area = np.bincount(regions.ravel(), minlength=n)
+    mean_h = np.bincount(regions.ravel(), weights=h.ravel(), minlength=n) / np.maximum(area, 1)
+    fill = np.where(on_border > 0,
+                    (on_border < cfg.max_open_share * (on_border + on_epithelium)) & (area < max_open_px),
+                    on_epithelium > 0) & (mean_h < cfg.max_lumen_haematoxylin)
+    fill[0] = False
+    return epithelium | fill[regions]
+
+
+def segment_glands(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()) -> GlandResult:
+    """Segment the glands of an H&E image without annotation or training data.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8 ndarray
+        Brightfield H&E image of any size (e.g. a representative patch, or a GlaS image).
+    mpp : float
+        Its pixel size in µm/px (0.62 for GlaS; 0.25 at 40x). The image is resampled to
+        ``cfg.working_mpp``; outside :data:`MPP_RANGE` a note says so.
+    cfg : GlandConfig
+        Parameters; see :class:`~tumls_qp.config.GlandConfig`.
+
+    Returns
+    -------
+    GlandResult
+        Instance labels, lumen and epithelium masks at the input's size, and notes. An
+        image without tissue, or smaller than 20 µm on a side, gives no gland.
+
+    Raises
+    ------
+    InvalidInputError
+        When ``rgb`` is not an (H, W, 3) uint8 array, ``mpp`` is not a finite number > 0,
+        or ``cfg`` is not a GlandConfig; the message names the parameter and the value.
+
+    Notes
+    -----
+    The method (module docstring) is deterministic. It assumes brightfield H&E: on other
+    stains the haematoxylin it measures, and so the glands, mean nothing.
+    """
+    rgb = check_rgb(rgb)
+    mpp = check_mpp(mpp)
+    cfg = _check_cfg(cfg)
+    height, width = rgb.shape[:2]
+    notes = _resample_notes(mpp, cfg)
+    scale = mpp / cfg.working_mpp
+    work_h, work_w = max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+    def empty(note: str) -> GlandResult:
+        blank = np.zeros((height, width), dtype=bool)
+        return GlandResult(np.zeros((height, width), dtype=np.int32), blank, blank.copy(), mpp, cfg.working_mpp,
+                           tuple(notes + [note]))
+
+    if min(work_h, work_w) * cfg.working_mpp < _MIN_SIDE_UM:
+        return empty(f"the image ({width} x {height} px at {mpp:g} µm/px) is smaller than {_MIN_SIDE_UM:g} µm on "
+                     "a side: too small to hold a gland")
+    small = _resize(rgb, work_w, work_h) if (work_h, work_w) != (height, width) else rgb
+    score, tissue, h = _scores(small, cfg)
+    if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
+        return empty("no tissue in the image")
+
+    px_area_um2 = cfg.working_mpp ** 2
+    epithelium = _remove_small(score > cfg.threshold, cfg.min_epithelium_um2 / px_area_um2)
+    glands = _remove_small(_fill_interior(epithelium, h, cfg), cfg.min_gland_um2 / px_area_um2)
+    epithelium &= glands
+
+    if (work_h, work_w) != (height, width):
+        up = (width, height)
+        glands = cv2.resize(glands.view(np.uint8), up, interpolation=cv2.INTER_NEAREST).view(bool)
+        epithelium = cv2.resize(epithelium.view(np.uint8), up, interpolation=cv2.INTER_NEAREST).view(bool)
+    _, labels = cv2.connectedComponents(glands.view(np.uint8), connectivity=8)
+    labels = labels.astype(np.int32)
+    epithelium &= glands
+    return GlandResult(labels, glands & ~epithelium, epithelium, mpp, cfg.working_mpp, tuple(notes))
+
+
+def measure_glands(result: GlandResult) -> dict[str, np.ndarray]:
+    """Area, perimeter, circularity and lumen fraction of every gland.
+
+    Parameters
+    ----------
+    result : GlandResult
+        From :func:`segment_glands`.
+
+    Returns
+    -------
+    dict of str to (n,) float64 ndarray
+        ``label`` (1..n) and the entries of :data:`GLAND_MEASUREMENTS`, one value per gland:
+
+        ==================  ==========================================================
+        ``area_um2``        area in µm²
+        ``perimeter_um``    outline length in µm (scikit-image's ``perimeter``: a
+                            4-connected boundary walk with diagonal steps counted √2)
+        ``circularity``     4π area / perimeter², 1 for a disk, lower for elongated or
+                            ragged glands; clipped to at most 1 (small objects)
+        ``lumen_fraction``  share of the gland's area that is lumen (not epithelium)
+        ==================  ==========================================================
+    """
+    from skimage.measure import regionprops_table
+
+    if not isinstance(result, GlandResult):
+        raise InvalidInputError(f"result must be a GlandResult; got {type(result).__name__}")
+    n = result.n_glands
+    if n == 0:
+        return {name: np.zeros(0) for name in ("label",) + GLAND_MEASUREMENTS}
+    props = regionprops_table(result.labels, intensity_image=result.lumen.astype(np.float32),
+                              properties=("label", "area", "perimeter", "intensity_mean"))
+    area_um2 = props["area"] * result.mpp ** 2
+    perimeter_um = props["perimeter"] * result.mpp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circularity = np.where(perimeter_um > 0, 4 * math.pi * area_um2 / perimeter_um ** 2, 1.0)
+    return {
+        "label": props["label"].astype(np.float64),
+        "area_um2": area_um2.astype(np.float64),
+        "perimeter_um": perimeter_um.astype(np.float64),
+        "circularity": np.minimum(circularity, 1.0).astype(np.float64),
+        "lumen_fraction": props["intensity_mean"].astype(np.float64),
+    }

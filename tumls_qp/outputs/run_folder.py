@@ -633,12 +633,12 @@ def read_manifest(folder: str | Path, kinds: Sequence[str] = KINDS) -> Any:
             command = _command(kind if kind in KINDS else "analysis")
             raise FormatVersionError(
                 f"{str(folder)!r} was written by {written_by} in run-folder format {version}; this tumls-qp "
-                f"{__version__} reads format {FORMAT_VERSION} only. Write it again with this version "
-                f"(`{command}`), or read it with {written_by}."
+                f"({__version__}) reads format {FORMAT_VERSION} only. Write it again in format {FORMAT_VERSION} "
+                f"(`{command}`), or open it with the tumls-qp release that wrote it."
             )
         raise FormatVersionError(
             f"{str(folder)!r} was written by {written_by} in run-folder format {version!r}; this tumls-qp "
-            f"{__version__} reads format {FORMAT_VERSION} only. Upgrade tumls-qp (pip install -U tumls-qp) to read it."
+            f"({__version__}) reads format {FORMAT_VERSION} only. Upgrade tumls-qp (pip install -U tumls-qp) to read it."
         )
     kind = data.get("kind")
     if kind not in _MANIFESTS:

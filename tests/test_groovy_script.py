@@ -145,6 +145,11 @@ def test_script_imports_replaces_and_colours(harness, server, tmp_path):
     assert dump["project_classes"][:2] == ["Tissue 1", "Tumor"] and set(names) <= set(dump["project_classes"])
     assert set(names) <= set(dump["gui_classes"])
     assert len(dump["project_classes"]) == len(set(dump["project_classes"]))
+    # What QuPath's project writes to classifiers/classes.json (names and packed ARGB colours).
+    written = dump["classes_json"]["pathClasses"]
+    assert [c["name"] for c in written] == dump["project_classes"]
+    assert all([(c["color"] >> 16) & 255, (c["color"] >> 8) & 255, c["color"] & 255] == dump["class_colors"][c["name"]]
+               for c in written)
     assert "no PDF report" in stdout or "PDF report" in stdout
 
     seconds = [r["seconds_to_objects"] for r in dump["runs"]]

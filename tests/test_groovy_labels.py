@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from server_helpers import REPO, LiveServer
+from server_helpers import REPO, LiveServer, bench_out
 from test_groovy_script import _from_feature, _from_object, _run, harness  # noqa: F401  (harness is a fixture)
 from tumls_qp.outputs.qupath import (DICTIONARY_TAG, LAYER_TAGS, PROTOTYPES_TAG, SEEDED_TAG, TAG_MEASUREMENT,
                                      path_to_file_uri)
@@ -120,6 +120,7 @@ def test_seeded_prototypes_and_dictionary_scripts(harness, server, slides, tmp_p
     resolved = runs[10]["nesting"]
     assert sum(resolved.values()) == sum(nesting.values())
     assert any(parent not in (child, "root") for child, parent in (k.split(">") for k in resolved)), resolved
+    bench_out("groovy_layers_nesting", {"after_seeded_again": nesting, "after_resolve_hierarchy": resolved})
 
     # The dictionary holds the names given in QuPath, with the classes' colours there.
     [dictionary] = dictionaries

@@ -31,11 +31,11 @@ version with a :class:`~tumls_qp.errors.FormatVersionError` that names the versi
 what to do (re-run the analysis, or upgrade tumls-qp); it never guesses. Folders written before
 format versions existed (tumls-qp 0.1, no ``format_version``) are format 1.
 
-Bump ``FORMAT_VERSION`` whenever a folder written by the new code could be misread by the old
-code or the other way round: a file, column or manifest field added, removed or renamed, or a
-change of its meaning, unit or dtype. Readers are strict (a manifest with a missing or unknown
-field is an error), so every change to the layout is a bump; several changes made together
-share one bump.
+``FORMAT_VERSION`` is the layout of a release. Once a release has written folders in it, any
+change to the layout needs the next number: a file, column or manifest field added, removed or
+renamed, or a change of its meaning, unit or dtype (readers are strict: a manifest with a
+missing or unknown field is an error, so no change is too small). Changes made before the next
+release share its one bump; format 2 is not released yet, so additions to it stay format 2.
 
 Adding to a run folder
 ----------------------
@@ -50,8 +50,8 @@ All in this module, plus the stage that computes the value:
   its writer in ``_write_analysis``, and a lazy reader on :class:`RunFolder`; and a row in the
   README's table ("Outputs: the run folder").
 
-Then bump ``FORMAT_VERSION`` and extend the round-trip test (``tests/test_run_folder.py``),
-which writes every field and reads it back.
+Then extend the round-trip test (``tests/test_run_folder.py``), which writes every field and
+reads it back, and bump ``FORMAT_VERSION`` if the release it goes into needs it (see above).
 """
 
 from __future__ import annotations

@@ -71,6 +71,12 @@ _MIN_SIDE_UM = 20.0
 _MIN_TISSUE_PX = 64
 # Standard deviation (µm) of the light smoothing before the tissue and nucleus thresholds.
 _FINE_UM = 0.93
+# Brightfield: the 95th percentile of luminance is at least this (fluorescence images are dark).
+_MIN_BRIGHT_P95 = 120.0
+# H&E: both stains absorb green most, so blue >= green in most tissue pixels; brown DAB (IHC)
+# inverts that. Below this share of tissue pixels the image is not H&E (real H&E tiles rich in
+# red blood cells come down to about 0.4).
+_MIN_HE_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,21 @@ def _resample_notes(mpp: float, cfg: GlandConfig) -> list[str]:
     return []
 
 
+def _not_he(rgb: np.ndarray, tissue: np.ndarray) -> str | None:
+    """Why an image does not look like brightfield H&E, or None when it does."""
+    luminance = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    p95 = float(np.percentile(luminance, 95))
+    if p95 < _MIN_BRIGHT_P95:
+        return (f"the image is dark (95th percentile luminance {p95:.0f}/255; brightfield images are above "
+                f"{_MIN_BRIGHT_P95:.0f}): it looks like fluorescence or dark-field, not H&E; no gland segmented")
+    pixels = rgb[tissue].astype(np.int16)
+    share = float((pixels[:, 2] >= pixels[:, 1]).mean()) if len(pixels) else 1.0
+    if share < _MIN_HE_SHARE:
+        return (f"only {share:.0%} of the tissue pixels are pink or purple (blue >= green; H&E has most of them): "
+                "the image does not look H&E-stained (e.g. brown DAB); no gland segmented")
+    return None
+
+
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Area-averaged when shrinking, bilinear when enlarging."""
     shrink = width * height < image.shape[0] * image.shape[1]
@@ -143,7 +164,9 @@ def _otsu(values: np.ndarray) -> float:
     """Otsu threshold of 1-D values (their mean when they are all alike)."""
     from skimage.filters import threshold_otsu
 
-    return float(threshold_otsu(values)) if values.size and np.ptp(values) > 0 else float(values.mean(initial=0.0))
+    if values.size == 0:
+        return 0.0
+    return float(threshold_otsu(values)) if np.ptp(values) > 0 else float(values.mean())
 
 
 def _remove_small(mask: np.ndarray, min_px: float) -> np.ndarray:
@@ -234,6 +257,11 @@ def _fill_interior(epithelium: np.ndarray, h: np.ndarray, cfg: GlandConfig) -> n
     return epithelium | fill[regions]
 
 
+def _back_to_input(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A working-resolution mask at the input's size; bilinear then halved, so outlines are not staircases."""
+    return cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
+
+
 def segment_glands(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()) -> GlandResult:
     """Segment the glands of an H&E image without annotation or training data.
 
@@ -251,7 +279,9 @@ def segment_glands(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()
     -------
     GlandResult
         Instance labels, lumen and epithelium masks at the input's size, and notes. An
-        image without tissue, or smaller than 20 µm on a side, gives no gland.
+        image without tissue, smaller than 20 µm on a side, or that does not look like
+        brightfield H&E (dark like fluorescence, or brown like DAB) gives no gland and a
+        note that says why.
 
     Raises
     ------
@@ -262,7 +292,8 @@ def segment_glands(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()
     Notes
     -----
     The method (module docstring) is deterministic. It assumes brightfield H&E: on other
-    stains the haematoxylin it measures, and so the glands, mean nothing.
+    stains the haematoxylin it measures, and so the glands, would mean nothing, hence the
+    check above.
     """
     rgb = check_rgb(rgb)
     mpp = check_mpp(mpp)
@@ -282,6 +313,9 @@ def segment_glands(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()
                      "a side: too small to hold a gland")
     small = _resize(rgb, work_w, work_h) if (work_h, work_w) != (height, width) else rgb
     score, tissue, h = _scores(small, cfg)
+    not_he = _not_he(small, tissue)
+    if not_he is not None:
+        return empty(not_he)
     if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
         return empty("no tissue in the image")
 
@@ -291,9 +325,8 @@ def segment_glands(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()
     epithelium &= glands
 
     if (work_h, work_w) != (height, width):
-        up = (width, height)
-        glands = cv2.resize(glands.view(np.uint8), up, interpolation=cv2.INTER_NEAREST).view(bool)
-        epithelium = cv2.resize(epithelium.view(np.uint8), up, interpolation=cv2.INTER_NEAREST).view(bool)
+        glands = _back_to_input(glands, width, height)
+        epithelium = _back_to_input(epithelium, width, height)
     _, labels = cv2.connectedComponents(glands.view(np.uint8), connectivity=8)
     labels = labels.astype(np.int32)
     epithelium &= glands

@@ -198,3 +198,33 @@ def test_benchmark_arguments(tmp_path: Path) -> None:
         run_glas_benchmark(root, "train", cfg=object())
     with pytest.raises(InvalidInputError, match="mpp"):
         run_glas_benchmark(root, "train", mpp=-1.0)
+
+
+@pytest.mark.realdata
+def test_cli_eval_glas(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tumls_qp.cli import main
+
+    glas = shared_data / "glas"
+    report = tmp_path / "glas.md"
+    assert main(["eval", "glas", str(glas), "--split", "train", "--report", str(report), "--limit", "1"]) == 0
+    text = report.read_text(encoding="utf-8")
+    assert f"tumls-qp eval glas {glas} --split train --report {report} --limit 1" in text
+    assert "| train_1 |" in text
+    out = capsys.readouterr().out
+    assert "glands  : mIoU" in out and "baseline: mIoU" in out and "s per image" in out
+
+
+def test_cli_eval_glas_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tumls_qp.cli import main
+
+    assert main(["eval", "glas", str(tmp_path / "missing"), "--report", str(tmp_path / "r.md")]) == 3
+    assert "images/ and masks/" in capsys.readouterr().err
+    root = _fake_glas(tmp_path / "glas", ["train_1"])
+    assert main(["eval", "glas", str(root), "--split", "testA", "--report", str(tmp_path / "r.md")]) == 3
+    assert "testA" in capsys.readouterr().err
+    assert main(["eval", "glas", str(root), "--split", "train", "--limit", "0",
+                 "--report", str(tmp_path / "r.md")]) == 3
+    assert "limit" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "glas", str(root), "--split", "testB"])
+    assert not (tmp_path / "r.md").exists()

@@ -195,6 +195,7 @@ def _add_eval(sub: Any) -> None:
                        description="Score tumls-qp against annotated public data.")
     bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     _add_eval_monuseg(bench)
+    _add_eval_glas(bench)
 
 
 def _add_eval_monuseg(bench: Any) -> None:
@@ -228,6 +229,47 @@ def _cmd_eval_monuseg(args: argparse.Namespace) -> int:
     for mask in ("mask1", "mask2", "mask3"):
         print(f"{mask.replace('mask', 'mask ')}: Dice {result.mean(mask, 'dice'):.4f}  IoU {result.mean(mask, 'iou'):.4f}"
               f"  AJI {result.mean(mask, 'aji'):.4f}  F1 obj {result.mean(mask, 'f1_object'):.4f}")
+    print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU; report: {path}")
+    return 0
+
+
+def _add_eval_glas(bench: Any) -> None:
+    q = bench.add_parser("glas", help="unsupervised gland segmentation on a GlaS folder",
+                         description="Segment the glands of every image of one GlaS split (images/<split>_N.png, "
+                                     "masks/ beside them, optional grades.csv) without using the masks, and score "
+                                     "them: pixel mIoU (gland / background), Dice, approximate object F1 and object "
+                                     "Dice, per image and per grade, beside a colour-cluster baseline; seconds per "
+                                     "image on one thread.")
+    q.add_argument("folder", metavar="DIR")
+    q.add_argument("--split", choices=["train", "testA"], default="testA",
+                   help="which images: train (design) or testA (report) (default testA)")
+    q.add_argument("--report", metavar="PATH", help="Markdown report to write (default reports/glas_<split>.md)")
+    q.add_argument("--limit", type=int, metavar="N", help="score only the first N images")
+    q.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="time each image N times and keep the fastest (default 1)")
+    q.set_defaults(handler=_cmd_eval_glas)
+
+
+def _cmd_eval_glas(args: argparse.Namespace) -> int:
+    from .evaluation.glas import run_glas_benchmark, write_glas_report
+
+    report = args.report or f"reports/glas_{args.split}.md"
+    command = ["tumls-qp", "eval", "glas", args.folder, "--split", args.split, "--report", report]
+    if args.limit is not None:
+        command += ["--limit", str(args.limit)]
+    if args.repeats != 1:
+        command += ["--repeats", str(args.repeats)]
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    result = run_glas_benchmark(args.folder, args.split, limit=args.limit, repeats=args.repeats, progress=progress)
+    path = write_glas_report(result, report, shlex.join(command))
+    for which, title in (("method", "glands  "), ("baseline", "baseline")):
+        pooled = result.pooled(which)
+        print(f"{title}: mIoU {pooled['miou']:.4f} (mean of images {result.mean(which, 'miou'):.4f})  "
+              f"Dice {pooled['dice']:.4f}  F1 obj {result.mean(which, 'f1_object'):.4f}  "
+              f"Dice obj {result.mean(which, 'dice_object'):.4f}")
     print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU; report: {path}")
     return 0
 

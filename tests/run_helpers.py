@@ -9,6 +9,7 @@ import numpy as np
 
 import tumls_qp.outputs.run_folder as rf
 from tumls_qp.cells.features import combine_rois, measure_nuclei, measure_tissue
+from tumls_qp.cells.glands import GlandResult, gland_tissue_features, measure_glands
 from tumls_qp.cells.nuclei import labels_to_polygons
 from tumls_qp.config import PipelineConfig, replace_in
 from tumls_qp.interactive.embedding_colours import embedding_colours
@@ -51,16 +52,25 @@ def synthetic_analysis() -> rf.SlideAnalysis:
         linkage_indices=None)
     reps = select_representatives(clustering, 2)
     patches = []
+    gland_tables: dict[int, list] = {}
     for i, rep in enumerate(reps):
         rgb, labels = _disks(64, [(16, 16), (44, 40)], 6 + i)
+        x, y = (int(v) for v in tiles.boxes[rep.tile][:2])
+        # Glands: one large disk with a lumen at its centre (every representative).
+        _, gland = _disks(64, [(32, 32)], 20)
+        _, lumen = _disks(64, [(32, 32)], 10)
+        result = GlandResult(labels=gland, lumen=lumen > 0, epithelium=(gland > 0) & (lumen == 0), mpp=0.5,
+                             working_mpp=1.24)
+        glands = rf.PatchGlands(labels=gland, lumen=lumen > 0, table=measure_glands(result),
+                                polygons=labels_to_polygons(gland, offset=(x, y)))
+        gland_tables.setdefault(rep.tissue, []).append(glands.table)
         if i == 1:  # one representative without nuclei (nuclei.representatives)
-            patches.append(rf.Patch(rgb=rgb, mpp=0.5, nuclei=None))
+            patches.append(rf.Patch(rgb=rgb, mpp=0.5, nuclei=None, glands=glands))
             continue
         table = measure_nuclei(labels, rgb, 0.5)
         roi = measure_tissue(labels, rgb, 0.5, nuclei=table)
-        x, y = (int(v) for v in tiles.boxes[rep.tile][:2])
         patches.append(rf.Patch(rgb=rgb, mpp=0.5, nuclei=rf.PatchNuclei(
-            labels=labels, table=table, roi=roi, polygons=labels_to_polygons(labels, offset=(x, y)))))
+            labels=labels, table=table, roi=roi, polygons=labels_to_polygons(labels, offset=(x, y))), glands=glands))
     rois = {}
     for rep, patch in zip(reps, patches):
         if patch.nuclei is not None:
@@ -70,7 +80,7 @@ def synthetic_analysis() -> rf.SlideAnalysis:
     history = TrainingHistory(train_mse=[0.1, 0.05], val_mse=[0.12, 0.06], best_epoch=2,
                               mse={"train": 0.05, "val": 0.06, "test": 0.07}, n_tiles={"train": 15, "val": 3, "test": 4},
                               early_stopped=True, seconds=1.5, device="cpu", initialised_from=None)
-    config = replace_in(PipelineConfig(), **{"tiles.tile_um": 32.0, "representatives.n": 2})
+    config = replace_in(PipelineConfig(), **{"tiles.tile_um": 32.0, "representatives.n": 2, "glands.enabled": True})
     return rf.SlideAnalysis(
         config=config, created=datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
         slide=rf.SlideInfo(path="/slides/s.svs", name="s.svs", quickhash="ab" * 32, vendor="aperio", width_px=384,
@@ -82,6 +92,8 @@ def synthetic_analysis() -> rf.SlideAnalysis:
         model=Autoencoder(16), reconstructions=(tiles.tiles[:2], tiles.tiles[:2][::-1].copy()),
         embedding_colours=embedding_colours(latents, "pca"), warnings=("a warning",),
         timings_s={"tiles": 0.5, "train": 1.25},
+        gland_features={t: gland_tissue_features(g, [32.0 * 32.0] * len(g)) for t, g in sorted(gland_tables.items())},
+        gland_seconds=0.25,
     )
 
 

@@ -272,3 +272,63 @@ def test_real_lung_tiles_give_almost_nothing(shared_data: Path) -> None:
     # Benign lung (alveolar walls, vessels, blood): measured 8 % of tiles with a gland.
     assert np.mean(found) <= 0.12
 
+
+
+def test_tissue_features_pool_the_representatives() -> None:
+    from tumls_qp.cells.glands import GLAND_TISSUE_FEATURES, gland_tissue_features
+
+    labels = np.zeros((100, 100), np.int32)
+    labels[10:30, 10:30] = 1
+    labels[50:90, 50:90] = 2
+    lumen = np.zeros((100, 100), bool)
+    lumen[60:80, 60:80] = True
+    result = GlandResult(labels, lumen, (labels > 0) & ~lumen, 1.0, 1.24)
+    none = measure_glands(segment_glands(np.full((100, 100, 3), 255, np.uint8), 1.0))
+    pooled = gland_tissue_features([measure_glands(result), none], [1e4, 1e4])
+    assert list(pooled) == [f.name for f in GLAND_TISSUE_FEATURES]
+    assert pooled["Glands"] == 2 and pooled["Glands per mm^2"] == pytest.approx(2 / 0.02)
+    assert pooled["Gland area fraction"] == pytest.approx((400 + 1600) / 2e4)
+    assert pooled["Gland area mean um^2"] == pytest.approx(1000)
+    assert pooled["Gland lumen fraction mean"] == pytest.approx((0 + 400 / 1600) / 2)
+    assert 0 < pooled["Gland circularity mean"] <= 1
+    empty = gland_tissue_features([none], [1e4])
+    assert empty["Glands"] == 0 and empty["Glands per mm^2"] == 0 and math.isnan(empty["Gland area mean um^2"])
+    with pytest.raises(InvalidInputError, match="tables and areas_um2"):
+        gland_tissue_features([none], [])
+    with pytest.raises(InvalidInputError, match="areas_um2"):
+        gland_tissue_features([none], [0.0])
+
+
+@pytest.mark.realdata
+def test_pipeline_glands_on_a_glas_mosaic(shared_data: Path, tmp_path: Path) -> None:
+    """A slide tiled from eight GlaS training images: glands in the representatives, nested under them in QuPath."""
+    import json
+
+    from shapely.geometry import box, shape
+
+    from tumls_qp.config import replace_in
+    from tumls_qp.outputs.geojson import validate_geojson_file
+    from tumls_qp.outputs.run_folder import read_run
+    from tumls_qp.pipeline import analyze
+    from tumls_qp.testing import write_pyramidal_tiff
+
+    images = [_glas(f"train_{i}")[0] for i in (1, 2, 3, 4, 5, 6, 8, 9)]  # all 775 x 522 px
+    mosaic = np.vstack([np.hstack(images[:4]), np.hstack(images[4:])])
+    slide = write_pyramidal_tiff(tmp_path / "glas.tif", mosaic, 0.62)
+    config = replace_in(PipelineConfig(), **{"tiles.tile_um": 128.0, "embedding.max_epochs": 3,
+                                             "embedding.device": "cpu", "output.report": False,
+                                             "clusters.k": 2, "glands.enabled": True})
+    [result] = analyze([slide], tmp_path / "out", config)
+    run = read_run(result.run_dir)
+    info = run.manifest.glands
+    assert info is not None and info.representatives_segmented == len(run.representatives) and info.glands > 0
+    assert len(run.glands.rows) == info.glands and sum(info.per_tissue.values()) == info.glands
+    assert all(r.glands is not None for r in run.representatives)
+    assert "Glands per mm^2" in run.features.columns and "Nuclei" in run.features.columns
+    assert validate_geojson_file(run.geojson_path) == []
+    features = json.loads(run.geojson_path.read_text())["features"]
+    glands = [f for f in features if f["properties"].get("classification", {}).get("name") == "Gland"]
+    assert len(glands) == info.glands
+    boxes = [box(*r.box[:2], r.box[0] + r.box[2], r.box[1] + r.box[3]) for r in run.representatives]
+    assert all(any(b.buffer(0.01).contains(shape(f["geometry"])) for b in boxes) for f in glands)
+    assert all(f["properties"]["measurements"]["Area um^2"] >= GlandConfig().min_gland_um2 * 0.8 for f in glands)

@@ -15,6 +15,7 @@ from run_helpers import synthetic_analysis
 
 import tumls_qp.outputs.run_folder as rf
 from tumls_qp.cells.features import TISSUE_FEATURES
+from tumls_qp.cells.glands import GLAND_MEASUREMENTS, GLAND_QUPATH_NAMES, GLAND_TISSUE_FEATURES
 from tumls_qp.cli import main
 from tumls_qp.config import dump_config, replace_in
 from tumls_qp.errors import FormatVersionError, InvalidInputError
@@ -78,6 +79,7 @@ def test_every_field_written_is_read_back(analysis, written):
             assert r.labels is None
         else:
             assert np.array_equal(rf.load_labels(r.labels, patch.rgb.shape[:2]), patch.nuclei.labels)
+        assert np.array_equal(rf.load_labels(r.glands, patch.rgb.shape[:2]), patch.glands.labels)
     assert np.array_equal(run.thumbnail, analysis.tiles.thumbnail)
     assert run.training.column("train_mse").tolist() == analysis.history.train_mse
     assert run.training.column("val_mse").tolist() == analysis.history.val_mse
@@ -102,10 +104,38 @@ def test_every_field_written_is_read_back(analysis, written):
         for f in TISSUE_FEATURES:
             assert row[f.name] == pytest.approx(values[f.name], rel=1e-5, nan_ok=True), f.name
 
+    # The glands: one row per gland, per patch; per-tissue gland features in features.csv; the manifest's counts.
+    assert len(run.glands.rows) == sum(len(p.glands.table["label"]) for p in analysis.patches) == len(analysis.patches)
+    for row, rep, patch in zip(run.glands.rows, analysis.representatives, analysis.patches):
+        assert (row["tissue"], row["rank"], row["label"]) == (rep.tissue + 1, rep.rank, 1)
+        for m in GLAND_MEASUREMENTS:
+            assert row[GLAND_QUPATH_NAMES[m]] == pytest.approx(patch.glands.table[m][0], rel=1e-5), m
+    assert set(analysis.gland_features) == {0, 1}
+    for t, values in analysis.gland_features.items():
+        row = run.feature_row(t + 1)
+        for f in GLAND_TISSUE_FEATURES:
+            assert row[f.name] == pytest.approx(values[f.name], rel=1e-5), f.name
+    assert run.features.columns == ("tissue", *(f.name for f in TISSUE_FEATURES),
+                                    *(f.name for f in GLAND_TISSUE_FEATURES))
+    assert run.manifest.glands == rf.GlandsInfo(enabled=True, representatives_segmented=len(analysis.patches),
+                                                glands=len(analysis.patches), per_tissue={1: 2, 2: 2}, seconds=0.25)
+
     # QuPath objects: tissues, representatives, tiles, nuclei; valid.
     assert validate_geojson_file(run.geojson_path) == [] and validate_geojson_file(run.embedding_colours_path) == []
     kinds = [f["properties"]["objectType"] for f in run.geojson()]
     assert kinds.count("detection") == len(run.nuclei.rows) and kinds.count("tile") == len(tiles.boxes)
+    glands = [f for f in run.geojson() if f["properties"].get("classification", {}).get("name") == "Gland"]
+    assert len(glands) == len(run.glands.rows)
+    assert {f["properties"]["objectType"] for f in glands} == {"annotation"}
+    assert set(glands[0]["properties"]["measurements"]) == set(GLAND_QUPATH_NAMES.values())
+    tissue = next(f for f in run.geojson() if f["properties"].get("name") == "Tissue 1")
+    assert {f.name for f in GLAND_TISSUE_FEATURES} <= set(tissue["properties"]["measurements"])
+    # Each gland lies inside its representative, so that QuPath nests it there.
+    from shapely.geometry import box as shapely_box, shape
+
+    for f, rep in zip(glands, analysis.representatives):
+        x, y, w, h = analysis.tiles.boxes[rep.tile]
+        assert shapely_box(x, y, x + w, y + h).covers(shape(f["geometry"]))
     assert len(kinds) == manifest.outputs.geojson_features
     from tumls_qp.tissue.embeddings import load_checkpoint
 
@@ -116,7 +146,7 @@ def test_every_field_written_is_read_back(analysis, written):
     assert run.notes == []
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [rf.TISSUE_GEOJSON, rf.TILES_CSV, rf.REPRESENTATIVES_CSV, rf.TRAINING_CSV, rf.NUCLEI_CSV,
-         rf.PATCH_FEATURES_CSV, rf.FEATURES_CSV, rf.EMBEDDINGS_NPZ, rf.EMBEDDING_COLOURS_GEOJSON,
+         rf.PATCH_FEATURES_CSV, rf.FEATURES_CSV, rf.GLANDS_CSV, rf.EMBEDDINGS_NPZ, rf.EMBEDDING_COLOURS_GEOJSON,
          rf.EMBEDDING_COLOURS_NPZ, rf.DENDROGRAM_NPZ, rf.RECONSTRUCTIONS_NPZ, rf.THUMBNAIL_PNG, *rf.MODEL_FILES,
          rf.CONFIG_TOML, rf.MANIFEST, rf.PATCHES_DIR])
 
@@ -126,10 +156,10 @@ def test_the_round_trip_covers_every_field():
     assert [f.name for f in fields(rf.SlideAnalysis)] == [
         "config", "created", "slide", "tiles", "latents", "clustering", "cohort", "cohort_tiles_per_tissue",
         "representatives", "patches", "tissue_features", "history", "cache_hit", "model", "reconstructions",
-        "embedding_colours", "warnings", "timings_s"]
+        "embedding_colours", "warnings", "timings_s", "gland_features", "gland_seconds"]
     assert [f.name for f in fields(rf.AnalysisManifest)] == [
         "version", "created", "seed", "slide", "tiles", "embedding", "clusters", "representatives", "nuclei", "cohort",
-        "outputs", "timings_s", "environment", "warnings", "config"]
+        "outputs", "timings_s", "environment", "warnings", "config", "glands"]
 
 
 def test_model_file_names_are_the_checkpoints():
@@ -139,12 +169,14 @@ def test_model_file_names_are_the_checkpoints():
 
 
 def test_optional_parts_left_out(analysis, tmp_path):
-    bare = replace(analysis, config=replace_in(analysis.config, **{"nuclei.enabled": False, "output.gzip": True}),
-                   patches=tuple(replace(p, nuclei=None) for p in analysis.patches), tissue_features={},
-                   embedding_colours=None, cohort=None)
+    bare = replace(analysis, config=replace_in(analysis.config, **{"nuclei.enabled": False, "glands.enabled": False,
+                                                                   "output.gzip": True}),
+                   patches=tuple(replace(p, nuclei=None, glands=None) for p in analysis.patches), tissue_features={},
+                   gland_features={}, embedding_colours=None, cohort=None)
     manifest = rf.write_run(tmp_path / "bare", bare)
     run = rf.read_run(tmp_path / "bare")
-    assert run.nuclei is None and run.features is None and run.patch_features is None
+    assert run.nuclei is None and run.features is None and run.patch_features is None and run.glands is None
+    assert manifest.glands is None and all(r.glands is None for r in run.representatives)
     assert run.embedding_colours is None and run.embedding_colours_path is None
     assert manifest.outputs == rf.OutputsInfo(geojson="tissue.geojson.gz", geojson_features=len(run.geojson()))
     assert manifest.cohort is None and manifest.nuclei.nuclei == 0 and run.manifest == manifest
@@ -265,3 +297,15 @@ def test_format1_fixture_is_what_tumls_qp_0_1_wrote():
     assert data["tool"] == "tumls-qp" and data["version"] == "0.1.0" and "format_version" not in data
     assert sorted(p.name for p in FORMAT1_RUN.iterdir()) == ["manifest.json", "representatives.csv", "thumbnail.png",
                                                               "tiles.csv"]
+
+
+def test_glands_without_nuclei(analysis, tmp_path):
+    """Glands alone: features.csv holds the gland features only; tissues without a gland have zeros and no means."""
+    only = replace(analysis, config=replace_in(analysis.config, **{"nuclei.enabled": False}),
+                   patches=tuple(replace(p, nuclei=None) for p in analysis.patches), tissue_features={})
+    rf.write_run(tmp_path / "glands", only)
+    run = rf.read_run(tmp_path / "glands")
+    assert run.nuclei is None and run.patch_features is None
+    assert run.features.columns == ("tissue", *(f.name for f in GLAND_TISSUE_FEATURES))
+    assert len(run.glands.rows) == len(analysis.patches)
+    assert validate_geojson_file(run.geojson_path) == []

@@ -17,7 +17,7 @@ import numpy as np
 from .errors import InvalidInputError
 
 __all__ = ["class_colour", "tissue_class_name", "check_class_names", "check_colour", "NUCLEUS_CLASS",
-           "NUCLEUS_COLOUR"]
+           "NUCLEUS_COLOUR", "GLAND_CLASS", "GLAND_COLOUR"]
 
 _PALETTE: tuple[tuple[int, int, int], ...] = (
     (68, 119, 170),   # blue
@@ -37,6 +37,8 @@ _GOLDEN_ANGLE = 0.618033988749895
 
 NUCLEUS_CLASS = "Nucleus"
 NUCLEUS_COLOUR = (255, 190, 0)
+GLAND_CLASS = "Gland"
+GLAND_COLOUR = (230, 40, 160)
 
 
 def class_colour(index: int) -> tuple[int, int, int]:

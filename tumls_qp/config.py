@@ -295,6 +295,10 @@ class GlandConfig:
     on the GlaS training images (see ``reports/glands.md``).
     """
 
+    #: Segment glands in every representative patch (annotations of class "Gland" nested under
+    #: their representative, per-tissue gland features). Off by default: most tissues have no
+    #: glands, and the method was designed on colon (GlaS); see ``reports/glands.md`` for its cost.
+    enabled: bool = False
     #: Pixel size (µm/px) the method works at; every image is resampled to it (1.24 µm/px
     #: is 8x: nuclei stay a few pixels wide, a gland is tens of pixels).
     working_mpp: float = 1.24
@@ -329,6 +333,7 @@ class GlandConfig:
     min_gland_um2: float = 2000.0
 
     def __post_init__(self) -> None:
+        _require(isinstance(self.enabled, bool), "glands.enabled", self.enabled, "true or false")
         _require(_is_number(self.working_mpp) and 0.2 <= self.working_mpp <= 5, "glands.working_mpp",
                  self.working_mpp, "a pixel size in µm/px between 0.2 and 5")
         _require(_is_number(self.tissue_od) and 0 < self.tissue_od < 2, "glands.tissue_od", self.tissue_od,
@@ -388,6 +393,7 @@ class PipelineConfig:
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
     representatives: RepresentativeConfig = field(default_factory=RepresentativeConfig)
     nuclei: NucleiConfig = field(default_factory=NucleiConfig)
+    glands: GlandConfig = field(default_factory=GlandConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -23,13 +23,15 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .cells.features import combine_rois, measure_nuclei, measure_tissue
+from .cells.glands import gland_tissue_features, measure_glands, segment_glands
 from .cells.nuclei import labels_to_polygons, segment_nuclei
 from .config import PipelineConfig
 from .errors import ConfigError, TumlsQpError
 from .files import run_folder_names, writable_dir
 from .interactive.embedding_colours import EmbeddingColours, embedding_colours, umap_available
 from .outputs.pdf_report import COHORT_REPORT_NAME, REPORT_NAME, render_report
-from .outputs.run_folder import AnalysisManifest, Patch, PatchNuclei, RunStaging, SlideAnalysis, SlideInfo
+from .outputs.run_folder import (AnalysisManifest, Patch, PatchGlands, PatchNuclei, RunStaging, SlideAnalysis,
+                                  SlideInfo)
 from .slide import Slide, open_slide, slide_quickhash
 from .tissue.cache import CachedEmbeddings, cache_key, load_cached, store_cached
 from .tissue.clusters import Clustering, cluster_embeddings
@@ -219,13 +221,17 @@ def _analyze_group(
                     patches, tissue_features = _low_level(
                         d.slide, d.tiles.boxes, reps, config,
                         lambda f, m, i=i: progress("nuclei", (i + f) / len(data), m))
+                    gland_start = time.perf_counter()
+                    patches, gland_features = _glands(d.slide, d.tiles.boxes, reps, patches, config)
+                    gland_seconds = time.perf_counter() - gland_start
                 with timer.stage("outputs"):
                     progress("outputs", i / len(data), f"writing {name}")
                     analysis = SlideAnalysis(
                         config=config, created=started, slide=SlideInfo.of(d.slide, d.quickhash), tiles=d.tiles,
                         latents=latents[part], clustering=local, cohort=tuple(names) if cohort else None,
                         cohort_tiles_per_tissue=tuple(clustering.sizes()), representatives=tuple(reps),
-                        patches=patches, tissue_features=tissue_features, history=history,
+                        patches=patches, tissue_features=tissue_features, gland_features=gland_features,
+                        gland_seconds=gland_seconds, history=history,
                         cache_hit=cached is not None, model=model,
                         reconstructions=_reconstructions(model, d.tiles.tiles),
                         embedding_colours=_embedding_colours(latents[part], config),
@@ -353,3 +359,34 @@ def _low_level(
     nuclei = sum(len(p.nuclei.table["Label"]) for p in patches if p.nuclei is not None)
     progress(1.0, f"{nuclei} nuclei in {sum(p.nuclei is not None for p in patches)} representatives")
     return tuple(patches), tissue_features
+
+
+def _glands(
+    slide: Slide,
+    boxes: np.ndarray,
+    reps: list[Representative],
+    patches: tuple[Patch, ...],
+    config: PipelineConfig,
+) -> tuple[tuple[Patch, ...], dict[int, dict[str, float]]]:
+    """Segment and measure the glands of every representative patch (with ``glands.enabled``).
+
+    Returns
+    -------
+    patches : tuple of Patch
+        The same patches, with their glands.
+    gland_features : dict of int to dict
+        ``GLAND_TISSUE_FEATURES`` of each tissue (0-based), pooled over its representatives; empty when off.
+    """
+    if not config.glands.enabled:
+        return patches, {}
+    out, tables, areas = [], {}, {}
+    for rep, patch in zip(reps, patches):
+        result = segment_glands(patch.rgb, patch.mpp, config.glands)
+        table = measure_glands(result)
+        x, y = (int(v) for v in boxes[rep.tile][:2])
+        polygons = labels_to_polygons(result.labels, offset=(x, y), scale=patch.mpp / slide.mpp, simplify_px=1.0)
+        out.append(replace(patch, glands=PatchGlands(labels=result.labels, lumen=result.lumen, table=table,
+                                                     polygons=polygons)))
+        tables.setdefault(rep.tissue, []).append(table)
+        areas.setdefault(rep.tissue, []).append(patch.rgb.shape[0] * patch.rgb.shape[1] * patch.mpp ** 2)
+    return tuple(out), {t: gland_tissue_features(tables[t], areas[t]) for t in sorted(tables)}

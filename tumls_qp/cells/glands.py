@@ -46,6 +46,7 @@ import numpy as np
 
 from ..config import GlandConfig
 from ..errors import InvalidInputError
+from .features import Feature
 from .nuclei import check_mpp, check_rgb, estimate_stains, haematoxylin_od
 
 __all__ = [
@@ -55,6 +56,9 @@ __all__ = [
     "segment_glands",
     "gland_scores",
     "measure_glands",
+    "GLAND_QUPATH_NAMES",
+    "GLAND_TISSUE_FEATURES",
+    "gland_tissue_features",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,20 @@ log = logging.getLogger(__name__)
 MPP_RANGE: tuple[float, float] = (0.1, 2.0)
 #: Names of the per-gland measurements of :func:`measure_glands`, in order.
 GLAND_MEASUREMENTS: tuple[str, ...] = ("area_um2", "perimeter_um", "circularity", "lumen_fraction")
+#: The QuPath measurement (and ``glands.csv`` column) name of each of :data:`GLAND_MEASUREMENTS`.
+GLAND_QUPATH_NAMES: dict[str, str] = {"area_um2": "Area um^2", "perimeter_um": "Perimeter um",
+                                      "circularity": "Circularity", "lumen_fraction": "Lumen fraction"}
+#: Per-tissue gland features (:func:`gland_tissue_features`), pooled over the tissue's representatives.
+GLAND_TISSUE_FEATURES: tuple[Feature, ...] = (
+    Feature("count", "Glands", "", "number of glands in the tissue's representatives"),
+    Feature("density", "Glands per mm^2", "1/mm²", "glands / total area of the representatives in mm²"),
+    Feature("area_fraction", "Gland area fraction", "", "share of the representatives' area that is gland"),
+    Feature("area_mean", "Gland area mean um^2", "µm²", "mean gland area"),
+    Feature("circularity_mean", "Gland circularity mean", "",
+            "mean gland circularity (4π area / perimeter²): the shape irregularity, lower for ragged, "
+            "elongated or fused glands"),
+    Feature("lumen_fraction_mean", "Gland lumen fraction mean", "", "mean share of a gland's area that is lumen"),
+)
 
 # An image smaller than this (µm) on either side at the working resolution cannot hold a gland.
 _MIN_SIDE_UM = 20.0
@@ -375,3 +393,44 @@ def measure_glands(result: GlandResult) -> dict[str, np.ndarray]:
         "circularity": np.minimum(circularity, 1.0).astype(np.float64),
         "lumen_fraction": props["intensity_mean"].astype(np.float64),
     }
+
+
+def gland_tissue_features(tables: list[dict[str, np.ndarray]], areas_um2: list[float]) -> dict[str, float]:
+    """Pool the glands of a tissue's representatives into the :data:`GLAND_TISSUE_FEATURES`.
+
+    Parameters
+    ----------
+    tables : list of dict
+        One :func:`measure_glands` result per representative.
+    areas_um2 : list of float
+        The area of each representative in µm² (same order).
+
+    Returns
+    -------
+    dict of str to float
+        One value per :data:`GLAND_TISSUE_FEATURES` name. Without any gland, ``Glands``, the
+        density and the area fraction are 0 and the means are NaN.
+
+    Raises
+    ------
+    InvalidInputError
+        When the lists differ in length, are empty, or an area is not > 0.
+    """
+    if not tables or len(tables) != len(areas_um2):
+        raise InvalidInputError(f"tables and areas_um2 must be two lists of the same length >= 1; got "
+                                f"{len(tables)} and {len(areas_um2)}")
+    if not all(math.isfinite(a) and a > 0 for a in areas_um2):
+        raise InvalidInputError(f"areas_um2 must be areas > 0; got {areas_um2!r}")
+    column = {name: np.concatenate([np.asarray(t[name], dtype=np.float64) for t in tables])
+              for name in GLAND_MEASUREMENTS}
+    total = float(sum(areas_um2))
+    n = len(column["area_um2"])
+    values = {
+        "count": float(n),
+        "density": n / (total / 1e6),
+        "area_fraction": float(column["area_um2"].sum()) / total,
+        "area_mean": float(column["area_um2"].mean()) if n else math.nan,
+        "circularity_mean": float(column["circularity"].mean()) if n else math.nan,
+        "lumen_fraction_mean": float(column["lumen_fraction"].mean()) if n else math.nan,
+    }
+    return {f.name: values[f.key] for f in GLAND_TISSUE_FEATURES}

@@ -79,7 +79,8 @@ from PIL import Image
 
 from .. import __version__
 from ..cells.features import NUCLEUS_FEATURES, TISSUE_FEATURES
-from ..classes import NUCLEUS_CLASS, NUCLEUS_COLOUR
+from ..cells.glands import GLAND_MEASUREMENTS, GLAND_QUPATH_NAMES, GLAND_TISSUE_FEATURES
+from ..classes import GLAND_CLASS, GLAND_COLOUR, NUCLEUS_CLASS, NUCLEUS_COLOUR
 from ..config import PipelineConfig, config_from_dict, config_to_dict, dump_config
 from ..errors import ConfigError, FormatVersionError, InvalidInputError
 from ..files import atomic_write, replace_dir, staging_dir, write_csv, write_json
@@ -102,16 +103,17 @@ __all__ = [
     "PATCH_FEATURES_CSV", "FEATURES_CSV", "EMBEDDINGS_NPZ", "DENDROGRAM_NPZ", "RECONSTRUCTIONS_NPZ",
     "THUMBNAIL_PNG", "CONFIG_TOML", "MODEL_FILES", "PATCHES_DIR", "REPORT_PDF", "EMBEDDING_COLOURS_GEOJSON",
     "EMBEDDING_COLOURS_NPZ", "EMBEDDING_COLOURS_PNG", "DICTIONARY_GEOJSON", "CLUSTERS_CSV", "PROTOTYPES_DIR",
-    "PROTOTYPE_CLUSTERS_NPZ", "PROTOTYPES_GEOJSON", "NAMES_TOML",
+    "PROTOTYPE_CLUSTERS_NPZ", "PROTOTYPES_GEOJSON", "NAMES_TOML", "GLANDS_CSV",
     # columns
     "TILE_COLUMNS", "REPRESENTATIVE_COLUMNS", "TRAINING_COLUMNS", "NUCLEUS_ID_COLUMNS", "PATCH_ID_COLUMNS",
-    "DICTIONARY_TILE_COLUMNS", "CLUSTER_COLUMNS", "TILE_REPRESENTATIVE_COLUMNS",
+    "DICTIONARY_TILE_COLUMNS", "CLUSTER_COLUMNS", "TILE_REPRESENTATIVE_COLUMNS", "GLAND_ID_COLUMNS",
     # manifests
-    "SlideInfo", "TilesInfo", "EmbeddingInfo", "ClustersInfo", "RepresentativeInfo", "NucleiInfo", "OutputsInfo",
+    "SlideInfo", "TilesInfo", "EmbeddingInfo", "ClustersInfo", "RepresentativeInfo", "NucleiInfo", "GlandsInfo",
+    "OutputsInfo",
     "Environment", "AnalysisManifest", "DictionaryInfo", "DictionaryTilesInfo", "QueryInfo", "DictionaryManifest",
     "TileFolderInfo", "TileClustersInfo", "TileClustersManifest", "ElbowInfo", "PrototypesManifest",
     # writing
-    "Patch", "PatchNuclei", "SlideAnalysis", "DictionaryAnalysis", "TileClustersAnalysis", "PrototypeClusters",
+    "Patch", "PatchNuclei", "PatchGlands", "SlideAnalysis", "DictionaryAnalysis", "TileClustersAnalysis", "PrototypeClusters",
     "RunStaging", "write_run", "write_prototype_clusters", "write_embedding_colours",
     # reading
     "RunFolder", "Table", "TileTable", "AnalysisEmbeddings", "DictionaryEmbeddings", "RepresentativeFiles",
@@ -158,10 +160,13 @@ PROTOTYPES_DIR = "prototypes"
 PROTOTYPE_CLUSTERS_NPZ = "clusters.npz"
 PROTOTYPES_GEOJSON = "prototypes.geojson"
 NAMES_TOML = "names.toml"
+#: One row per gland of the representatives (with ``glands.enabled``).
+GLANDS_CSV = "glands.csv"
 
 
 def _patch_name(tissue: int, rank: int, suffix: str = ".jpg") -> str:
-    """A representative's file in ``patches/`` (``tissue`` 1..k): ``.jpg`` the image, ``.labels.png`` its nuclei."""
+    """A representative's file in ``patches/`` (``tissue`` 1..k): ``.jpg`` the image, ``.labels.png`` its nuclei,
+    ``.glands.png`` its glands."""
     return f"{PATCHES_DIR}/tissue{tissue}-rank{rank}{suffix}"
 
 
@@ -179,6 +184,9 @@ NUCLEUS_ID_COLUMNS = ("tissue", "rank", "label")
 #: ``patch_features.csv`` starts with ``tissue, rank``, ``features.csv`` with ``tissue``; then one column per
 #: ``cells.features.TISSUE_FEATURES``.
 PATCH_ID_COLUMNS = ("tissue", "rank")
+#: ``glands.csv`` starts with these, then one column per ``cells.glands.GLAND_MEASUREMENTS`` (named as
+#: ``GLAND_QUPATH_NAMES`` says). ``features.csv`` adds one column per ``cells.glands.GLAND_TISSUE_FEATURES``.
+GLAND_ID_COLUMNS = ("tissue", "rank", "label")
 #: ``tiles.csv`` of a dictionary run: both queries per tile (class names, confidence 0-1, distance, group 1..).
 DICTIONARY_TILE_COLUMNS = ("x", "y", "w", "h", "class_dq", "confidence_dq", "distance_dq", "class_cq",
                            "confidence_cq", "group_cq")
@@ -297,6 +305,17 @@ class NucleiInfo:
 
 
 @dataclass(frozen=True)
+class GlandsInfo:
+    """The gland level: representatives segmented, glands, glands per tissue (1..k), seconds spent on them."""
+
+    enabled: bool
+    representatives_segmented: int
+    glands: int
+    per_tissue: dict[int, int]
+    seconds: float
+
+
+@dataclass(frozen=True)
 class OutputsInfo:
     """The QuPath files: the objects' GeoJSON and its feature count; the embedding-colour layer (None: not written)."""
 
@@ -348,6 +367,8 @@ class AnalysisManifest:
     warnings: tuple[str, ...]
     #: The effective configuration (also in ``config.toml``).
     config: PipelineConfig
+    #: The glands of the representatives (``glands.enabled``); None in folders written before glands existed.
+    glands: GlandsInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -680,12 +701,36 @@ class PatchNuclei:
 
 
 @dataclass(frozen=True)
+class PatchGlands:
+    """The glands of one patch (:mod:`tumls_qp.cells.glands`).
+
+    Attributes
+    ----------
+    labels : (H, W) int ndarray
+        Instance labels (0 = not gland), the patch's size.
+    lumen : (H, W) bool ndarray
+        Gland pixels that are lumen, not epithelium.
+    table : dict of str to (m,) ndarray
+        ``cells.glands.measure_glands``: ``label`` and one entry per ``GLAND_MEASUREMENTS`` key.
+    polygons : list of (label, shapely Polygon)
+        Each gland outline in level-0 px of the slide.
+    """
+
+    labels: np.ndarray
+    lumen: np.ndarray
+    table: dict[str, np.ndarray]
+    polygons: list[tuple[int, Any]]
+
+
+@dataclass(frozen=True)
 class Patch:
-    """A representative read at full resolution: ``rgb`` (H, W, 3) uint8 at ``mpp`` µm/px; its nuclei, if segmented."""
+    """A representative read at full resolution: ``rgb`` (H, W, 3) uint8 at ``mpp`` µm/px; its nuclei and glands,
+    if segmented."""
 
     rgb: np.ndarray
     mpp: float
     nuclei: PatchNuclei | None
+    glands: PatchGlands | None = None
 
 
 @dataclass(frozen=True)
@@ -724,6 +769,10 @@ class SlideAnalysis:
     warnings : tuple of str
     timings_s : dict of str to float
         Seconds per stage so far (:meth:`RunStaging.commit` records the final ones).
+    gland_features : dict of int to dict of str to float
+        Pooled ``GLAND_TISSUE_FEATURES`` per tissue (0-based) with segmented glands (``glands.enabled``).
+    gland_seconds : float
+        Seconds spent segmenting and measuring the glands (part of the ``nuclei`` stage).
     """
 
     config: PipelineConfig
@@ -744,6 +793,8 @@ class SlideAnalysis:
     embedding_colours: EmbeddingColours | None
     warnings: tuple[str, ...]
     timings_s: dict[str, float] = field(default_factory=dict)
+    gland_features: dict[int, dict[str, float]] = field(default_factory=dict)
+    gland_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -923,9 +974,12 @@ def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
     config, clustering = a.config, a.clustering
     boxes = a.tiles.boxes
     detections, nuclei = _write_patches(folder, a)
+    glands = _write_glands(folder, a)
+    measurements = {t: {**a.tissue_features.get(t, {}), **a.gland_features.get(t, {})}
+                    for t in sorted({*a.tissue_features, *a.gland_features})}
     features = tissue_features(boxes, clustering.labels, clustering.uncertainty, a.slide.mpp, a.representatives,
                                tile_objects=config.output.tile_objects,
-                               tissue_measurements=a.tissue_features) + detections
+                               tissue_measurements=measurements) + detections + glands
     geojson = _geojson_name(TISSUE_GEOJSON, config.output.gzip)
     write_geojson(require_valid(feature_collection(features)), folder / geojson)
     _write_tiles(folder, a)
@@ -956,6 +1010,12 @@ def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
 
     manifest = _analysis_manifest(a, OutputsInfo(geojson=geojson, geojson_features=len(features),
                                                  embedding_colours=colours), nuclei)
+    if config.glands.enabled:
+        manifest = dataclasses.replace(manifest, glands=GlandsInfo(
+            enabled=True, representatives_segmented=sum(p.glands is not None for p in a.patches),
+            glands=sum(len(p.glands.polygons) for p in a.patches if p.glands is not None),
+            per_tissue={t + 1: int(v["Glands"]) for t, v in a.gland_features.items()},
+            seconds=round(a.gland_seconds, 3)))
     _write_manifest(folder, manifest)
     return manifest
 
@@ -987,10 +1047,47 @@ def _write_patches(folder: Path, a: SlideAnalysis) -> tuple[list[dict[str, Any]]
         write_csv(folder / NUCLEI_CSV, [*NUCLEUS_ID_COLUMNS, *(f.name for f in NUCLEUS_FEATURES if f.key != "label")],
                   nucleus_rows)
         write_csv(folder / PATCH_FEATURES_CSV, [*PATCH_ID_COLUMNS, *tissue_columns], roi_rows)
-        write_csv(folder / FEATURES_CSV, ["tissue", *tissue_columns],
-                  [[t + 1, *(_fmt("feature", values[c]) for c in tissue_columns)]
-                   for t, values in a.tissue_features.items()])
+    _write_features(folder, a)
     return detections, len(nucleus_rows)
+
+
+def _write_features(folder: Path, a: SlideAnalysis) -> None:
+    """``features.csv``: one row per tissue, the nucleus features (``nuclei.enabled``), then the gland features
+    (``glands.enabled``); a tissue without one of them has empty cells there."""
+    columns = ([f.name for f in TISSUE_FEATURES] if a.config.nuclei.enabled else []) + (
+        [f.name for f in GLAND_TISSUE_FEATURES] if a.config.glands.enabled else [])
+    if not columns:
+        return
+    rows = []
+    for t in sorted({*a.tissue_features, *a.gland_features}):
+        values = {**a.tissue_features.get(t, {}), **a.gland_features.get(t, {})}
+        rows.append([t + 1, *(_fmt("feature", values[c]) if c in values else "" for c in columns)])
+    write_csv(folder / FEATURES_CSV, ["tissue", *columns], rows)
+
+
+def _write_glands(folder: Path, a: SlideAnalysis) -> list[dict[str, Any]]:
+    """``glands.csv`` and the gland label images (``glands.enabled``); returns the glands as QuPath annotations."""
+    if not a.config.glands.enabled:
+        return []
+    annotations, rows = [], []
+    for rep, patch in zip(a.representatives, a.patches):
+        if patch.glands is None:
+            continue
+        g = patch.glands
+        Image.fromarray(g.labels.astype(np.uint16)).save(folder / _patch_name(rep.tissue + 1, rep.rank, ".glands.png"))
+        row_of = {int(label): k for k, label in enumerate(g.table["label"])}
+        for label, polygon in g.polygons:
+            k = row_of[label]
+            feature = make_feature(polygon, "annotation", GLAND_CLASS, GLAND_COLOUR,
+                                   {GLAND_QUPATH_NAMES[m]: g.table[m][k] for m in GLAND_MEASUREMENTS},
+                                   name=f"Gland {label} of tissue {rep.tissue + 1} representative {rep.rank}")
+            if feature is not None:
+                annotations.append(feature)
+        for k in range(len(g.table["label"])):
+            rows.append([rep.tissue + 1, rep.rank, int(g.table["label"][k]),
+                         *(_fmt("feature", g.table[m][k]) for m in GLAND_MEASUREMENTS)])
+    write_csv(folder / GLANDS_CSV, [*GLAND_ID_COLUMNS, *(GLAND_QUPATH_NAMES[m] for m in GLAND_MEASUREMENTS)], rows)
+    return annotations
 
 
 def _write_tiles(folder: Path, a: SlideAnalysis) -> None:
@@ -1311,7 +1408,7 @@ class DictionaryEmbeddings:
 @dataclass(frozen=True)
 class RepresentativeFiles:
     """A representative as the report draws it: ``tissue`` 1..k, ``rank`` 1..N, ``box`` (x, y, w, h) in level-0 px;
-    its patch image and nucleus label image when present in the folder."""
+    its patch image, nucleus label image and gland label image when present in the folder."""
 
     tissue: int
     rank: int
@@ -1322,6 +1419,7 @@ class RepresentativeFiles:
     patch: Path | None
     patch_mpp: float
     labels: Path | None
+    glands: Path | None = None
 
 
 def _damaged(folder: Path, name: str, problem: Any) -> InvalidInputError:
@@ -1453,12 +1551,14 @@ class RunFolder:
         for r in self._analysis().representatives:
             patch = self.path / r.patch
             labels = self.path / _patch_name(r.tissue, r.rank, ".labels.png")
+            glands = self.path / _patch_name(r.tissue, r.rank, ".glands.png")
             if not 0 <= r.tile < len(boxes):
                 raise _damaged(self.path, MANIFEST, f"representative tile {r.tile} is not a row of {TILES_CSV}")
             out.append(RepresentativeFiles(
                 tissue=r.tissue, rank=r.rank, tile=r.tile, box=tuple(int(v) for v in boxes[r.tile]),  # type: ignore
                 uncertainty=r.uncertainty, distance=r.distance, patch=patch if patch.is_file() else None,
-                patch_mpp=r.patch_mpp, labels=labels if labels.is_file() else None))
+                patch_mpp=r.patch_mpp, labels=labels if labels.is_file() else None,
+                glands=glands if glands.is_file() else None))
         return tuple(out)
 
     @cached_property
@@ -1505,8 +1605,14 @@ class RunFolder:
 
     @cached_property
     def features(self) -> Table | None:
-        """``features.csv`` (one row per tissue with segmented nuclei); None without nuclei."""
+        """``features.csv`` (one row per tissue with segmented nuclei or glands); None without either."""
         return _read_csv(self.path, FEATURES_CSV, ("tissue",)) if (self.path / FEATURES_CSV).is_file() else None
+
+    @cached_property
+    def glands(self) -> Table | None:
+        """``glands.csv`` (one row per gland of the representatives); None without glands."""
+        path = self.path / GLANDS_CSV
+        return _read_csv(self.path, GLANDS_CSV, GLAND_ID_COLUMNS) if path.is_file() else None
 
     @cached_property
     def nuclei(self) -> Table | None:

@@ -155,9 +155,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", action="append", metavar="PATH",
                    help="a folder whose slides the server may read (repeatable; default: your home folder)")
     p.add_argument("--workers", type=int, default=1, help="jobs that run at the same time, each on cores/N CPU threads (default 1)")
-    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default $TUMLS_QP_TOKEN); needed with "
-                                   "any --host but loopback")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (needed with any --host but loopback). "
+                                   "Prefer the environment variable TUMLS_QP_TOKEN: other users of this computer "
+                                   "can read a command line (ps)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME", default=[],
+                   help="another name clients use in the server's URL, e.g. behind a proxy (repeatable); requests "
+                        "whose Host header names none of the server's names get 400")
     p.add_argument("--config", metavar="FILE", help="TOML file of default pipeline options for every job")
+    p.add_argument("--keep-days", type=float, default=30.0, metavar="DAYS",
+                   help="delete finished jobs and embedding-cache entries this many days after they were made "
+                        "(default 30; 0: keep them until DELETE /jobs/{id})")
+    p.add_argument("--max-data-gb", type=float, default=0.0, metavar="GB",
+                   help="when the data folder holds more, delete finished jobs and cache entries, oldest first "
+                        "(default 0: no limit)")
+    p.add_argument("--max-dictionaries", type=int, default=200, metavar="N",
+                   help="most saved prototype dictionaries (default 200)")
+    p.add_argument("--min-free-mb", type=float, default=500.0, metavar="MB",
+                   help="refuse new jobs and dictionaries (507) when the data folder's disk has less free space "
+                        "(default 500; 0: no check)")
+    p.add_argument("--stall-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="fail the job of a worker whose heartbeat is this much late (a stopped or frozen process), "
+                        "and replace the worker (default 120)")
 
     p = sub.add_parser("qupath-project", help="write run folders' objects into a QuPath project (paquo)",
                        description="Write each run folder's objects into the image entry of the same slide in a "
@@ -276,7 +294,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         token=args.token or os.environ.get("TUMLS_QP_TOKEN") or None,
         base_parameters=config_to_dict(load_config(args.config)) if args.config else {},
+        allowed_hosts=tuple(args.allowed_host),
+        keep_days=args.keep_days or None,
+        max_data_gb=args.max_data_gb or None,
+        max_dictionaries=args.max_dictionaries,
+        min_free_mb=args.min_free_mb,
+        stall_timeout_s=args.stall_timeout,
     )
+    if args.token:
+        print("tumls-qp serve: warning: a token given with --token can be read by other users of this computer "
+              "(ps); set the environment variable TUMLS_QP_TOKEN instead", file=sys.stderr)
     try:  # FastAPI and uvicorn load only here
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401

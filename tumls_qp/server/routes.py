@@ -1,20 +1,20 @@
 """HTTP routes: thin functions that call the services, which they receive as dependencies
-(``Jobs``: the job service, ``Dictionaries``: the dictionary service; both live in ``app.state``)."""
+(``Jobs``: the job service, ``Dictionaries``: the dictionary service; both live in ``app.state``).
+
+``protected`` holds every route that needs the token when the server has one, ``public`` the
+others (``/health``); the check itself is ``app.TokenCheck``, before the body is read."""
 
 from __future__ import annotations
 
 import gzip
-import hmac
 import json
 from pathlib import Path
 from typing import Annotated, Any, Iterator
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .. import __version__
-from .errors import UnauthorizedError
 from .dictionaries import DictionaryService
 from .jobs import JobService
 from .schemas import (ApplyRequest, ClassList, DictionaryInfo, DictionaryList, ErrorBody, Health, JobList, JobRequest,
@@ -23,7 +23,6 @@ from .settings import API_VERSION
 
 __all__ = ["public", "protected"]
 
-_bearer = HTTPBearer(auto_error=False, description="The token given to `tumls-qp serve --token` (when set).")
 _CHUNK = 1 << 16
 
 
@@ -44,24 +43,13 @@ Jobs = Annotated[JobService, Depends(_job_service)]
 Dictionaries = Annotated[DictionaryService, Depends(_dictionary_service)]
 
 
-def require_token(request: Request,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Check ``Authorization: Bearer <token>`` when the server has a token (constant-time compare)."""
-    expected = request.app.state.settings.token
-    if expected is None:
-        return
-    supplied = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(supplied.encode("utf-8"), expected.encode("utf-8")):
-        raise UnauthorizedError("missing or wrong token: send 'Authorization: Bearer <token>' with the token the "
-                                "server was started with (TOKEN in the QuPath script's settings)")
-
-
-_errors = {status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 429)}
+_errors = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 429, 507)}
 public = APIRouter()
-protected = APIRouter(dependencies=[Depends(require_token)], responses=_errors)
+protected = APIRouter(responses=_errors)
 
 
-@public.get("/health", response_model=Health, summary="Liveness: is the server up, are its workers running")
+@public.get("/health", response_model=Health,
+            summary="Liveness: is the server up, are its workers running and responding")
 def health(jobs: Jobs) -> Health:
     return Health(**jobs.health())
 
@@ -95,9 +83,14 @@ def get_job(job_id: str, jobs: Jobs) -> JobStatus:
     return jobs.status(job_id)
 
 
-@protected.delete("/jobs/{job_id}", response_model=JobStatus, summary="Cancel a queued or running job")
-def cancel_job(job_id: str, jobs: Jobs) -> JobStatus:
-    return jobs.cancel(job_id)
+@protected.delete("/jobs/{job_id}", response_model=JobStatus,
+                  responses={204: {"description": "The finished job and its files were deleted."}},
+                  summary="Cancel a queued or running job (200), or delete a finished one with its files (204)")
+def cancel_or_delete_job(job_id: str, jobs: Jobs) -> Any:
+    """A queued or running job is cancelled and kept (as `cancelled`) until deleted; a finished job (succeeded,
+    failed, cancelled) is deleted with its results and log, and its id answers 404 from then on."""
+    status = jobs.cancel_or_delete(job_id)
+    return status if status is not None else Response(status_code=204)
 
 
 @protected.get("/jobs/{job_id}/geojson", summary="The job's QuPath objects (gzip-encoded when the client accepts it)",

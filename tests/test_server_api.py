@@ -290,8 +290,8 @@ def test_host_header_must_name_the_server(roots, tmp_path):
     settings = ServerSettings(data_dir=tmp_path / "data", roots=(roots["inside"],))
     with api_client(create_app(settings, IdleRunner())) as c:
         job = c.post("/jobs", json=job_body(roots["slide"])).json()
-        for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765", "localhost"):
-            assert c.get("/jobs", headers={"Host": host}).status_code == 200, host
+        for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765", "localhost", "192.168.1.10:8765", "[fe80::1]"):
+            assert c.get("/jobs", headers={"Host": host}).status_code == 200, host  # a name, or an IP address
         foreign = {"Host": "attacker.example:8765", "Origin": "http://attacker.example:8765"}
         for method, path in (("GET", "/jobs"), ("GET", f"/jobs/{job['id']}"), ("DELETE", f"/jobs/{job['id']}"),
                              ("POST", "/jobs"), ("GET", "/health"), ("GET", "/openapi.json")):

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 
 from server_helpers import IdleRunner, api_client, bench_out, job_body, run_queued, small_slide  # noqa: E402
 from tumls_qp.server.app import create_app  # noqa: E402
-from tumls_qp.server.settings import ServerSettings  # noqa: E402
+from tumls_qp.server.settings import ServerSettings, is_ip_address  # noqa: E402
 
 #: The fuzz world's one real analysis: seconds (64 µm tiles, one epoch, no nuclei, no report).
 ANALYSIS = {"tiles": {"tile_um": 64.0}, "embedding": {"max_epochs": 1, "device": "cpu"}, "output": {"report": False},
@@ -225,8 +225,9 @@ def test_host_headers(world, host):
         return
     response = world["client"].get("/version", headers={"Host": host})
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    allowed = name.strip("[]").lower() in {"localhost", "127.0.0.1", "::1"} and re.fullmatch(
-        r"(\[[0-9a-fA-F:.]+\]|[^:\[\]/@\s]+)(:[0-9]{1,5})?", host) is not None
+    # The server's names, or any IP address (an address cannot be rebound to another host).
+    allowed = (name.strip("[]").lower() in {"localhost", "127.0.0.1", "::1"} or is_ip_address(name.strip("[]"))) \
+        and re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]/@\s]+)(:[0-9]{1,5})?", host) is not None
     _check(response, "Host header", {200} if allowed else {400})
 
 

@@ -26,7 +26,7 @@ from .errors import CatchAll, ServerStartError, install_error_handlers, send_err
 from .jobs import JobService
 from .routes import protected, public
 from .runner import ProcessRunner, Runner
-from .settings import ServerSettings
+from .settings import ServerSettings, is_ip_address
 from .store import JobStore
 
 __all__ = ["create_app", "serve", "HostCheck", "TokenCheck", "BodyLimit", "RETENTION_INTERVAL_S"]
@@ -45,10 +45,12 @@ def _headers(scope: dict) -> dict[bytes, bytes]:
 
 
 class HostCheck:
-    """ASGI middleware: answer 400 unless the Host header names this server (``settings.trusted_hosts``).
+    """ASGI middleware: answer 400 unless the Host header names this server (``settings.trusted_hosts``)
+    or is an IP address.
 
     A web page's scripts can reach a loopback server under the page's own host name after DNS
-    rebinding; the browser then sends that name as Host, which this check refuses.
+    rebinding; the browser then sends that name as Host, which this check refuses. An IP address
+    cannot be rebound, so a client may use any of the server's addresses (e.g. with ``--host 0.0.0.0``).
     """
 
     def __init__(self, app: Any, trusted: frozenset[str]) -> None:
@@ -61,12 +63,13 @@ class HostCheck:
         header = _headers(scope).get(b"host", b"").decode("latin-1")
         match = _HOST_HEADER.match(header)
         name = match.group(1).strip("[]").lower() if match else None
-        if name in self.trusted:
+        if name is not None and (name in self.trusted or is_ip_address(name)):
             await self.app(scope, receive, send)
             return
         names = ", ".join(sorted(self.trusted))
-        await send_error(send, 400, f"the Host header {header[:100]!r} is not a name of this server ({names}); to "
-                                    "reach it under another name, start it with --allowed-host NAME", "Host")
+        await send_error(send, 400, f"the Host header {header[:100]!r} is not a name of this server ({names}, or "
+                                    "one of its IP addresses); to reach it under another name, start it with "
+                                    "--allowed-host NAME", "Host")
 
 
 class TokenCheck:

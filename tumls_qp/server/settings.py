@@ -16,7 +16,8 @@ from typing import Any, Mapping
 from ..config import config_from_dict
 from ..errors import ConfigError
 
-__all__ = ["ServerSettings", "default_data_dir", "is_loopback", "API_VERSION", "MIN_TOKEN_LENGTH", "LOOPBACK_NAMES"]
+__all__ = ["ServerSettings", "default_data_dir", "is_loopback", "is_ip_address", "API_VERSION", "MIN_TOKEN_LENGTH",
+           "LOOPBACK_NAMES"]
 
 #: Version of the HTTP contract with ``groovy/``; bumped on incompatible changes.
 API_VERSION = 1
@@ -45,7 +46,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _is_ip(text: str) -> bool:
+def is_ip_address(text: str) -> bool:
+    """True for an IPv4 or IPv6 address (without brackets)."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -74,9 +76,9 @@ class ServerSettings:
     token : str or None
         Bearer token every request but ``/health`` must carry (``Authorization: Bearer <token>``).
     allowed_hosts : tuple of str
-        Further names of this server that a request's Host header may give (besides ``localhost``,
-        ``127.0.0.1``, ``::1``, and for another ``host`` that address and this computer's names):
-        a page from any other site cannot reach the server by DNS rebinding.
+        Further names of this server that a request's Host header may give (besides an IP address,
+        ``localhost``, and for another ``host`` this computer's names): a page from any other site
+        cannot reach the server by DNS rebinding.
     base_parameters : mapping
         Pipeline options applied to every job before the request's own ``parameters``.
     max_body_bytes : int
@@ -155,7 +157,7 @@ class ServerSettings:
         hosts = []
         for name in self.allowed_hosts:
             plain = str(name).strip().lower().removeprefix("[").removesuffix("]")
-            if not (_HOST_NAME.match(plain) or _is_ip(plain)):
+            if not (_HOST_NAME.match(plain) or is_ip_address(plain)):
                 raise ConfigError(f"--allowed-host {name!r} is not a host name or an IP address (give the name "
                                   "clients put in the server's URL, without port or scheme)")
             hosts.append(plain)
@@ -180,7 +182,8 @@ class ServerSettings:
 
     @property
     def trusted_hosts(self) -> frozenset[str]:
-        """Names a request's Host header may give (lower case, IPv6 without brackets)."""
+        """Names a request's Host header may give (lower case, IPv6 without brackets); any IP address may be
+        given too."""
         names = set(LOOPBACK_NAMES) | set(self.allowed_hosts)
         if not is_loopback(self.host):
             names.add(self.host.lower().strip("[]"))

@@ -7,9 +7,10 @@
    server (the autoencoder trains), then again (cached embeddings are reused).
 2. Load (``load``): ``--clients`` clients (12) for ``--minutes`` minutes (4): each submits the bundled
    slide (32 µm tiles, at most ``--load-epochs`` epochs), polls its job every 0.5 s until it ends,
-   downloads its GeoJSON, and submits again; one worker runs the jobs. p50/p95/max of the GETs and
-   POSTs made while a job was running; at the end, jobs still queued or running are cancelled, and
-   every job must be accounted for.
+   downloads its GeoJSON, and submits again; every 5 s of polling it also lists the jobs and submits
+   one more job that it cancels at once (``DELETE``), so that submissions are timed while jobs run.
+   One worker runs the jobs. p50/p95/max per kind of request made while a job was running; at the
+   end, jobs still queued or running are cancelled, and every job must be accounted for.
 3. Fuzz (``fuzz``): ``tests/test_server_fuzz.py`` with its per-request statistics.
 4. kill -9 (``kill``): of the server while a job trains (its worker must end; after a restart the job
    runs again and succeeds), and of a worker while a job trains (the job fails saying so; a fresh
@@ -130,6 +131,7 @@ def load(work: Path, parameters: dict, clients: int, minutes: float) -> dict:
                 job_id = response.json()["id"]
                 with lock:
                     submitted.append(job_id)
+                polls = 0
                 while time.monotonic() < deadline:
                     state = timed(http, "GET /jobs/{id}", f"/jobs/{job_id}").json()["state"]
                     if state == "succeeded":
@@ -137,6 +139,14 @@ def load(work: Path, parameters: dict, clients: int, minutes: float) -> dict:
                               headers={"Accept-Encoding": "gzip"})
                     if state in ("succeeded", "failed", "cancelled"):
                         break
+                    polls += 1
+                    if polls % 10 == 0:  # every 5 s: the job list, and a submission taken back at once
+                        timed(http, "GET /jobs", "/jobs")
+                        extra = timed(http, "POST /jobs", "/jobs", json={**body, "image_name": f"extra-{i}-{polls}"})
+                        if extra.status_code == 202:
+                            with lock:
+                                submitted.append(extra.json()["id"])
+                            timed(http, "DELETE /jobs/{id}", f"/jobs/{extra.json()['id']}")
                     time.sleep(0.5)
 
     load_before = _load_average()
@@ -174,12 +184,12 @@ def load(work: Path, parameters: dict, clients: int, minutes: float) -> dict:
     statuses: dict[str, int] = {}
     for _, _, label, status in samples:
         statuses[f"{label} {status}"] = statuses.get(f"{label} {status}", 0) + 1
-    kinds = ("GET /jobs/{id}", "GET /jobs/{id}/geojson", "POST /jobs")
+    kinds = ("GET /jobs/{id}", "GET /jobs/{id}/geojson", "GET /jobs", "POST /jobs", "DELETE /jobs/{id}")
     return {
         "clients": clients, "minutes": minutes, "parameters": parameters, "wall_seconds": round(wall, 1),
         "load_average_before": load_before, "load_average_after": _load_average(),
         "requests": len(samples), "statuses": statuses,
-        "while_jobs_ran": {"seconds": round(last - first, 1), "GET (all)": stats(kinds[:2]),
+        "while_jobs_ran": {"seconds": round(last - first, 1), "GET (all)": stats(kinds[:3]),
                            **{kind: stats((kind,)) for kind in kinds}},
         "jobs_submitted": len(submitted), "jobs_listed": len(jobs), "final_states": states,
         "queued_or_running_at_the_end_cancelled": len(leftover), "cancel_statuses": sorted(set(cancels)),

@@ -40,21 +40,14 @@ from .errors import ServerStartError
 from .settings import ServerSettings
 from .store import Job, JobStore
 
-__all__ = ["Runner", "ProcessRunner", "sweep_outputs", "heartbeat_path", "HEARTBEAT_INTERVAL_S", "STALE_AFTER_S"]
+__all__ = ["Runner", "ProcessRunner", "sweep_outputs", "STALE_AFTER_S"]
 
 log = logging.getLogger(__name__)
 
 _SUPERVISE_INTERVAL_S = 0.2
 _RESTART_REASON = "the server stopped while this job was running"
-#: Seconds between a worker's heartbeats.
-HEARTBEAT_INTERVAL_S = 1.0
 #: A worker whose heartbeat is this much older counts as stalled in ``/health``.
 STALE_AFTER_S = 10.0
-
-
-def heartbeat_path(data_dir: Path, pid: int) -> Path:
-    """The file whose modification time is worker ``pid``'s heartbeat."""
-    return data_dir / "workers" / str(pid)
 
 
 class Runner(Protocol):
@@ -83,7 +76,7 @@ def sweep_outputs(settings: ServerSettings, store: JobStore) -> int:
     for stale in list(settings.dictionaries_dir.glob(".*")) if settings.dictionaries_dir.is_dir() else []:
         stale.unlink(missing_ok=True)
         removed += 1
-    for beat in list((settings.data_dir / "workers").iterdir()) if (settings.data_dir / "workers").is_dir() else []:
+    for beat in list(settings.heartbeats_dir.iterdir()) if settings.heartbeats_dir.is_dir() else []:
         beat.unlink(missing_ok=True)
     if not settings.jobs_dir.is_dir():
         return removed
@@ -266,7 +259,7 @@ class ProcessRunner:
     def _heartbeat_age(self, pid: int, now: float) -> float:
         """Seconds (monotonic) since worker ``pid``'s heartbeat file last changed (or since it was started)."""
         try:
-            mtime = os.stat(heartbeat_path(self.settings.data_dir, pid)).st_mtime_ns
+            mtime = os.stat(self.settings.heartbeat_path(pid)).st_mtime_ns
         except OSError:
             mtime = -1
         last = self._beats.get(pid)
@@ -338,7 +331,7 @@ class ProcessRunner:
         stopped_by_us = self._kill_at.pop(pid, None) is not None
         lived = time.monotonic() - self._spawned_at.pop(pid, time.monotonic())
         self._beats.pop(pid, None)
-        heartbeat_path(self.settings.data_dir, pid).unlink(missing_ok=True)
+        self.settings.heartbeat_path(pid).unlink(missing_ok=True)
         assert self.store is not None
         if code not in (0, None):
             how = f"signal {-code}" if code < 0 else f"exit status {code}"

@@ -17,12 +17,14 @@ from ..config import config_from_dict
 from ..errors import ConfigError
 
 __all__ = ["ServerSettings", "default_data_dir", "is_loopback", "is_ip_address", "API_VERSION", "MIN_TOKEN_LENGTH",
-           "LOOPBACK_NAMES"]
+           "LOOPBACK_NAMES", "HEARTBEAT_INTERVAL_S"]
 
 #: Version of the HTTP contract with ``groovy/``; bumped on incompatible changes.
 API_VERSION = 1
 #: Shortest accepted token (``python -c "import secrets; print(secrets.token_urlsafe())"`` gives 43 characters).
 MIN_TOKEN_LENGTH = 16
+#: Seconds between a worker's heartbeats (the modification time of ``ServerSettings.heartbeat_path(pid)``).
+HEARTBEAT_INTERVAL_S = 1.0
 #: Host names every server answers to (the Host header of a request must be one of its names).
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _HOST_NAME = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
@@ -204,6 +206,15 @@ class ServerSettings:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def heartbeats_dir(self) -> Path:
+        """The workers' heartbeat files."""
+        return self.data_dir / "workers"
+
+    def heartbeat_path(self, pid: int) -> Path:
+        """The file whose modification time is worker ``pid``'s heartbeat."""
+        return self.heartbeats_dir / str(pid)
 
     @property
     def dictionaries_dir(self) -> Path:

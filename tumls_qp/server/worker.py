@@ -29,8 +29,7 @@ from typing import Any
 
 from ..errors import TumlsQpError
 from .errors import data_folder_full, is_disk_full
-from .runner import HEARTBEAT_INTERVAL_S, heartbeat_path
-from .settings import ServerSettings
+from .settings import HEARTBEAT_INTERVAL_S, ServerSettings
 from .store import Job, JobStore
 
 __all__ = ["worker_main", "main", "run_job", "cpu_share", "publish_geojson", "run_name", "settings_to_json", "SERVED_GEOJSON",
@@ -359,7 +358,7 @@ def main() -> None:
     data["roots"] = tuple(Path(r) for r in data["roots"])
     settings = ServerSettings(**data)
     _exit_when_orphaned(sys.stdin)
-    _start_heartbeat(heartbeat_path(settings.data_dir, os.getpid()))
+    _start_heartbeat(settings.heartbeat_path(os.getpid()))
     worker_main(settings)
 
 

@@ -118,11 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="benchmarks against annotated data",
                        description="Score tumls-qp against annotated public data.")
     bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    q = bench.add_parser("monuseg", help="nucleus segmentation on a MoNuSeg-style folder",
-                         description="Segment every image of a MoNuSeg-style folder (<id>.tif + Aperio <id>.xml, "
-                                     "optional organs.csv) and score masks 1-3: pixel Dice and IoU, AJI, object F1 "
-                                     "at IoU > 0.5, seconds per image on one thread.")
-    q.add_argument("folder", metavar="DIR")
+    q = bench.add_parser("monuseg", help="nucleus segmentation on MoNuSeg-style folders",
+                         description="Segment every image of one or more MoNuSeg-style folders (<id>.tif + Aperio "
+                                     "<id>.xml, optional organs.csv) and score masks 1-3: pixel Dice and IoU, AJI, "
+                                     "object F1 at IoU > 0.5, seconds per image on one thread. Several folders (e.g. "
+                                     "the development and the test images) give one report with a section each.")
+    q.add_argument("folders", nargs="+", metavar="DIR")
     q.add_argument("--report", default="reports/monuseg.md", metavar="PATH",
                    help="Markdown report to write (default reports/monuseg.md)")
     q.add_argument("--limit", type=int, metavar="N", help="score only the first N images")
@@ -228,7 +229,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from .evaluation.monuseg import run_monuseg_benchmark, write_monuseg_report
 
-    command = ["tumls-qp", "eval", "monuseg", args.folder, "--report", args.report]
+    command = ["tumls-qp", "eval", "monuseg", *args.folders, "--report", args.report]
     if args.limit is not None:
         command += ["--limit", str(args.limit)]
     if args.repeats != 3:
@@ -237,12 +238,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    result = run_monuseg_benchmark(args.folder, limit=args.limit, repeats=args.repeats, progress=progress)
-    path = write_monuseg_report(result, args.report, " ".join(shlex.quote(c) for c in command))
-    for mask in ("mask1", "mask2", "mask3"):
-        print(f"{mask.replace('mask', 'mask ')}: Dice {result.mean(mask, 'dice'):.4f}  IoU {result.mean(mask, 'iou'):.4f}"
-              f"  AJI {result.mean(mask, 'aji'):.4f}  F1 obj {result.mean(mask, 'f1_object'):.4f}")
-    print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU; report: {path}")
+    results = []
+    for folder in args.folders:
+        if len(args.folders) > 1:
+            print(folder, file=sys.stderr)
+        results.append(run_monuseg_benchmark(folder, limit=args.limit, repeats=args.repeats, progress=progress))
+    path = write_monuseg_report(results, args.report, " ".join(shlex.quote(c) for c in command))
+    for folder, result in zip(args.folders, results):
+        if len(args.folders) > 1:
+            print(f"{folder}:")
+        for mask in ("mask1", "mask2", "mask3"):
+            print(f"{mask.replace('mask', 'mask ')}: Dice {result.mean(mask, 'dice'):.4f}  "
+                  f"IoU {result.mean(mask, 'iou'):.4f}  AJI {result.mean(mask, 'aji'):.4f}  "
+                  f"F1 obj {result.mean(mask, 'f1_object'):.4f}")
+        print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU")
+    print(f"report: {path}")
     return 0
 
 

@@ -257,9 +257,12 @@ def test_benchmark_on_one_image(one_image_result):
     image = result.images[0]
     assert image.organ == "Kidney" and image.mpp == pytest.approx(0.2527)
     m2 = image.metrics["mask2"]
-    # Sane, not a target: a classical method on a dense kidney image.
-    assert 0.65 < m2["dice"] < 0.95 and 0.4 < m2["aji"] < 0.9 and 0.5 < m2["f1_object"] < 0.95
-    assert m2["n_true"] == 575
+    # The figures reports/monuseg.md gives for this image (the per-image table of monuseg_test):
+    # a change of the segmentation or the scoring that moves them must come with a new report.
+    assert m2["dice"] == pytest.approx(0.7685, abs=0.002)
+    assert m2["aji"] == pytest.approx(0.5394, abs=0.002)
+    assert m2["f1_object"] == pytest.approx(0.7659, abs=0.003)
+    assert m2["n_true"] == 575 and abs(m2["n_pred"] - 574) <= 3
     # De-merging separates nuclei: better AJI than the connected components of mask 1.
     assert m2["aji"] > image.metrics["mask1"]["aji"]
     assert 0 < image.seconds < 5 and 0 < image.cpu_seconds < 5
@@ -277,6 +280,7 @@ def test_report_is_written(one_image_result, tmp_path):
     assert "| Kidney | 1 |" in text and "**mean of images**" in text
     assert f"{result.mean('mask2', 'aji'):.4f}" in text
     assert "cores:" in text and "threads used: 1" in text and "fastest of 1 run(s)" in text
+    assert "Load average (1, 5, 15 min) of the machine before / after these images: " in text
 
 
 def _blank_folder(path: Path) -> Path:

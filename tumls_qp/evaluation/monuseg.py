@@ -387,7 +387,8 @@ def jitter_stains(rgb: np.ndarray, seed: int, *, amount: float = 0.3, shift: flo
 
     rgb = check_rgb(rgb)
     for name, value in (("amount", amount), ("shift", shift), ("angle_deg", angle_deg)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        if (not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool)
+                or not math.isfinite(value) or value < 0):
             raise InvalidInputError(f"{name} must be a finite number >= 0; got {value!r}")
     rng = np.random.default_rng(seed)
     stains = _RUIFROK_HE / np.linalg.norm(_RUIFROK_HE, axis=1, keepdims=True)

@@ -893,19 +893,15 @@ def write_monuseg_report(result: BenchmarkResult | Sequence[BenchmarkResult], pa
     OutputError
         When the file cannot be written (an earlier report at ``path`` is left as it was).
     """
-    import uuid
-
     from ..errors import OutputError
+    from ..files import atomic_write
 
     path = Path(path)
     text = format_monuseg_report(result, command)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)  # a reader never sees half a report
+        with atomic_write(path) as tmp:  # a reader never sees half a report
+            tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write the report {str(path)!r}: {exc.strerror or exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

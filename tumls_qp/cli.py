@@ -198,14 +198,15 @@ def _add_eval(sub: Any) -> None:
 
 
 def _add_eval_monuseg(bench: Any) -> None:
-    q = bench.add_parser("monuseg", help="nucleus segmentation on a MoNuSeg-style folder",
-                         description="Segment every image of a MoNuSeg-style folder (<id>.tif + Aperio <id>.xml, "
-                                     "optional organs.csv) and score masks 1-3: pixel Dice and IoU, AJI, object F1 "
-                                     "at IoU > 0.5, seconds per image on one thread.")
-    q.add_argument("folder", metavar="DIR")
+    q = bench.add_parser("monuseg", help="nucleus segmentation on MoNuSeg-style folders",
+                         description="Segment every image of one or more MoNuSeg-style folders (<id>.tif + Aperio "
+                                     "<id>.xml, optional organs.csv) and score masks 1-3: pixel Dice and IoU, AJI, "
+                                     "object F1 at IoU > 0.5, seconds per image on one thread. Several folders (e.g. "
+                                     "the development and the test images) give one report with a section each.")
+    q.add_argument("folders", nargs="+", metavar="DIR")
     q.add_argument("--report", default="reports/monuseg.md", metavar="PATH",
                    help="Markdown report to write (default reports/monuseg.md)")
-    q.add_argument("--limit", type=int, metavar="N", help="score only the first N images")
+    q.add_argument("--limit", type=int, metavar="N", help="score only the first N images of each folder")
     q.add_argument("--repeats", type=int, default=3, metavar="N",
                    help="time each image N times and keep the fastest (default 3)")
     q.set_defaults(handler=_cmd_eval_monuseg)
@@ -214,7 +215,7 @@ def _add_eval_monuseg(bench: Any) -> None:
 def _cmd_eval_monuseg(args: argparse.Namespace) -> int:
     from .evaluation.monuseg import run_monuseg_benchmark, write_monuseg_report
 
-    command = ["tumls-qp", "eval", "monuseg", args.folder, "--report", args.report]
+    command = ["tumls-qp", "eval", "monuseg", *args.folders, "--report", args.report]
     if args.limit is not None:
         command += ["--limit", str(args.limit)]
     if args.repeats != 3:
@@ -223,12 +224,21 @@ def _cmd_eval_monuseg(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    result = run_monuseg_benchmark(args.folder, limit=args.limit, repeats=args.repeats, progress=progress)
-    path = write_monuseg_report(result, args.report, shlex.join(command))
-    for mask in ("mask1", "mask2", "mask3"):
-        print(f"{mask.replace('mask', 'mask ')}: Dice {result.mean(mask, 'dice'):.4f}  IoU {result.mean(mask, 'iou'):.4f}"
-              f"  AJI {result.mean(mask, 'aji'):.4f}  F1 obj {result.mean(mask, 'f1_object'):.4f}")
-    print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU; report: {path}")
+    results = []
+    for folder in args.folders:
+        if len(args.folders) > 1:
+            print(folder, file=sys.stderr)
+        results.append(run_monuseg_benchmark(folder, limit=args.limit, repeats=args.repeats, progress=progress))
+    path = write_monuseg_report(results, args.report, shlex.join(command))
+    for folder, result in zip(args.folders, results):
+        if len(args.folders) > 1:
+            print(f"{folder}:")
+        for mask in ("mask1", "mask2", "mask3"):
+            print(f"{mask.replace('mask', 'mask ')}: Dice {result.mean(mask, 'dice'):.4f}  "
+                  f"IoU {result.mean(mask, 'iou'):.4f}  AJI {result.mean(mask, 'aji'):.4f}  "
+                  f"F1 obj {result.mean(mask, 'f1_object'):.4f}")
+        print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU")
+    print(f"report: {path}")
     return 0
 
 

@@ -61,7 +61,7 @@ def synthetic_analysis() -> rf.SlideAnalysis:
         _, lumen = _disks(64, [(32, 32)], 10)
         result = GlandResult(labels=gland, lumen=lumen > 0, epithelium=(gland > 0) & (lumen == 0), mpp=0.5,
                              working_mpp=1.24)
-        glands = rf.PatchGlands(labels=gland, lumen=lumen > 0, table=measure_glands(result),
+        glands = rf.PatchGlands(labels=gland, table=measure_glands(result),
                                 polygons=labels_to_polygons(gland, offset=(x, y)))
         gland_tables.setdefault(rep.tissue, []).append(glands.table)
         if i == 1:  # one representative without nuclei (nuclei.representatives)

@@ -385,8 +385,7 @@ def _glands(
         table = measure_glands(result)
         x, y = (int(v) for v in boxes[rep.tile][:2])
         polygons = labels_to_polygons(result.labels, offset=(x, y), scale=patch.mpp / slide.mpp, simplify_px=1.0)
-        out.append(replace(patch, glands=PatchGlands(labels=result.labels, lumen=result.lumen, table=table,
-                                                     polygons=polygons)))
+        out.append(replace(patch, glands=PatchGlands(labels=result.labels, table=table, polygons=polygons)))
         tables.setdefault(rep.tissue, []).append(table)
         areas.setdefault(rep.tissue, []).append(patch.rgb.shape[0] * patch.rgb.shape[1] * patch.mpp ** 2)
     return tuple(out), {t: gland_tissue_features(tables[t], areas[t]) for t in sorted(tables)}

@@ -113,7 +113,8 @@ __all__ = [
     "Environment", "AnalysisManifest", "DictionaryInfo", "DictionaryTilesInfo", "QueryInfo", "DictionaryManifest",
     "TileFolderInfo", "TileClustersInfo", "TileClustersManifest", "ElbowInfo", "PrototypesManifest",
     # writing
-    "Patch", "PatchNuclei", "PatchGlands", "SlideAnalysis", "DictionaryAnalysis", "TileClustersAnalysis", "PrototypeClusters",
+    "Patch", "PatchNuclei", "PatchGlands", "SlideAnalysis", "DictionaryAnalysis", "TileClustersAnalysis",
+    "PrototypeClusters",
     "RunStaging", "write_run", "write_prototype_clusters", "write_embedding_colours",
     # reading
     "RunFolder", "Table", "TileTable", "AnalysisEmbeddings", "DictionaryEmbeddings", "RepresentativeFiles",
@@ -708,8 +709,6 @@ class PatchGlands:
     ----------
     labels : (H, W) int ndarray
         Instance labels (0 = not gland), the patch's size.
-    lumen : (H, W) bool ndarray
-        Gland pixels that are lumen, not epithelium.
     table : dict of str to (m,) ndarray
         ``cells.glands.measure_glands``: ``label`` and one entry per ``GLAND_MEASUREMENTS`` key.
     polygons : list of (label, shapely Polygon)
@@ -717,7 +716,6 @@ class PatchGlands:
     """
 
     labels: np.ndarray
-    lumen: np.ndarray
     table: dict[str, np.ndarray]
     polygons: list[tuple[int, Any]]
 
@@ -1010,12 +1008,6 @@ def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
 
     manifest = _analysis_manifest(a, OutputsInfo(geojson=geojson, geojson_features=len(features),
                                                  embedding_colours=colours), nuclei)
-    if config.glands.enabled:
-        manifest = dataclasses.replace(manifest, glands=GlandsInfo(
-            enabled=True, representatives_segmented=sum(p.glands is not None for p in a.patches),
-            glands=sum(len(p.glands.polygons) for p in a.patches if p.glands is not None),
-            per_tissue={t + 1: int(v["Glands"]) for t, v in a.gland_features.items()},
-            seconds=round(a.gland_seconds, 3)))
     _write_manifest(folder, manifest)
     return manifest
 
@@ -1129,6 +1121,11 @@ def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int) -> A
         environment=Environment.now(a.history.device),
         warnings=tuple(a.warnings),
         config=config,
+        glands=GlandsInfo(
+            enabled=True, representatives_segmented=sum(p.glands is not None for p in a.patches),
+            glands=sum(len(p.glands.table["label"]) for p in a.patches if p.glands is not None),
+            per_tissue={t + 1: int(v["Glands"]) for t, v in a.gland_features.items()},
+            seconds=round(a.gland_seconds, 3)) if config.glands.enabled else None,
     )
 
 

@@ -47,6 +47,7 @@ def TOKEN = ''
 def PARAMETERS = [
     // tiles   : [tile_um: 256],   // tile side in µm (32 suits small images such as CMU-1-Small-Region)
     // clusters: [k: 4],           // fix the number of tissues (default: chosen from the dendrogram)
+    // glands  : [enabled: true],  // also segment glands in the representatives ("Gland" annotations)
 ]
 def POLL_SECONDS = 2               // how often to ask the server for progress (TUMLS_QP_POLL_SECONDS)
 def TIMEOUT_MINUTES = 240          // give up, and cancel the server's job, after this long

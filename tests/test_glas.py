@@ -206,9 +206,13 @@ def test_cli_eval_glas(shared_data: Path, tmp_path: Path, capsys: pytest.Capture
 
     glas = shared_data / "glas"
     report = tmp_path / "glas.md"
-    assert main(["eval", "glas", str(glas), "--split", "train", "--report", str(report), "--limit", "1"]) == 0
+    config = tmp_path / "glands.toml"
+    config.write_text("[glands]\nthreshold = 0.3\n", encoding="utf-8")
+    assert main(["eval", "glas", str(glas), "--split", "train", "--report", str(report), "--limit", "1",
+                 "--config", str(config)]) == 0
     text = report.read_text(encoding="utf-8")
-    assert f"tumls-qp eval glas {glas} --split train --report {report} --limit 1" in text
+    assert f"tumls-qp eval glas {glas} --split train --report {report} --limit 1 --config {config}" in text
+    assert "threshold = 0.3" in text  # the settings the method ran with
     assert "| train_1 |" in text
     out = capsys.readouterr().out
     assert "glands  : mIoU" in out and "baseline: mIoU" in out and "s per image" in out
@@ -227,4 +231,9 @@ def test_cli_eval_glas_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "limit" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "glas", str(root), "--split", "testB"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[glands]\nthreshold = 2.0\n", encoding="utf-8")
+    assert main(["eval", "glas", str(root), "--split", "train", "--config", str(bad),
+                 "--report", str(tmp_path / "r.md")]) == 2
+    assert "glands.threshold" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()

@@ -257,6 +257,8 @@ def _add_eval_glas(bench: Any) -> None:
     q.add_argument("--limit", type=int, metavar="N", help="score only the first N images")
     q.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="time each image N times and keep the fastest (default 1)")
+    q.add_argument("--config", metavar="FILE",
+                   help="TOML config whose [glands] section sets the method (default: the defaults)")
     q.set_defaults(handler=_cmd_eval_glas)
 
 
@@ -269,11 +271,15 @@ def _cmd_eval_glas(args: argparse.Namespace) -> int:
         command += ["--limit", str(args.limit)]
     if args.repeats != 1:
         command += ["--repeats", str(args.repeats)]
+    if args.config:
+        command += ["--config", args.config]
+    cfg = load_config(args.config).glands if args.config else None
 
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    result = run_glas_benchmark(args.folder, args.split, limit=args.limit, repeats=args.repeats, progress=progress)
+    result = run_glas_benchmark(args.folder, args.split, cfg=cfg, limit=args.limit, repeats=args.repeats,
+                                progress=progress)
     path = write_glas_report(result, report, shlex.join(command))
     for which, title in (("method", "glands  "), ("baseline", "baseline")):
         pooled = result.pooled(which)

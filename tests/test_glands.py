@@ -301,7 +301,7 @@ def test_tissue_features_pool_the_representatives() -> None:
 
 @pytest.mark.realdata
 def test_pipeline_glands_on_a_glas_mosaic(shared_data: Path, tmp_path: Path) -> None:
-    """A slide tiled from eight GlaS training images: glands in the representatives, nested under them in QuPath."""
+    """A slide tiled from eight malignant GlaS training images: glands in the representatives, nested under them."""
     import json
 
     from shapely.geometry import box, shape
@@ -312,7 +312,8 @@ def test_pipeline_glands_on_a_glas_mosaic(shared_data: Path, tmp_path: Path) -> 
     from tumls_qp.pipeline import analyze
     from tumls_qp.testing import write_pyramidal_tiff
 
-    images = [_glas(f"train_{i}")[0] for i in (1, 2, 3, 4, 5, 6, 8, 9)]  # all 775 x 522 px
+    # Malignant glands, which the method finds well (benign crypts it often misses: reports/glands.md); 775 x 522 px.
+    images = [_glas(f"train_{i}")[0] for i in (1, 10, 11, 13, 14, 16, 17, 18)]
     mosaic = np.vstack([np.hstack(images[:4]), np.hstack(images[4:])])
     slide = write_pyramidal_tiff(tmp_path / "glas.tif", mosaic, 0.62)
     config = replace_in(PipelineConfig(), **{"tiles.tile_um": 128.0, "embedding.max_epochs": 3,
@@ -321,7 +322,8 @@ def test_pipeline_glands_on_a_glas_mosaic(shared_data: Path, tmp_path: Path) -> 
     [result] = analyze([slide], tmp_path / "out", config)
     run = read_run(result.run_dir)
     info = run.manifest.glands
-    assert info is not None and info.representatives_segmented == len(run.representatives) and info.glands > 0
+    assert info is not None and info.representatives_segmented == len(run.representatives)
+    assert sum(n > 0 for n in info.per_tissue.values()) >= 1 and info.glands >= len(run.representatives) // 2
     assert len(run.glands.rows) == info.glands and sum(info.per_tissue.values()) == info.glands
     assert all(r.glands is not None for r in run.representatives)
     assert "Glands per mm^2" in run.features.columns and "Nuclei" in run.features.columns

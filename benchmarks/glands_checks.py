@@ -3,9 +3,10 @@
 1. **No gland, no gland found.** Windows of the GlaS *training* images (160 x 160 px, at least
    10 px away from any annotated gland), and the benign lung tiles of LC25000 (alveolar walls,
    vessels, blood; no gland): the share of them in which a gland is found.
-2. **Cost in a whole analysis.** A slide tiled from eight GlaS training images (2 x 4, 3100 x
-   1044 px at 0.62 µm/px), analysed with 128 µm tiles and ``glands.enabled``: seconds per
-   pipeline stage beside the seconds spent on glands, and the glands found.
+2. **Cost in a whole analysis.** Slides tiled from eight GlaS training images each (2 x 4, 3100 x
+   1044 px at 0.62 µm/px; the first eight 775 x 522 px images, then eight malignant ones),
+   analysed with 128 µm tiles and ``glands.enabled``: seconds per pipeline stage beside the
+   seconds spent on glands, and the glands found.
 
 Prints what ``reports/glands.md`` needs, with the load average:
 
@@ -63,14 +64,18 @@ def negatives(data: Path) -> None:
     print(f"LC25000 benign lung tiles: {len(files)}; a gland found in {sum(found)} ({np.mean(found):.1%})")
 
 
-def cost(data: Path) -> None:
+#: The mosaics of the cost check: GlaS training image numbers (all 775 x 522 px).
+MOSAICS = {"first eight": (1, 2, 3, 4, 5, 6, 8, 9), "malignant": (1, 10, 11, 13, 14, 16, 17, 18)}
+
+
+def cost(data: Path, which: str) -> None:
     from tumls_qp.config import PipelineConfig, replace_in
     from tumls_qp.evaluation.glas import GLAS_MPP, list_glas, read_glas_image
     from tumls_qp.pipeline import analyze
     from tumls_qp.testing import write_pyramidal_tiff
 
     items = {i.name: i for i in list_glas(data / "glas", "train")}
-    images = [read_glas_image(items[f"train_{i}"])[0] for i in (1, 2, 3, 4, 5, 6, 8, 9)]
+    images = [read_glas_image(items[f"train_{i}"])[0] for i in MOSAICS[which]]
     mosaic = np.vstack([np.hstack(images[:4]), np.hstack(images[4:])])
     config = replace_in(PipelineConfig(), **{"tiles.tile_um": 128.0, "embedding.device": "cpu",
                                              "glands.enabled": True})
@@ -80,7 +85,7 @@ def cost(data: Path) -> None:
         [result] = analyze([slide], Path(tmp) / "out", config)
         total = time.perf_counter() - start
     m = result.manifest
-    print(f"GlaS mosaic ({mosaic.shape[1]} x {mosaic.shape[0]} px, 128 µm tiles): k = {m.clusters.k}, "
+    print(f"GlaS mosaic, {which} ({mosaic.shape[1]} x {mosaic.shape[0]} px, 128 µm tiles): k = {m.clusters.k}, "
           f"{len(m.representatives)} representatives, {m.glands.glands} glands {m.glands.per_tissue}")
     print(f"  seconds per stage: {m.timings_s}; total {total:.1f} s")
     print(f"  glands: {m.glands.seconds:.2f} s ({m.glands.seconds / len(m.representatives):.3f} s per representative), "
@@ -96,7 +101,8 @@ def main() -> int:
         print(f"GlaS not found under {args.data}: pass --data", file=sys.stderr)
         return 3
     negatives(args.data)
-    cost(args.data)
+    for which in MOSAICS:
+        cost(args.data, which)
     print(f"load average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {os.cpu_count()} cores")
     return 0
 

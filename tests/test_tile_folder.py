@@ -67,7 +67,7 @@ def test_read_tile_folder_modes_and_errors(tmp_path):
     with pytest.raises(InvalidInputError, match="tile folder not found"):
         read_tile_folder(tmp_path / "missing", 16)
     with pytest.raises(InvalidInputError, match="tile_px"):
-        read_tile_folder(folder, 12)
+        read_tile_folder(folder, 4)
 
 
 @pytest.fixture()

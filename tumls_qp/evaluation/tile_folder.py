@@ -115,7 +115,8 @@ def read_tile_folder(folder: str | os.PathLike[str], tile_px: int, *, recursive:
     ----------
     folder : path-like
     tile_px : int
-        8, 16, 32 or 64 (the autoencoder's tile sizes).
+        Side of the resampled tiles, 8 to 512 px (the autoencoder takes 8, 16, 32 or 64; the
+        view methods take ``embedding.view_px``).
     recursive : bool
         Also read images in subfolders.
 
@@ -125,8 +126,8 @@ def read_tile_folder(folder: str | os.PathLike[str], tile_px: int, *, recursive:
         The folder does not exist, holds no image, or an image cannot be decoded (named).
     """
     folder = Path(folder)
-    if tile_px not in (8, 16, 32, 64):
-        raise InvalidInputError(f"tile_px must be one of 8, 16, 32, 64; got {tile_px!r}")
+    if not isinstance(tile_px, int) or not 8 <= tile_px <= 512:
+        raise InvalidInputError(f"tile_px must be an integer in [8, 512]; got {tile_px!r}")
     if not folder.is_dir():
         raise InvalidInputError(f"tile folder not found: {str(folder)!r}")
     pattern = "**/*" if recursive else "*"

@@ -10,9 +10,12 @@ the filter the slide reader uses to bring level-0 pixels down to the tissue leve
 (``slide.resize_rgb``), so a folder tile enters the encoder the way a slide tile does.
 Images smaller than the tile are enlarged bilinearly, as the slide reader does.
 
-``cluster_tile_folder`` then trains the autoencoder on the tiles, embeds them, clusters
-them with k from the dendrogram (``clusters.cluster_embeddings``), and writes the result
-folder described in the README ("cluster-tiles").
+The view methods (``embedding.method`` other than ``tumls-ae``) read every image a second time
+the same way at ``embedding.view_px``: the whole image is the tile's view.
+
+``cluster_tile_folder`` then fits the embedding method on the tiles (``embeddings.fit_embedding``),
+clusters them with the tool's automatic k (``clusters.cluster_embeddings``), and writes the
+result folder described in the README ("cluster-tiles").
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -193,6 +196,7 @@ def cluster_tile_folder(
     *,
     recursive: bool = False,
     colour_method: str = "auto",
+    mpp: float | None = None,
     progress: Callable[[str, float, str], None] | None = None,
 ) -> TileFolderResult:
     """Embed and cluster a folder of tiles; write the result folder ``out_dir`` atomically.
@@ -205,24 +209,32 @@ def cluster_tile_folder(
         The result folder: created, or replaced when it holds an earlier cluster-tiles result.
         Written in a hidden staging folder beside it and renamed into place when complete.
     config : PipelineConfig, optional
-        ``tiles.tile_px`` (tile size), ``tiles.min_tiles``, ``embedding`` (autoencoder training),
+        ``tiles.tile_px`` (tile size for ``tumls-ae``), ``tiles.min_tiles``, ``embedding`` (the
+        method and its training; ``embedding.view_px`` is the view size of the other methods),
         ``clusters`` (k), ``representatives.n`` and ``seed`` apply; the slide options do not.
     recursive : bool
         Also read images in subfolders.
     colour_method : {"auto", "umap", "pca"}
         Reduction for the embedding-colour figure.
+    mpp : float, optional
+        Pixel size of the images in µm/px. The view methods measure in µm (``handcrafted``);
+        without it, each image is taken to span ``embedding.view_um`` µm.
     progress : callable(stage, fraction, message), optional
 
     Returns
     -------
     TileFolderResult
     """
-    from ..tissue.clusters import cluster_embeddings
+    from ..tissue.clusters import cluster_embeddings, clustering_summary
     from ..interactive.embedding_colours import draw_embedding_colours, embedding_colours
-    from ..tissue.embeddings import embed_tiles, save_checkpoint, train_autoencoder
+    from ..tissue.embeddings import (TileImages, check_tile_count, embedding_summary, fit_embedding, needs_views,
+                                     training_table)
     from ..tissue.representatives import select_representatives
 
     config = config or PipelineConfig()
+    method = config.embedding.method
+    if mpp is not None and not (isinstance(mpp, (int, float)) and 0.01 <= mpp <= 100):
+        raise InvalidInputError(f"mpp must be a pixel size in µm/px between 0.01 and 100; got {mpp!r}")
     progress = progress or (lambda stage, fraction, message: None)
     out = Path(out_dir)
     _check_out(out)
@@ -236,21 +248,29 @@ def cluster_tile_folder(
             f"only {len(data.files)} tile images in {str(folder)!r}; at least {config.tiles.min_tiles} are needed to "
             "learn and cluster tissues (tiles.min_tiles)"
         )
+    check_tile_count(method, len(data.files))
+    images = TileImages(tiles=data.tiles)
+    view_mpp = None
+    if needs_views(method):
+        view_px = config.embedding.view_px
+        views = read_tile_folder(folder, view_px, recursive=recursive).tiles
+        side = np.minimum(data.source_sizes[:, 0], data.source_sizes[:, 1]).astype(np.float64)
+        view_mpp = float(np.median(side) * mpp / view_px) if mpp is not None else config.embedding.view_um / view_px
+        images = TileImages(tiles=data.tiles, views=views, view_mpp=view_mpp)
     timings["tiles"] = time.perf_counter() - clock
     progress("tiles", 1.0, f"{len(data.files)} tiles")
 
     clock = time.perf_counter()
-    progress("train", 0.0, f"training the autoencoder on {len(data.files)} tiles")
-    trained = train_autoencoder(data.tiles, config.embedding, config.seed,
-                                progress=lambda e, n: progress("train", e / n, f"epoch {e}"))
+    progress("train", 0.0, f"{method}: learning from {len(data.files)} tiles")
+    embedding = fit_embedding(images, config.embedding, config.seed, clusters=config.clusters,
+                              progress=lambda e, n: progress("train", e / n, f"{method}: {e}/{n}"))
+    latents = embedding.vectors
     timings["train"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    latents = embed_tiles(trained, data.tiles)
-    timings["embed"] = time.perf_counter() - clock
     progress("embed", 1.0, f"{len(latents)} tiles embedded")
 
     clock = time.perf_counter()
-    clustering = cluster_embeddings(latents, config.clusters, config.seed)
+    clustering = cluster_embeddings(latents, config.clusters, config.seed, posterior=embedding.posterior,
+                                    posterior_source="VaDE mixture (lowest BIC)")
     reps = select_representatives(clustering, config.representatives.n)
     timings["cluster"] = time.perf_counter() - clock
     progress("cluster", 1.0, f"k = {clustering.k}")
@@ -267,18 +287,21 @@ def cluster_tile_folder(
                     for f, t, u, d in zip(files, clustering.labels, clustering.uncertainty, clustering.distance)])
         write_csv(stage / "representatives.csv", ["cluster", "rank", "file", "uncertainty", "distance"],
                    [[r.tissue + 1, r.rank, files[r.tile], f"{r.uncertainty:.5f}", f"{r.distance:.5f}"] for r in reps])
-        history = trained.history
-        write_csv(stage / "training.csv", ["epoch", "train_mse", "val_mse"],
-                   [[i + 1, f"{t:.6g}", f"{v:.6g}"] for i, (t, v) in enumerate(zip(history.train_mse, history.val_mse))])
-        np.savez_compressed(stage / "embeddings.npz", files=np.array(files), latents=latents.astype(np.float32),
-                            labels=clustering.labels, uncertainty=clustering.uncertainty, distance=clustering.distance,
-                            centroids=clustering.centroids, embedding_3d=colours.coords, embedding_rgb=colours.rgb)
+        header, rows = training_table(embedding.history)
+        write_csv(stage / "training.csv", header, rows)
+        arrays = dict(files=np.array(files), latents=latents.astype(np.float32), labels=clustering.labels,
+                      uncertainty=clustering.uncertainty, distance=clustering.distance,
+                      centroids=clustering.centroids, embedding_3d=colours.coords, embedding_rgb=colours.rgb)
+        if clustering.posterior is not None:
+            arrays["posterior"] = clustering.posterior
+        np.savez_compressed(stage / "embeddings.npz", **arrays)
         names = [f"Cluster {j + 1}" for j in range(clustering.k)]
         draw_embedding_colours(colours, stage / "embedding_colours.png", labels=clustering.labels, label_names=names,
                                title=f"{Path(folder).name}: {len(files)} tiles, {clustering.k} cluster(s), "
                                      f"{colours.method.upper()}")
-        save_checkpoint(trained.model, stage, {"history": asdict(history), "embedding": config_to_dict(config.embedding),
-                                               "tiles": config_to_dict(config.tiles), "seed": config.seed})
+        embedding.encoder.save(stage, {"history": embedding.history,
+                                       "embedding": config_to_dict(config.embedding),
+                                       "tiles": config_to_dict(config.tiles), "seed": config.seed})
         (stage / "config.toml").write_text(dump_config(config), encoding="utf-8")
         manifest = {
             "tool": "tumls-qp",
@@ -288,19 +311,14 @@ def cluster_tile_folder(
             "python": platform.python_version(),
             "dependencies": package_versions(_DEPENDENCIES),
             "seed": config.seed,
-            "device": history.device,
+            "device": embedding.history.get("device", "cpu"),
             "folder": str(Path(folder).resolve()),
             "tiles": {"n": len(files), "tile_px": config.tiles.tile_px,
                       "resampling": "centre crop to a square, then area averaging (Pillow BOX) to tile_px",
                       "cropped": data.cropped,
                       "source_sizes": sorted({f"{w}x{h}" for w, h in data.source_sizes.tolist()})[:20]},
-            "embedding": {"epochs": len(history.train_mse), "best_epoch": history.best_epoch,
-                          "early_stopped": history.early_stopped, "mse": history.mse, "n_tiles": history.n_tiles,
-                          "train_seconds": round(history.seconds, 3)},
-            "clusters": {"k": clustering.k, "k_source": clustering.k_source,
-                         "gaps": {str(k): v for k, v in clustering.gaps.items()},
-                         "split_statistic": clustering.split_statistic,
-                         "uncertainty_scale": clustering.uncertainty_scale, "tiles_per_cluster": clustering.sizes()},
+            "embedding": embedding_summary(embedding, view_mpp),
+            "clusters": clustering_summary(clustering),
             "embedding_colours": {"method": colours.method, "figure": "embedding_colours.png"},
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "config": config_to_dict(config),

@@ -55,6 +55,7 @@ __all__ = [
     "cluster_embeddings",
     "choose_k",
     "vote_k",
+    "clustering_summary",
     "dendrogram_gaps",
     "split_statistic",
     "SPLIT_CRITICAL_VALUE",
@@ -302,3 +303,19 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
         k_votes=votes,
         posterior=None if posterior is None else post.astype(np.float32),
     )
+
+
+def clustering_summary(clustering: Clustering) -> dict:
+    """The manifest's ``clusters`` section: k, how it was chosen, the resample votes and the runner-up."""
+    runner = clustering.runner_up
+    total = sum(clustering.k_votes.values())
+    return {
+        "k": clustering.k,
+        "k_source": clustering.k_source,
+        "k_votes": {str(k): v for k, v in clustering.k_votes.items()},
+        "runner_up": None if runner is None else {"k": runner[0], "votes": runner[1], "of": total},
+        "gaps": {str(k): v for k, v in clustering.gaps.items()},
+        "split_statistic": clustering.split_statistic,
+        "uncertainty_scale": clustering.uncertainty_scale,
+        "tiles_per_cluster": clustering.sizes(),
+    }

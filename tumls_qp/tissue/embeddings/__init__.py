@@ -14,9 +14,11 @@ from .methods import (
     TileEmbedding,
     TileImages,
     check_tile_count,
+    embedding_summary,
     fit_embedding,
     load_encoder,
     needs_views,
+    training_table,
 )
 from .model import Autoencoder
 from .training import (
@@ -43,6 +45,7 @@ __all__ = [
     "TrainingHistory",
     "check_tile_count",
     "embed_tiles",
+    "embedding_summary",
     "fit_embedding",
     "load_checkpoint",
     "load_encoder",
@@ -52,4 +55,5 @@ __all__ = [
     "save_checkpoint",
     "set_cpu_threads",
     "train_autoencoder",
+    "training_table",
 ]

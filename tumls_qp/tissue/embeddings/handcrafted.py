@@ -8,9 +8,10 @@ interpretable measurements, standardised over the tiles of the run:
   (``cells.nuclei.REFERENCE_STAINS``, least squares); per tile, the mean, standard
   deviation and 90th percentile of each stain over tissue pixels, the haematoxylin share
   H / (H + E), and the fraction of white pixels (lumina, alveolar spaces, fat);
-- **texture at two scales**: the mean magnitude of difference-of-Gaussians band-pass
-  responses of the haematoxylin and eosin images at a cell scale (σ = 2 µm) and a tissue
-  architecture scale (σ = 8 µm), and the mean size of white spaces;
+- **texture at two scales**: the mean magnitude, over tissue pixels, of difference-of-Gaussians
+  band-pass responses of the haematoxylin and eosin images at a cell scale (σ = 2 µm) and a
+  tissue architecture scale (σ = 8 µm); the mean size of white spaces and the number of
+  small ones (20-400 µm²: goblet-cell mucin, alveoli, small lumina) per mm²;
 - **nucleus density**: haematoxylin blobs per mm² of tissue, counted as local maxima of
   the negative Laplacian of Gaussian (σ = 3 µm) that are darker than the tile's median
   haematoxylin by a fixed margin.
@@ -40,9 +41,13 @@ _NUCLEUS_SIGMA_UM = 3.0
 #: Haematoxylin (OD units) by which a blob must exceed the tile's median to count as a nucleus.
 _NUCLEUS_MARGIN_OD = 0.15
 
+#: White spaces between these areas (µm²) are counted as small lumina: goblet-cell mucin, alveoli, small glands.
+_LUMEN_UM2 = (20.0, 400.0)
+
 FEATURE_NAMES = (
     "H mean", "H sd", "H p90", "E mean", "E sd", "E p90", "H share", "white fraction",
-    "H band 2 um", "H band 8 um", "E band 2 um", "E band 8 um", "white space size um", "nuclei per mm2",
+    "H band 2 um", "H band 8 um", "E band 2 um", "E band 8 um", "white space size um", "small lumina per mm2",
+    "nuclei per mm2",
 )
 
 
@@ -64,20 +69,24 @@ def _describe(rgb: np.ndarray, mpp: float, unmix: np.ndarray) -> np.ndarray:
         out[0:3] = ht.mean(), ht.std(), np.percentile(ht, 90)
         out[3:6] = et.mean(), et.std(), np.percentile(et, 90)
         out[6] = ht.sum() / max(float(ht.sum() + et.sum()), 1e-6)
+        for j, image in enumerate((h, e)):
+            for s, sigma_um in enumerate((_CELL_SIGMA_UM, _TISSUE_SIGMA_UM)):
+                sigma = sigma_um / mpp
+                band = ndi.gaussian_filter(image, sigma / 1.6) - ndi.gaussian_filter(image, sigma * 1.6)
+                out[8 + 2 * j + s] = np.abs(band)[tissue].mean()
     out[7] = white.mean()
-    for j, image in enumerate((h, e)):
-        for s, sigma_um in enumerate((_CELL_SIGMA_UM, _TISSUE_SIGMA_UM)):
-            sigma = sigma_um / mpp
-            band = ndi.gaussian_filter(image, sigma / 1.6) - ndi.gaussian_filter(image, sigma * 1.6)
-            out[8 + 2 * j + s] = np.abs(band).mean()
     labels, n = ndi.label(white)
-    out[12] = np.sqrt(white.sum() / n) * mpp if n else 0.0
+    if n:
+        out[12] = np.sqrt(white.sum() / n) * mpp
+        areas = np.bincount(labels.ravel())[1:] * mpp * mpp
+        lumina = int(((areas >= _LUMEN_UM2[0]) & (areas <= _LUMEN_UM2[1])).sum())
+        out[13] = lumina / (rgb.shape[0] * rgb.shape[1] * (mpp / 1000.0) ** 2)
     log = -ndi.gaussian_laplace(h, _NUCLEUS_SIGMA_UM / mpp)
     peaks = (log == ndi.maximum_filter(log, size=max(3, int(round(2 * _NUCLEUS_SIGMA_UM / mpp)) | 1))) & tissue
     level = float(np.median(h[tissue])) if n_tissue else 0.0
     smooth = ndi.gaussian_filter(h, _NUCLEUS_SIGMA_UM / mpp / 2)
     count = int((peaks & (smooth > level + _NUCLEUS_MARGIN_OD)).sum())
-    out[13] = count / max(n_tissue * (mpp / 1000.0) ** 2, 1e-9)
+    out[14] = count / max(n_tissue * (mpp / 1000.0) ** 2, 1e-9)
     return out
 
 

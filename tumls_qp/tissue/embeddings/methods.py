@@ -57,6 +57,8 @@ __all__ = [
     "load_encoder",
     "needs_views",
     "check_tile_count",
+    "training_table",
+    "embedding_summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -399,6 +401,35 @@ def fit_embedding(
     if method == "vade":
         return _fit_vade(images, cfg, seed, clusters or ClusterConfig(), progress)
     return _fit_handcrafted(images, cfg, progress)
+
+
+def training_table(history: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of ``training.csv``: the loss per epoch of the method's training.
+
+    ``tumls-ae``: epoch, train_mse, val_mse (as the TUMLS report plots them); ``contrastive``:
+    epoch, loss (NT-Xent); ``vade``: epoch, phase (``pretrain`` or ``vade``), loss (MSE, then
+    the negative ELBO); ``handcrafted``: no rows (nothing is trained).
+    """
+    if "train_mse" in history:
+        return ["epoch", "train_mse", "val_mse"], [
+            [i + 1, f"{t:.6g}", f"{v:.6g}"] for i, (t, v) in enumerate(zip(history["train_mse"], history["val_mse"]))]
+    if "pretrain_loss" in history:
+        rows = [["pretrain", v] for v in history["pretrain_loss"]] + [["vade", v] for v in history["loss"]]
+        return ["epoch", "phase", "loss"], [[i + 1, phase, f"{v:.6g}"] for i, (phase, v) in enumerate(rows)]
+    return ["epoch", "loss"], [[i + 1, f"{v:.6g}"] for i, v in enumerate(history.get("loss", []))]
+
+
+#: Per-epoch lists stay in training.csv; the manifest keeps the summary.
+_LISTS = ("train_mse", "val_mse", "loss", "pretrain_loss")
+
+
+def embedding_summary(embedding: TileEmbedding, view_mpp: float | None) -> dict[str, Any]:
+    """The manifest's ``embedding`` section: which method made the vectors and what its training did."""
+    summary = {"method": embedding.method, "dim": int(embedding.vectors.shape[1])}
+    summary.update({k: v for k, v in embedding.history.items() if k not in _LISTS and k != "seconds"})
+    if embedding.method in VIEW_METHODS:
+        summary["view_mpp"] = view_mpp
+    return summary
 
 
 def load_encoder(folder: str | Path) -> Encoder:

@@ -8,10 +8,12 @@ units), a 10-dimensional latent, Adam at 1e-4.
 Training, as in the paper:
 
 1. **pretraining** as a plain autoencoder (MSE) for ``pretrain_epochs``;
-2. **the mixture**: a diagonal Gaussian mixture is fitted to the latent means for every
-   k in [k_min, k_max] and the k with the lowest BIC is kept (the "likelihood-based
-   choice" of k; a user-given k skips it). Its weights, means and variances initialise
-   the prior p(c) p(z | c);
+2. **the mixture**: a Gaussian mixture with full covariances is fitted to the latent means
+   for every k in [k_min, k_max] and the k with the lowest BIC is kept (the "likelihood-based
+   choice" of k; a user-given k skips it). Its weights, means and the diagonals of its
+   covariances initialise VaDE's diagonal prior p(c) p(z | c). (Diagonal mixtures were tried
+   for the choice of k and rejected: the latents are correlated, so BIC kept falling up to
+   k_max on the design tiles of reports/embeddings.md.);
 3. **VaDE**: the negative ELBO (reconstruction MSE + the KL divergence of q(z, c | x) from
    the mixture prior) is minimised jointly over the network and the mixture for
    ``epochs``.
@@ -90,7 +92,7 @@ class VaDE(nn.Module):
 class VadeHistory:
     pretrain_loss: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
-    #: BIC of the diagonal mixture on the pretrained latents for each k considered.
+    #: BIC of the full-covariance mixture on the pretrained latents for each k considered.
     bic: dict[int, float] = field(default_factory=dict)
     k: int = 0
     k_source: str = ""
@@ -164,7 +166,7 @@ def train_vade(
     candidates = [k] if k is not None else list(range(max(1, k_min), max(1, min(k_max, n // 2)) + 1))
     fits = {}
     for kk in candidates:
-        gmm = GaussianMixture(kk, covariance_type="diag", n_init=3, reg_covar=1e-4, random_state=seed).fit(latents)
+        gmm = GaussianMixture(kk, covariance_type="full", n_init=3, reg_covar=1e-4, random_state=seed).fit(latents)
         fits[kk] = gmm
         history.bic[kk] = float(gmm.bic(latents))
     best = min(fits, key=lambda kk: (history.bic[kk], kk))
@@ -177,7 +179,8 @@ def train_vade(
     with torch.no_grad():
         trained.pi_logits.copy_(torch.as_tensor(np.log(gmm.weights_), dtype=torch.float32))
         trained.mu_c.copy_(torch.as_tensor(gmm.means_, dtype=torch.float32))
-        trained.log_var_c.copy_(torch.as_tensor(np.log(gmm.covariances_), dtype=torch.float32))
+        variances = np.stack([np.diag(c) for c in gmm.covariances_])
+        trained.log_var_c.copy_(torch.as_tensor(np.log(variances), dtype=torch.float32))
     optimiser = torch.optim.Adam(trained.parameters(), lr=learning_rate)
     _epochs(trained, data, trained.elbo_loss, optimiser, epochs, batch, device, g, history.loss, tick)
     history.seconds = time.perf_counter() - started

@@ -170,6 +170,7 @@ def main() -> int:
     load_end = os.getloadavg()
 
     command = ("python benchmarks/embeddings.py"
+               + (f" --data {args.data}" if Path(args.data).resolve() != DEFAULT_DATA.resolve() else "")
                + (f" --methods {args.methods}" if args.methods != parser.get_default("methods") else "")
                + (f" --subset {args.subset}" if args.subset != "all" else "")
                + (f" --threads {args.threads}" if args.threads != 1 else "")

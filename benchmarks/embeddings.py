@@ -74,7 +74,7 @@ def evaluate(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int, posterior:
     from tumls_qp.config import ClusterConfig
     from tumls_qp.tissue.clusters import cluster_embeddings
 
-    auto = cluster_embeddings(x, ClusterConfig(), seed, posterior=posterior, posterior_source="VaDE mixture (BIC)")
+    auto = cluster_embeddings(x, ClusterConfig(), seed, posterior=posterior)
     known = KMeans(n_clusters=n_classes, n_init=10, random_state=seed).fit(x).labels_
     ari_a, nmi_a = scores(y, auto.labels)
     ari_k, nmi_k = scores(y, known)

@@ -132,7 +132,7 @@ def test_a_mixture_posterior_decides_the_tissues():
     post = np.zeros((140, 4))
     post[:100, 2], post[100:, 0] = 0.9, 0.8
     post[:100, 1], post[100:, 2], post[100:, 3] = 0.1, 0.1, 0.1
-    c = cluster_embeddings(x, ClusterConfig(), 0, posterior=post, posterior_source="VaDE mixture (BIC)")
+    c = cluster_embeddings(x, ClusterConfig(), 0, posterior=post)
     assert c.k == 2 and c.k_source == "VaDE mixture (BIC)" and c.sizes() == [100, 40]
     assert c.posterior.shape == (140, 2) and np.allclose(c.posterior.sum(axis=1), 1)
     assert np.allclose(c.posterior[:100, 0], 1.0) and np.allclose(c.posterior[100:], [0.1 / 0.9, 0.8 / 0.9])

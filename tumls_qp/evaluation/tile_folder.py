@@ -15,30 +15,28 @@ the same way at ``embedding.view_px``: the whole image is the tile's view.
 
 ``cluster_tile_folder`` then fits the embedding method on the tiles (``embeddings.fit_embedding``),
 clusters them with the tool's automatic k (``clusters.cluster_embeddings``), and writes the
-result folder described in the README ("cluster-tiles").
+result folder (``outputs.run_folder``, kind ``cluster-tiles``; described in the README, "Tile folders").
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .. import __version__
-from ..config import PipelineConfig, config_to_dict, dump_config
+from ..config import PipelineConfig
 from ..errors import InvalidInputError, NoTissueError, OutputError
-from ..provenance import package_versions
-from ..files import replace_dir, staging_dir, write_csv, write_json
+from ..interactive.embedding_colours import embedding_colours
+from ..outputs.run_folder import TileClustersAnalysis, TileClustersManifest, TileFolderInfo, folder_kind, write_run
+from ..tissue.clusters import cluster_embeddings
+from ..tissue.representatives import select_representatives
 
 __all__ = ["TileFolder", "IMAGE_SUFFIXES", "read_tile_folder", "resample_tile", "cluster_tile_folder",
            "TileFolderResult"]
@@ -47,7 +45,6 @@ log = logging.getLogger(__name__)
 
 #: File name endings read as tiles (case-insensitive); other files (CSV, Markdown, ...) are ignored.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-_DEPENDENCIES = ("numpy", "scipy", "scikit-learn", "pillow", "torch", "matplotlib", "umap-learn")
 
 
 @dataclass(frozen=True)
@@ -165,28 +162,22 @@ def read_tile_folder(folder: str | os.PathLike[str], tile_px: int, *, recursive:
 
 @dataclass
 class TileFolderResult:
-    """A finished ``cluster-tiles`` run."""
+    """A finished ``cluster-tiles`` run: its folder and the manifest written there."""
 
     out_dir: Path
-    manifest: dict[str, Any]
+    manifest: TileClustersManifest
 
 
 def _check_out(out: Path) -> None:
-    """Refuse to replace a folder that is not an earlier tumls-qp result."""
+    """Refuse to replace a folder that is not an earlier cluster-tiles result."""
     if not out.exists():
         return
     if not out.is_dir():
         raise OutputError(f"--out {str(out)!r} is a file; give a folder name for the results")
-    if any(out.iterdir()):
-        try:
-            manifest = json.loads((out / "manifest.json").read_text())
-            ours = manifest.get("tool") == "tumls-qp" and manifest.get("command") == "cluster-tiles"
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            raise OutputError(
-                f"--out {str(out)!r} exists and is not an earlier cluster-tiles result; choose a new or empty folder"
-            )
+    if any(out.iterdir()) and folder_kind(out) != "cluster-tiles":
+        raise OutputError(
+            f"--out {str(out)!r} exists and is not an earlier cluster-tiles result; choose a new or empty folder"
+        )
 
 
 def cluster_tile_folder(
@@ -206,8 +197,9 @@ def cluster_tile_folder(
     folder : path-like
         Tile images (see the module docstring).
     out_dir : path-like
-        The result folder: created, or replaced when it holds an earlier cluster-tiles result.
-        Written in a hidden staging folder beside it and renamed into place when complete.
+        The result folder (:mod:`tumls_qp.outputs.run_folder`, kind ``cluster-tiles``): created, or
+        replaced when it holds an earlier cluster-tiles result. Written in a hidden staging folder
+        beside it and renamed into place when complete.
     config : PipelineConfig, optional
         ``tiles.tile_px`` (tile size for ``tumls-ae``), ``tiles.min_tiles``, ``embedding`` (the
         method and its training; ``embedding.view_px`` is the view size of the other methods),
@@ -224,17 +216,18 @@ def cluster_tile_folder(
     Returns
     -------
     TileFolderResult
+
+    Raises
+    ------
+    InvalidInputError
+        No images, an unreadable image, a bad ``mpp``, or too few images for the method.
     """
-    from ..tissue.clusters import cluster_embeddings, clustering_summary
-    from ..interactive.embedding_colours import draw_embedding_colours, embedding_colours
-    from ..tissue.embeddings import (TileImages, check_tile_count, embedding_summary, fit_embedding, needs_views,
-                                     training_table)
-    from ..tissue.representatives import select_representatives
+    from ..tissue.embeddings import TileImages, check_tile_count, fit_embedding, needs_views
 
     config = config or PipelineConfig()
     method = config.embedding.method
     if mpp is not None and not (isinstance(mpp, (int, float)) and 0.01 <= mpp <= 100):
-        raise InvalidInputError(f"mpp must be a pixel size in µm/px between 0.01 and 100; got {mpp!r}")
+        raise InvalidInputError(f"--mpp must be a pixel size in µm/px between 0.01 and 100; got {mpp!r}")
     progress = progress or (lambda stage, fraction, message: None)
     out = Path(out_dir)
     _check_out(out)
@@ -250,13 +243,12 @@ def cluster_tile_folder(
         )
     check_tile_count(method, len(data.files))
     images = TileImages(tiles=data.tiles)
-    view_mpp = None
     if needs_views(method):
         view_px = config.embedding.view_px
-        views = read_tile_folder(folder, view_px, recursive=recursive).tiles
-        side = np.minimum(data.source_sizes[:, 0], data.source_sizes[:, 1]).astype(np.float64)
-        view_mpp = float(np.median(side) * mpp / view_px) if mpp is not None else config.embedding.view_um / view_px
-        images = TileImages(tiles=data.tiles, views=views, view_mpp=view_mpp)
+        side = float(np.median(np.minimum(data.source_sizes[:, 0], data.source_sizes[:, 1])))
+        view_mpp = side * mpp / view_px if mpp is not None else config.embedding.view_um / view_px
+        images = TileImages(tiles=data.tiles, views=read_tile_folder(folder, view_px, recursive=recursive).tiles,
+                            view_mpp=view_mpp)
     timings["tiles"] = time.perf_counter() - clock
     progress("tiles", 1.0, f"{len(data.files)} tiles")
 
@@ -269,8 +261,7 @@ def cluster_tile_folder(
     progress("embed", 1.0, f"{len(latents)} tiles embedded")
 
     clock = time.perf_counter()
-    clustering = cluster_embeddings(latents, config.clusters, config.seed, posterior=embedding.posterior,
-                                    posterior_source="VaDE mixture (lowest BIC)")
+    clustering = cluster_embeddings(latents, config.clusters, config.seed, posterior=embedding.posterior)
     reps = select_representatives(clustering, config.representatives.n)
     timings["cluster"] = time.perf_counter() - clock
     progress("cluster", 1.0, f"k = {clustering.k}")
@@ -279,52 +270,12 @@ def cluster_tile_folder(
     colours = embedding_colours(latents, colour_method, config.seed)
     timings["colours"] = time.perf_counter() - clock
 
-    stage = staging_dir(out.parent, out.name)
-    try:
-        files = data.files
-        write_csv(stage / "clusters.csv", ["file", "cluster", "uncertainty", "distance"],
-                   [[f, int(t) + 1, f"{u:.5f}", f"{d:.5f}"]
-                    for f, t, u, d in zip(files, clustering.labels, clustering.uncertainty, clustering.distance)])
-        write_csv(stage / "representatives.csv", ["cluster", "rank", "file", "uncertainty", "distance"],
-                   [[r.tissue + 1, r.rank, files[r.tile], f"{r.uncertainty:.5f}", f"{r.distance:.5f}"] for r in reps])
-        header, rows = training_table(embedding.history)
-        write_csv(stage / "training.csv", header, rows)
-        arrays = dict(files=np.array(files), latents=latents.astype(np.float32), labels=clustering.labels,
-                      uncertainty=clustering.uncertainty, distance=clustering.distance,
-                      centroids=clustering.centroids, embedding_3d=colours.coords, embedding_rgb=colours.rgb)
-        if clustering.posterior is not None:
-            arrays["posterior"] = clustering.posterior
-        np.savez_compressed(stage / "embeddings.npz", **arrays)
-        names = [f"Cluster {j + 1}" for j in range(clustering.k)]
-        draw_embedding_colours(colours, stage / "embedding_colours.png", labels=clustering.labels, label_names=names,
-                               title=f"{Path(folder).name}: {len(files)} tiles, {clustering.k} cluster(s), "
-                                     f"{colours.method.upper()}")
-        embedding.encoder.save(stage, {"history": embedding.history,
-                                       "embedding": config_to_dict(config.embedding),
-                                       "tiles": config_to_dict(config.tiles), "seed": config.seed})
-        (stage / "config.toml").write_text(dump_config(config), encoding="utf-8")
-        manifest = {
-            "tool": "tumls-qp",
-            "command": "cluster-tiles",
-            "version": __version__,
-            "created": started.isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-            "dependencies": package_versions(_DEPENDENCIES),
-            "seed": config.seed,
-            "device": embedding.history.get("device", "cpu"),
-            "folder": str(Path(folder).resolve()),
-            "tiles": {"n": len(files), "tile_px": config.tiles.tile_px,
-                      "resampling": "centre crop to a square, then area averaging (Pillow BOX) to tile_px",
-                      "cropped": data.cropped,
-                      "source_sizes": sorted({f"{w}x{h}" for w, h in data.source_sizes.tolist()})[:20]},
-            "embedding": embedding_summary(embedding, view_mpp),
-            "clusters": clustering_summary(clustering),
-            "embedding_colours": {"method": colours.method, "figure": "embedding_colours.png"},
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            "config": config_to_dict(config),
-        }
-        write_json(stage / "manifest.json", manifest)
-        replace_dir(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    tiles = TileFolderInfo(
+        n=len(data.files), tile_px=config.tiles.tile_px,
+        resampling="centre crop to a square, then area averaging (Pillow BOX) to tile_px", cropped=data.cropped,
+        source_sizes=tuple(sorted({f"{w}x{h}" for w, h in data.source_sizes.tolist()})[:20]))
+    manifest = write_run(out, TileClustersAnalysis(
+        folder=Path(folder), files=data.files, tiles=tiles, latents=latents, clustering=clustering,
+        representatives=tuple(reps), embedding=embedding, embedding_colours=colours,
+        created=started, timings_s=timings, config=config))
     return TileFolderResult(out_dir=out, manifest=manifest)

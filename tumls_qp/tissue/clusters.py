@@ -55,7 +55,6 @@ __all__ = [
     "cluster_embeddings",
     "choose_k",
     "vote_k",
-    "clustering_summary",
     "dendrogram_gaps",
     "split_statistic",
     "SPLIT_CRITICAL_VALUE",
@@ -204,7 +203,7 @@ def vote_k(x: np.ndarray, cfg: ClusterConfig, seed: int, n_distinct: int | None 
 
 
 def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
-                       posterior: np.ndarray | None = None, posterior_source: str = "mixture posterior") -> Clustering:
+                       posterior: np.ndarray | None = None, posterior_source: str = "VaDE mixture (lowest BIC)") -> Clustering:
     """Group tiles into tissues.
 
     Parameters
@@ -304,18 +303,3 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
         posterior=None if posterior is None else post.astype(np.float32),
     )
 
-
-def clustering_summary(clustering: Clustering) -> dict:
-    """The manifest's ``clusters`` section: k, how it was chosen, the resample votes and the runner-up."""
-    runner = clustering.runner_up
-    total = sum(clustering.k_votes.values())
-    return {
-        "k": clustering.k,
-        "k_source": clustering.k_source,
-        "k_votes": {str(k): v for k, v in clustering.k_votes.items()},
-        "runner_up": None if runner is None else {"k": runner[0], "votes": runner[1], "of": total},
-        "gaps": {str(k): v for k, v in clustering.gaps.items()},
-        "split_statistic": clustering.split_statistic,
-        "uncertainty_scale": clustering.uncertainty_scale,
-        "tiles_per_cluster": clustering.sizes(),
-    }

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -58,7 +59,6 @@ __all__ = [
     "needs_views",
     "check_tile_count",
     "training_table",
-    "embedding_summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,14 @@ class Encoder:
         """(n, k) float32 mixture posteriors, for methods that have a mixture; None otherwise."""
         return None
 
+    def to(self, device: torch.device | str) -> Encoder:
+        """Embed on ``device`` from now on (the network, if any, moves there); returns self."""
+        self.device = torch.device(device)
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.to(self.device)
+        return self
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors for ``model.pt``, JSON-able settings for ``model.json``)."""
         raise NotImplementedError
@@ -170,7 +178,12 @@ class TileEmbedding:
     encoder : Encoder
         The fitted method.
     history : dict
-        What training did (epochs, losses, seconds, device, ...), for the manifest.
+        What training did, for the manifest: ``epochs``, ``train_seconds`` (fitting) and
+        ``embed_seconds`` (computing the vectors), ``device``, and the method's own record
+        (``tumls-ae``: ``TrainingHistory``; ``contrastive``: ``loss`` per epoch, ``steps``;
+        ``vade``: ``pretrain_loss``, ``loss``, ``bic`` per k, ``k``, ``k_source``).
+    view_mpp : float or None
+        Pixel size (µm/px) of the views the method saw; None for ``tumls-ae``.
     """
 
     method: str
@@ -178,6 +191,7 @@ class TileEmbedding:
     posterior: np.ndarray | None
     encoder: Encoder
     history: dict[str, Any] = field(default_factory=dict)
+    view_mpp: float | None = None
 
 
 def _device(cfg: EmbeddingConfig) -> torch.device:
@@ -227,9 +241,11 @@ def _fit_ae(images: TileImages, cfg: EmbeddingConfig, seed: int, progress: Calla
     if images.tiles is None:
         raise InvalidInputError("embedding.method = 'tumls-ae' needs the tissue-level tiles (TileImages.tiles)")
     trained = train_autoencoder(images.tiles, cfg, seed, progress=progress)
+    started = time.perf_counter()
     vectors = embed_tiles(trained, images.tiles)
     h = trained.history
-    history = asdict(h) | {"epochs": len(h.train_mse), "train_seconds": round(h.seconds, 3)}
+    history = asdict(h) | {"epochs": len(h.train_mse), "train_seconds": round(h.seconds, 3),
+                           "embed_seconds": round(time.perf_counter() - started, 3)}
     return TileEmbedding("tumls-ae", vectors, None, AutoencoderEncoder(trained.model, trained.device), history)
 
 
@@ -264,9 +280,10 @@ def _fit_contrastive(images: TileImages, cfg: EmbeddingConfig, seed: int,
     model, h = train_contrastive(views, epochs=1, min_steps=cfg.contrastive_steps, batch_size=cfg.batch_size,
                                  learning_rate=cfg.learning_rate, temperature=CONTRASTIVE_TEMPERATURE,
                                  width=CONTRASTIVE_WIDTH, aug=aug, device=device, seed=seed, progress=progress)
+    started = time.perf_counter()
     vectors = encode(model, views, view_px, device)
     history = {"epochs": len(h.loss), "steps": h.steps, "loss": h.loss, "device": h.device,
-               "seconds": h.seconds, "train_seconds": round(h.seconds, 3)}
+               "train_seconds": round(h.seconds, 3), "embed_seconds": round(time.perf_counter() - started, 3)}
     return TileEmbedding("contrastive", vectors, None, ContrastiveEncoder(model, view_px, device), history)
 
 
@@ -309,8 +326,10 @@ def _fit_vade(images: TileImages, cfg: EmbeddingConfig, seed: int, clusters: Clu
     model, h = train_vade(views, k=clusters.k, k_min=clusters.k_min, k_max=clusters.k_max,
                           pretrain_epochs=VADE_PRETRAIN_EPOCHS, epochs=cfg.vade_epochs, batch_size=VADE_BATCH,
                           learning_rate=VADE_LEARNING_RATE, device=device, seed=seed, progress=progress)
+    started = time.perf_counter()
     vectors, posterior = vade_posterior(model, views, device)
-    history = asdict(h) | {"epochs": len(h.pretrain_loss) + len(h.loss), "train_seconds": round(h.seconds, 3)}
+    history = asdict(h) | {"epochs": len(h.pretrain_loss) + len(h.loss), "train_seconds": round(h.seconds, 3),
+                           "embed_seconds": round(time.perf_counter() - started, 3)}
     history["bic"] = {str(k): v for k, v in h.bic.items()}
     return TileEmbedding("vade", vectors, posterior, VadeEncoder(model, views.shape[1], device), history)
 
@@ -345,8 +364,6 @@ _CLIP = 5.0
 
 def _fit_handcrafted(images: TileImages, cfg: EmbeddingConfig, progress: Callable[[int, int], None] | None
                      ) -> TileEmbedding:
-    import time
-
     from .handcrafted import describe_views, robust_scale
 
     views, mpp = _require_views(images, "handcrafted")
@@ -358,7 +375,7 @@ def _fit_handcrafted(images: TileImages, cfg: EmbeddingConfig, progress: Callabl
     if progress is not None:
         progress(1, 1)
     return TileEmbedding("handcrafted", encoder.transform(raw), None, encoder,
-                         {"epochs": 0, "seconds": seconds, "train_seconds": round(seconds, 3), "device": "cpu"})
+                         {"epochs": 0, "train_seconds": 0.0, "embed_seconds": round(seconds, 3), "device": "cpu"})
 
 
 # --- the interface -------------------------------------------------------------------------------------------------
@@ -397,39 +414,30 @@ def fit_embedding(
     if method == "tumls-ae":
         return _fit_ae(images, cfg, seed, progress)
     if method == "contrastive":
-        return _fit_contrastive(images, cfg, seed, progress)
-    if method == "vade":
-        return _fit_vade(images, cfg, seed, clusters or ClusterConfig(), progress)
-    return _fit_handcrafted(images, cfg, progress)
+        fitted = _fit_contrastive(images, cfg, seed, progress)
+    elif method == "vade":
+        fitted = _fit_vade(images, cfg, seed, clusters or ClusterConfig(), progress)
+    else:
+        fitted = _fit_handcrafted(images, cfg, progress)
+    fitted.view_mpp = images.view_mpp
+    return fitted
 
 
 def training_table(history: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of ``training.csv``: the loss per epoch of the method's training.
 
     ``tumls-ae``: epoch, train_mse, val_mse (as the TUMLS report plots them); ``contrastive``:
-    epoch, loss (NT-Xent); ``vade``: epoch, phase (``pretrain`` or ``vade``), loss (MSE, then
-    the negative ELBO); ``handcrafted``: no rows (nothing is trained).
+    epoch, loss (NT-Xent); ``vade``: epoch, pretrain_mse (the autoencoder pretraining), loss
+    (the negative ELBO, after it; each column empty in the other phase); ``handcrafted``: no rows
+    (nothing is trained).
     """
     if "train_mse" in history:
         return ["epoch", "train_mse", "val_mse"], [
             [i + 1, f"{t:.6g}", f"{v:.6g}"] for i, (t, v) in enumerate(zip(history["train_mse"], history["val_mse"]))]
     if "pretrain_loss" in history:
-        rows = [["pretrain", v] for v in history["pretrain_loss"]] + [["vade", v] for v in history["loss"]]
-        return ["epoch", "phase", "loss"], [[i + 1, phase, f"{v:.6g}"] for i, (phase, v) in enumerate(rows)]
+        rows = [[f"{v:.6g}", ""] for v in history["pretrain_loss"]] + [["", f"{v:.6g}"] for v in history["loss"]]
+        return ["epoch", "pretrain_mse", "loss"], [[i + 1, *row] for i, row in enumerate(rows)]
     return ["epoch", "loss"], [[i + 1, f"{v:.6g}"] for i, v in enumerate(history.get("loss", []))]
-
-
-#: Per-epoch lists stay in training.csv; the manifest keeps the summary.
-_LISTS = ("train_mse", "val_mse", "loss", "pretrain_loss")
-
-
-def embedding_summary(embedding: TileEmbedding, view_mpp: float | None) -> dict[str, Any]:
-    """The manifest's ``embedding`` section: which method made the vectors and what its training did."""
-    summary = {"method": embedding.method, "dim": int(embedding.vectors.shape[1])}
-    summary.update({k: v for k, v in embedding.history.items() if k not in _LISTS and k != "seconds"})
-    if embedding.method in VIEW_METHODS:
-        summary["view_mpp"] = view_mpp
-    return summary
 
 
 def load_encoder(folder: str | Path) -> Encoder:

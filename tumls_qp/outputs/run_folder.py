@@ -1624,8 +1624,11 @@ class RunFolder:
     def notes(self) -> list[str]:
         """What is missing among the files the report can do without."""
         notes = []
-        for name, what in ((TRAINING_CSV, "no autoencoder loss curve"), (DENDROGRAM_NPZ, "no dendrogram"),
+        autoencoder = self.manifest.embedding.method == "tumls-ae"
+        for name, what in ((TRAINING_CSV, "no training loss curve"), (DENDROGRAM_NPZ, "no dendrogram"),
                            (RECONSTRUCTIONS_NPZ, "no reconstruction examples")):
+            if name == RECONSTRUCTIONS_NPZ and not autoencoder:
+                continue  # only the autoencoder reconstructs tiles
             if not (self.path / name).is_file():
                 notes.append(f"{name} is missing: {what}")
         absent = [f"tissue{r.tissue}-rank{r.rank}" for r in self.representatives if r.patch is None]

@@ -81,6 +81,9 @@ CONTRASTIVE_CROP = (0.35, 1.0)
 VADE_BATCH = 32
 VADE_LEARNING_RATE = 1e-4
 VADE_PRETRAIN_EPOCHS = 20
+#: VaDE learns from at most this many tiles (a seeded random subset; all are embedded): its first layer takes
+#: 64 x 64 x 3 inputs, so an epoch over the ~10,000 tiles of a large slide would take minutes on a CPU.
+VADE_MAX_TRAIN_TILES = 2000
 
 
 def needs_views(method: str) -> bool:
@@ -323,7 +326,11 @@ def _fit_vade(images: TileImages, cfg: EmbeddingConfig, seed: int, clusters: Clu
 
     views, _ = _require_views(images, "vade")
     device = _device(cfg)
-    model, h = train_vade(views, k=clusters.k, k_min=clusters.k_min, k_max=clusters.k_max,
+    train = views
+    if len(views) > VADE_MAX_TRAIN_TILES:
+        pick = np.random.default_rng(seed).choice(len(views), VADE_MAX_TRAIN_TILES, replace=False)
+        train = views[np.sort(pick)]
+    model, h = train_vade(train, k=clusters.k, k_min=clusters.k_min, k_max=clusters.k_max,
                           pretrain_epochs=VADE_PRETRAIN_EPOCHS, epochs=cfg.vade_epochs, batch_size=VADE_BATCH,
                           learning_rate=VADE_LEARNING_RATE, device=device, seed=seed, progress=progress)
     started = time.perf_counter()

@@ -133,8 +133,19 @@ def test_a_mixture_posterior_decides_the_tissues():
     post[:100, 2], post[100:, 0] = 0.9, 0.8
     post[:100, 1], post[100:, 2], post[100:, 3] = 0.1, 0.1, 0.1
     c = cluster_embeddings(x, ClusterConfig(), 0, posterior=post)
-    assert c.k == 2 and c.k_source == "VaDE mixture (BIC)" and c.sizes() == [100, 40]
+    assert c.k == 2 and c.k_source == "VaDE mixture (lowest BIC)" and c.sizes() == [100, 40]
     assert c.posterior.shape == (140, 2) and np.allclose(c.posterior.sum(axis=1), 1)
     assert np.allclose(c.posterior[:100, 0], 1.0) and np.allclose(c.posterior[100:], [0.1 / 0.9, 0.8 / 0.9])
     with pytest.raises(InvalidInputError, match="posterior must be"):
         cluster_embeddings(x, ClusterConfig(), 0, posterior=post[:10])
+
+
+def test_a_mixture_cannot_split_one_tissue():
+    # A mixture may cut one Gaussian cloud in two; the one-tissue test still finds one tissue.
+    x = _blob(120, 0.0, 3)
+    post = np.zeros((120, 2))
+    half = x[:, 0] > np.median(x[:, 0])
+    post[half, 0], post[~half, 1] = 1.0, 1.0
+    c = cluster_embeddings(x, ClusterConfig(), 0, posterior=post)
+    assert c.k == 1 and c.k_source == "split test: one tissue" and c.posterior.shape == (120, 1)
+    assert cluster_embeddings(x, ClusterConfig(k=2), 0, posterior=post).k == 2  # a given k is kept

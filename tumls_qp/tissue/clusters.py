@@ -217,7 +217,8 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
         The embedding's own mixture posteriors p(component | tile) (``vade``): then each tile
         goes to its most probable component, k is the number of components that receive
         tiles (the mixture chose it, or ``cfg.k`` set it) and ``k_source`` is
-        ``posterior_source``; the dendrogram is still computed for the report.
+        ``posterior_source``; the dendrogram is still computed for the report. Unless k is
+        given, the one-tissue split test still applies: one Gaussian cloud is one tissue.
     """
     from sklearn.cluster import KMeans
 
@@ -244,6 +245,11 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
         used = np.unique(post.argmax(axis=1))
         post = post[:, used] / np.maximum(post[:, used].sum(axis=1, keepdims=True), 1e-12)
         k, source = len(used), ("user" if cfg.k is not None else posterior_source)
+        if cfg.k is None and cfg.k_min <= 1 and k > 1 and sub is not None:
+            # The one-tissue test holds for a mixture too: one Gaussian cloud is one tissue.
+            statistic = split_statistic(x[sub], seed)
+            if statistic <= SPLIT_CRITICAL_VALUE:
+                k, source, post = 1, "split test: one tissue", np.ones((len(x), 1))
     elif cfg.k is not None:
         k, source = cfg.k, "user"
         if k > n_distinct:

@@ -304,8 +304,9 @@ def read_views(
 
     The grid is read once more, streamed, at the pixel size that gives each tile a whole
     number q = round(tile_um / (view_um / view_px)) of pixels (at least 1); the views are
-    cut from that image, centred on their tiles, with white (glass) beyond the grid. A field
-    larger than the tile shows the tile with its surroundings; a smaller one, its centre.
+    cut from that image, centred on their tiles; beyond the grid the image is mirrored (so that
+    the edge of the grid does not look like glass). A field larger than the tile shows the tile
+    with its surroundings; a smaller one, its centre.
 
     Returns
     -------
@@ -315,15 +316,16 @@ def read_views(
     """
     n_cols, n_rows = grid.shape
     q = max(1, int(round(grid.tile_um / (view_um / view_px))))
-    pad = view_px  # more than half a view on every side
-    image = np.full((n_rows * q + 2 * pad, n_cols * q + 2 * pad, 3), 255, dtype=np.uint8)
+    image = np.empty((n_rows * q, n_cols * q, 3), dtype=np.uint8)
     done = 0
     for row0, col0, rgb in slide.iter_chunks(grid.tile_size, q, grid.shape):
         h, w = rgb.shape[:2]
-        image[pad + row0 * q : pad + row0 * q + h, pad + col0 * q : pad + col0 * q + w] = rgb
+        image[row0 * q : row0 * q + h, col0 * q : col0 * q + w] = rgb
         done += (h // q) * (w // q)
         if progress is not None:
             progress(done, grid.n_tiles)
+    pad = view_px  # more than half a view on every side
+    image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
     indices = np.asarray(indices, dtype=np.int64)
     rows, cols = np.divmod(indices, n_cols)
     # Top-left corner of each view: the tile's centre minus half a view, in the padded image.

@@ -23,9 +23,13 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .cells.features import combine_rois, measure_nuclei, measure_tissue
+from .cells.nuclei import labels_to_polygons, segment_nuclei
 from .config import PipelineConfig
 from .errors import ConfigError, TumlsQpError
 from .files import run_folder_names, writable_dir
+from .interactive.embedding_colours import EmbeddingColours, embedding_colours, umap_available
+from .outputs.pdf_report import COHORT_REPORT_NAME, REPORT_NAME, render_report
 from .outputs.run_folder import AnalysisManifest, Patch, PatchNuclei, RunStaging, SlideAnalysis, SlideInfo
 from .slide import Slide, open_slide, slide_quickhash
 from .tissue.cache import CachedEmbeddings, cache_key, load_cached, store_cached
@@ -124,8 +128,6 @@ def analyze(
     config = config or PipelineConfig()
     progress = progress or _no_progress
     if config.output.embedding_colours == "umap":
-        from .interactive.embedding_colours import umap_available
-
         if not umap_available():  # say so now rather than after the training
             raise ConfigError("output.embedding_colours = 'umap' needs umap-learn: pip install 'tumls-qp[umap]' "
                               "(or use 'auto' or 'pca')")
@@ -140,8 +142,6 @@ def analyze(
     if cohort:
         results = _analyze_group(slides, names, out, config, cache, progress, cohort=True)
         if config.output.report and len(results) > 1:
-            from .outputs.pdf_report import COHORT_REPORT_NAME, render_report
-
             render_report([r.run_dir for r in results], out / COHORT_REPORT_NAME)
         return results
     results, first_error = [], None
@@ -224,8 +224,6 @@ def _analyze_group(
                     staged = staging.write(name, analysis)
                     if config.output.report:
                         # From the staging folder's own files: a report that fails to render leaves no run folder.
-                        from .outputs.pdf_report import REPORT_NAME, render_report
-
                         render_report(staged, staged / REPORT_NAME)
             progress("outputs", 1.0, "run folders written")
             written = staging.commit(timer.seconds)
@@ -336,11 +334,9 @@ def _reconstructions(embedding: object, tiles: np.ndarray) -> tuple[np.ndarray, 
     return examples, reconstruct(model, examples)
 
 
-def _embedding_colours(latents: np.ndarray, config: PipelineConfig) -> object:
+def _embedding_colours(latents: np.ndarray, config: PipelineConfig) -> EmbeddingColours | None:
     if config.output.embedding_colours == "none":
         return None
-    from .interactive.embedding_colours import embedding_colours
-
     return embedding_colours(latents, config.output.embedding_colours, config.seed)
 
 
@@ -364,9 +360,6 @@ def _low_level(
         The features of each tissue (0-based) with segmented nuclei, pooled over its representatives.
     """
     cfg = config.nuclei
-    if cfg.enabled:
-        from .cells.features import combine_rois, measure_nuclei, measure_tissue
-        from .cells.nuclei import labels_to_polygons, segment_nuclei
     patches = []
     per_tissue: dict[int, list[dict[str, float]]] = {}
     for j, rep in enumerate(reps):

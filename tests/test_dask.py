@@ -21,7 +21,7 @@ from run_helpers import assert_one_cohort
 
 from tumls_qp.cli import main
 from tumls_qp.config import PipelineConfig, dump_config, replace_in
-from tumls_qp.errors import ConfigError, DeviceError, EngineError, InvalidInputError
+from tumls_qp.errors import ConfigError, DeviceError, EngineError, InvalidInputError, SlideOpenError
 from tumls_qp.outputs.geojson import validate_geojson_file
 from tumls_qp.outputs.run_folder import read_run
 from tumls_qp.testing import write_synthetic_slide
@@ -274,6 +274,16 @@ def test_cuda_asked_for_and_absent_is_a_clear_error_from_the_worker(cluster, sma
                         scheduler=cluster.address, cohort=True)
     assert f"on the Dask worker {cluster.workers['gpu']}" in caught.value.__notes__
     assert _entries(tmp_path / "out") == []
+
+
+def test_a_cohort_with_a_broken_slide_stops_and_leaves_nothing(cluster, small_slides, tiny, tmp_path):
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a slide at all")
+    with pytest.raises(SlideOpenError) as caught:
+        analyze_on_dask([*small_slides[:2], broken], tmp_path / "out", tiny, scheduler=cluster.address, cohort=True)
+    assert "broken.tif" in str(caught.value)
+    assert any(note.startswith("on the Dask worker tcp://127.0.0.1:") for note in caught.value.__notes__)
+    assert _entries(tmp_path / "out") == []  # no run folder, and the run's staging folder is gone
 
 
 def test_a_worker_killed_mid_slide_leaves_nothing_half_written(cluster, small_slides, tiny, tmp_path):

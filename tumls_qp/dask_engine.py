@@ -74,7 +74,7 @@ from .pipeline import (
 )
 
 __all__ = ["analyze_on_dask", "dask_client", "check_versions", "CONNECT_TIMEOUT_S", "WAIT_FOR_WORKERS_S",
-           "PROGRESS_STAGE", "MATCHING_PACKAGES"]
+           "PROGRESS_STAGE", "MATCHING_PACKAGES", "StopRequested"]
 
 log = logging.getLogger(__name__)
 
@@ -265,14 +265,30 @@ def _worker_survey(slides: list[str], out: str, dask_worker: Any = None) -> dict
 
 # --- on the workers ---------------------------------------------------------------------------------------------------
 
-class _Events:
-    """A pipeline progress callback on a worker that sends throttled events to the client."""
+def _topic(run: str) -> str:
+    """The event topic of run ``run``'s progress."""
+    return f"tumls-qp-progress-{run}"
 
-    def __init__(self, topic: str, slide: str | None) -> None:
-        from distributed import get_worker
+
+def _stop_event(run: str) -> str:
+    """The name of the ``distributed.Event`` that tells run ``run``'s tasks to stop."""
+    return f"tumls-qp-stop-{run}"
+
+
+class StopRequested(Exception):
+    """The client stopped the run (interrupted, failed or cancelled) while this task ran."""
+
+
+class _Events:
+    """A pipeline progress callback on a worker: sends throttled events to the client, and stops the task (raises
+    StopRequested) when the client has set the run's stop event, so that a task the client gave up writes no more."""
+
+    def __init__(self, run: str, slide: str | None) -> None:
+        from distributed import Event, get_worker
 
         self.worker = get_worker()
-        self.topic, self.slide = topic, slide
+        self.topic, self.slide = _topic(run), slide
+        self.stop = Event(_stop_event(run))
         self.last_stage: str | None = None
         self.last_sent = 0.0
 
@@ -281,6 +297,8 @@ class _Events:
         if stage == self.last_stage and now - self.last_sent < _EVENT_INTERVAL_S and fraction < 1.0:
             return
         self.last_stage, self.last_sent = stage, now
+        if self.stop.is_set():
+            raise StopRequested(f"{self.slide or 'the cohort'}: stopped by the client")
         self.worker.log_event(self.topic, {"slide": self.slide, "stage": stage, "fraction": float(fraction),
                                            "message": message, "worker": self.worker.address})
 
@@ -313,16 +331,16 @@ def _open(path: Path, config: PipelineConfig) -> Any:
 
 
 def _slide_task(path: Path, name: str, out: Path, staging: Path, config: PipelineConfig, cache: Path | None,
-                scheduler: str, topic: str, threads: dict[str, int]) -> RunResult:
+                scheduler: str, run: str, threads: dict[str, int]) -> RunResult:
     """One slide analysed alone, its run folder written into ``out``."""
     with _task(threads) as address:
         engine = EngineInfo(engine="dask", scheduler=scheduler, worker=address, model_worker=address)
-        [result] = analyze_group([path], [name], out, config, cache, _Events(topic, name), cohort=False,
+        [result] = analyze_group([path], [name], out, config, cache, _Events(run, name), cohort=False,
                                  engine=engine, staging_in=staging)
         return result
 
 
-def _tiles_task(path: Path, name: str, index: int, count: int, config: PipelineConfig, topic: str,
+def _tiles_task(path: Path, name: str, index: int, count: int, config: PipelineConfig, run: str,
                 threads: dict[str, int]) -> tuple[SlideTiles, dict[str, float]]:
     """A cohort slide's tissue level."""
     from .slide import slide_quickhash
@@ -332,14 +350,14 @@ def _tiles_task(path: Path, name: str, index: int, count: int, config: PipelineC
         slide = _open(path, config)
         try:
             info = SlideInfo.of(slide, slide_quickhash(slide.path))
-            part = read_slide_tiles(slide, info, config, _Events(topic, name), timer, index=index, count=count)
+            part = read_slide_tiles(slide, info, config, _Events(run, name), timer, index=index, count=count)
         finally:
             slide.close()
         return part, timer.seconds
 
 
 def _model_task(parts: list[tuple[SlideTiles, dict[str, float]]], config: PipelineConfig, cache: Path | None,
-                topic: str, threads: dict[str, int]) -> tuple[GroupModel, dict[str, float], str]:
+                run: str, threads: dict[str, int]) -> tuple[GroupModel, dict[str, float], str]:
     """The cohort's model and clustering; the model comes back on the CPU."""
     from .tissue.cache import load_cached
 
@@ -347,14 +365,14 @@ def _model_task(parts: list[tuple[SlideTiles, dict[str, float]]], config: Pipeli
         timer = StageTimer()
         tiles = [p for p, _ in parts]
         cached = load_cached(cache, group_cache_key([p.info for p in tiles], config)) if cache else None
-        group = fit_group(tiles, config, _Events(topic, None), timer, cache=cache, cached=cached)
+        group = fit_group(tiles, config, _Events(run, None), timer, cache=cache, cached=cached)
         group.model = group.model.cpu()
         return group, timer.seconds, address
 
 
 def _cohort_slide_task(path: Path, index: int, names: list[str], tiles: tuple[SlideTiles, dict[str, float]],
                        model: tuple[GroupModel, dict[str, float], str], out: Path, staging: Path,
-                       config: PipelineConfig, started: datetime, scheduler: str, topic: str,
+                       config: PipelineConfig, started: datetime, scheduler: str, run: str,
                        threads: dict[str, int]) -> tuple[list[StagedRun], dict[str, float]]:
     """A cohort slide's nuclei and run folder, staged (committed by :func:`_commit_task`)."""
     from .slide import slide_quickhash
@@ -362,7 +380,7 @@ def _cohort_slide_task(path: Path, index: int, names: list[str], tiles: tuple[Sl
     part, group, model_worker = tiles[0], model[0], model[2]
     with _task(threads) as address:
         timer = StageTimer()
-        events = _Events(topic, names[index])
+        events = _Events(run, names[index])
         slide = _open(path, config)
         try:
             if slide_quickhash(slide.path) != part.info.quickhash:
@@ -459,17 +477,23 @@ class _Run:
     """The client's side of one run: tasks submitted, progress events turned into ``progress`` calls."""
 
     def __init__(self, client: Any, names: list[str], progress: ProgressFn | None) -> None:
+        from distributed import Event
+
         self.client, self.names, self.progress = client, names, progress
         self.token = uuid.uuid4().hex[:10]
-        self.topic = f"tumls-qp-progress-{self.token}"
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.state = {name: 0.0 for name in names}
         self.futures: list[Any] = []
-        client.subscribe_topic(self.topic, lambda event: self.events.put(event[1]))
+        self.stop = Event(_stop_event(self.token), client=client)
+        client.subscribe_topic(_topic(self.token), lambda event: self.events.put(event[1]))
 
     def close(self) -> None:
-        self.client.cancel([f for f in self.futures if not f.done()])
-        self.client.unsubscribe_topic(self.topic)
+        """Stop what still runs (a running task stops at its next progress report), drop what is queued."""
+        unfinished = [f for f in self.futures if not f.done()]
+        if unfinished:
+            self.stop.set()
+            self.client.cancel(unfinished)
+        self.client.unsubscribe_topic(_topic(self.token))
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, **options: Any) -> Any:
         future = self.client.submit(fn, *args, key=f"tumls-qp-{key}-{self.token}", pure=False, **options)
@@ -518,7 +542,7 @@ class _Run:
 
     def each(self, paths: list[Path], out: Path, staging: Path, config: PipelineConfig, cache: Path | None,
              scheduler: str, threads: dict[str, int]) -> list[RunResult]:
-        futures = {self.submit(_slide_task, path, name, out, staging, config, cache, scheduler, self.topic, threads,
+        futures = {self.submit(_slide_task, path, name, out, staging, config, cache, scheduler, self.token, threads,
                                key=f"slide-{i}"): name
                    for i, (path, name) in enumerate(zip(paths, self.names))}
         outcome = self.wait(futures, "run folder written", 1.0)
@@ -541,17 +565,17 @@ class _Run:
                scheduler: str, workers: _Workers) -> list[RunResult]:
         started = datetime.now(timezone.utc)
         n, threads = len(paths), workers.threads
-        tiles = [self.submit(_tiles_task, path, name, i, n, config, self.topic, threads, key=f"tiles-{i}")
+        tiles = [self.submit(_tiles_task, path, name, i, n, config, self.token, threads, key=f"tiles-{i}")
                  for i, (path, name) in enumerate(zip(paths, self.names))]
         self._raise_first(self.wait(dict(zip(tiles, self.names)), "tiles read", _done("tiles")))
         gpus = workers.gpus if config.embedding.device in ("auto", "cuda") else []
         if gpus:
             log.info("training the cohort's model on a GPU worker (%s)", ", ".join(gpus))
-        model = self.submit(_model_task, tiles, config, cache, self.topic, threads, key="model",
+        model = self.submit(_model_task, tiles, config, cache, self.token, threads, key="model",
                             resources={"GPU": 1} if gpus else None)
         self._raise_first(self.wait({model: None}, "model trained, tissues clustered", _done("cluster")))
         staged = [self.submit(_cohort_slide_task, path, i, self.names, tiles[i], model, out, staging, config, started,
-                              scheduler, self.topic, threads, key=f"slide-{i}")
+                              scheduler, self.token, threads, key=f"slide-{i}")
                   for i, path in enumerate(paths)]
         self._raise_first(self.wait(dict(zip(staged, self.names)), "run folder staged", _done("outputs")))
         seconds = StageTimer()

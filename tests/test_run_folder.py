@@ -170,9 +170,15 @@ def test_a_folder_of_the_previous_format_gets_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "run-folder format 1" in err and "tumls-qp analyze" in err
     assert sorted(p.name for p in old.iterdir()) == sorted(p.name for p in FORMAT1_RUN.iterdir())
-    assert main(["seeded", str(old), "--seeds", str(tmp_path / "none.geojson")]) == 3  # the seeds are read first
-    assert main(["prototypes", str(old)]) == 3
-    assert "run-folder format 1" in capsys.readouterr().err
+    seeds = tmp_path / "seeds.geojson"
+    seeds.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, 100]},
+         "properties": {"classification": {"name": name, "color": [1, 2, 3]}}}
+        for name, x in (("A", 100), ("B", 2000))]}))
+    for argv in (["seeded", str(old), "--seeds", str(seeds)], ["prototypes", str(old)],
+                 ["embedding-colours", str(old)], ["qupath-project", str(tmp_path / "p.qpproj"), str(old)]):
+        assert main(argv) == 3, argv
+        assert "run-folder format 1" in capsys.readouterr().err, argv
 
 
 def test_a_newer_format_asks_for_an_upgrade(written, tmp_path):
@@ -260,8 +266,7 @@ def test_runs_staged_elsewhere_are_handed_over_and_committed_together(analysis, 
 
 def test_the_server_reports_a_previous_format_for_a_job(tmp_path):
     pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
-    from server_helpers import IdleRunner, job_body, small_slide
+    from server_helpers import IdleRunner, api_client, job_body, small_slide
 
     from tumls_qp.server.app import create_app
     from tumls_qp.server.settings import ServerSettings
@@ -270,7 +275,7 @@ def test_the_server_reports_a_previous_format_for_a_job(tmp_path):
     slide = small_slide(tmp_path / "slides")
     settings = ServerSettings(data_dir=tmp_path / "data", roots=(tmp_path / "slides",))
     old = shutil.copytree(FORMAT1_RUN, tmp_path / "old-run")
-    with TestClient(create_app(settings, IdleRunner())) as client:
+    with api_client(create_app(settings, IdleRunner())) as client:
         job = client.post("/jobs", json=job_body(slide)).json()
         store = JobStore(settings.db_path)
         try:

@@ -29,9 +29,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .cells.features import combine_rois, measure_nuclei, measure_tissue
+from .cells.nuclei import labels_to_polygons, segment_nuclei
 from .config import PipelineConfig
 from .errors import ConfigError, TumlsQpError
 from .files import run_folder_names, writable_dir
+from .interactive.embedding_colours import EmbeddingColours, embedding_colours, umap_available
+from .outputs.pdf_report import COHORT_REPORT_NAME, REPORT_NAME, render_report
 from .outputs.run_folder import (
     LOCAL_ENGINE,
     AnalysisManifest,
@@ -126,8 +130,6 @@ def plan_runs(slides: Sequence[str | os.PathLike[str]], config: PipelineConfig,
               run_names: Sequence[str] | None = None) -> tuple[list[Path], list[str]]:
     """The slides as paths and their run folder names, after the checks that need no slide; raises what is wrong."""
     if config.output.embedding_colours == "umap":
-        from .interactive.embedding_colours import umap_available
-
         if not umap_available():  # say so now rather than after the training
             raise ConfigError("output.embedding_colours = 'umap' needs umap-learn: pip install 'tumls-qp[umap]' "
                               "(or use 'auto' or 'pca')")
@@ -143,8 +145,6 @@ def plan_runs(slides: Sequence[str | os.PathLike[str]], config: PipelineConfig,
 def write_cohort_report(run_dirs: Sequence[Path], out: Path, config: PipelineConfig) -> None:
     """``cohort-report.pdf`` in ``out`` for the run folders of a cohort (with ``output.report``, two slides or more)."""
     if config.output.report and len(run_dirs) > 1:
-        from .outputs.pdf_report import COHORT_REPORT_NAME, render_report
-
         render_report(list(run_dirs), out / COHORT_REPORT_NAME)
 
 
@@ -383,8 +383,6 @@ def stage_run(staging: RunStaging, name: str, analysis: SlideAnalysis, progress:
         staged = staging.write(name, analysis)
         if analysis.config.output.report:
             # From the staging folder's own files: a report that fails to render leaves no run folder.
-            from .outputs.pdf_report import REPORT_NAME, render_report
-
             render_report(staged, staged / REPORT_NAME)
     return staged
 
@@ -423,11 +421,9 @@ def _reconstructions(model: object, tiles: np.ndarray) -> tuple[np.ndarray, np.n
     return examples, reconstruct(model, examples)
 
 
-def _embedding_colours(latents: np.ndarray, config: PipelineConfig) -> object:
+def _embedding_colours(latents: np.ndarray, config: PipelineConfig) -> EmbeddingColours | None:
     if config.output.embedding_colours == "none":
         return None
-    from .interactive.embedding_colours import embedding_colours
-
     return embedding_colours(latents, config.output.embedding_colours, config.seed)
 
 
@@ -451,9 +447,6 @@ def _low_level(
         The features of each tissue (0-based) with segmented nuclei, pooled over its representatives.
     """
     cfg = config.nuclei
-    if cfg.enabled:
-        from .cells.features import combine_rois, measure_nuclei, measure_tissue
-        from .cells.nuclei import labels_to_polygons, segment_nuclei
     patches = []
     per_tissue: dict[int, list[dict[str, float]]] = {}
     for j, rep in enumerate(reps):

@@ -22,7 +22,7 @@ from run_helpers import assert_one_cohort
 from tumls_qp.cli import main
 from tumls_qp.config import PipelineConfig, dump_config, replace_in
 from tumls_qp.errors import ConfigError, DeviceError, EngineError, InvalidInputError, SlideOpenError
-from tumls_qp.outputs.geojson import validate_geojson_file
+from tumls_qp.outputs.geojson import validate_geojson, validate_geojson_file
 from tumls_qp.outputs.run_folder import read_run
 from tumls_qp.testing import write_synthetic_slide
 
@@ -156,6 +156,13 @@ def test_an_unreachable_scheduler_is_a_clear_error_within_seconds(small_slides, 
             assert time.monotonic() - start < 15
     assert not (tmp_path / "out").exists()
     assert main(["analyze", str(small_slides[0]), "--out", str(tmp_path / "out"), "--scheduler", nothing, "-q"]) == 6
+    # The server too: it does not start.
+    from tumls_qp.server.dask_runner import DaskRunner
+    from tumls_qp.server.settings import ServerSettings
+
+    runner = DaskRunner(ServerSettings(data_dir=tmp_path / "data", roots=(tmp_path,), scheduler=nothing))
+    with pytest.raises(EngineError, match=f"no Dask scheduler answered at {re.escape(nothing)}"):
+        runner.start()
 
 
 def test_bad_engine_options_are_named(small_slides, tiny, tmp_path, monkeypatch, capsys):
@@ -284,6 +291,38 @@ def test_a_cohort_with_a_broken_slide_stops_and_leaves_nothing(cluster, small_sl
     assert "broken.tif" in str(caught.value)
     assert any(note.startswith("on the Dask worker tcp://127.0.0.1:") for note in caught.value.__notes__)
     assert _entries(tmp_path / "out") == []  # no run folder, and the run's staging folder is gone
+
+
+def test_the_server_hands_its_jobs_to_the_cluster(cluster, small_slides, tmp_path):
+    """serve --scheduler: the job table and API as usual; the jobs run on the Dask workers; a cancel stops a job
+    that runs there and removes its outputs."""
+    pytest.importorskip("fastapi")
+    from server_helpers import FAST_PARAMETERS, api_client, job_body, wait_for, wait_job
+
+    from tumls_qp.server.app import create_app
+    from tumls_qp.server.settings import ServerSettings
+
+    settings = ServerSettings(data_dir=tmp_path / "data", roots=(small_slides[0].parent,), scheduler=cluster.address,
+                              base_parameters={**FAST_PARAMETERS, "output": {"report": False}})
+    with api_client(create_app(settings)) as client:
+        wait_for(lambda: client.get("/health").json()["workers_alive"] == 2, 30, "the two Dask workers")
+        long = client.post("/jobs", json=job_body(small_slides[2], parameters={
+            "seed": 11, "embedding": {"max_epochs": 500, "patience": 500}})).json()
+        jobs = [client.post("/jobs", json=job_body(s)).json() for s in small_slides[:2]]
+        wait_for(lambda: client.get(f"/jobs/{long['id']}").json()["stage"] == "train", 60, "the long job to train")
+        assert client.delete(f"/jobs/{long['id']}").json()["state"] == "cancelled"
+        workers = set()
+        for job in jobs:
+            done = wait_job(client, job["id"])
+            assert done["state"] == "succeeded", done
+            run = read_run(Path(done["result"]["run_dir"]))
+            e = run.manifest.engine
+            assert (e.engine, e.scheduler) == ("dask", cluster.address) and e.worker in cluster.workers.values()
+            workers.add(e.worker)
+            assert validate_geojson(client.get(f"/jobs/{job['id']}/geojson").json()) == []
+        wait_for(lambda: not list((settings.jobs_dir / long["id"]).glob("attempt-*")), 30, "the cancelled outputs to go")
+        assert client.get(f"/jobs/{long['id']}").json()["state"] == "cancelled"
+    assert not list(settings.jobs_dir.rglob("*.partial"))
 
 
 def test_a_worker_killed_mid_slide_leaves_nothing_half_written(cluster, small_slides, tiny, tmp_path):

@@ -316,7 +316,13 @@ def _add_serve(sub: Any) -> None:
                         "~/.local/share/tumls-qp/server)")
     p.add_argument("--root", action="append", metavar="PATH",
                    help="a folder whose slides the server may read (repeatable; default: your home folder)")
-    p.add_argument("--workers", type=int, default=1, help="jobs that run at the same time, each on cores/N CPU threads (default 1)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1,
+                       help="jobs that run at the same time, each on cores/N CPU threads (default 1)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the jobs on an existing Dask cluster (its scheduler's address, tcp://HOST:8786) "
+                            "instead of local worker processes; the workers must see the data folder and the slides "
+                            "at the same paths (needs the dask extra)")
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (needed with any --host but loopback). "
                                    "Prefer the environment variable TUMLS_QP_TOKEN: other users of this computer "
                                    "can read a command line (ps)")
@@ -361,6 +367,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_dictionaries=args.max_dictionaries,
         min_free_mb=args.min_free_mb,
         stall_timeout_s=args.stall_timeout,
+        scheduler=args.scheduler,
     )
     if args.token:
         print("tumls-qp serve: warning: a token given with --token can be read by other users of this computer "

@@ -73,8 +73,8 @@ from .pipeline import (
     write_cohort_report,
 )
 
-__all__ = ["analyze_on_dask", "dask_client", "check_versions", "CONNECT_TIMEOUT_S", "WAIT_FOR_WORKERS_S",
-           "PROGRESS_STAGE", "MATCHING_PACKAGES", "StopRequested"]
+__all__ = ["analyze_on_dask", "dask_client", "connect", "check_versions", "cpu_shares", "task_cpus", "explain_failure",
+           "CONNECT_TIMEOUT_S", "WAIT_FOR_WORKERS_S", "PROGRESS_STAGE", "MATCHING_PACKAGES", "StopRequested"]
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, *,
                                            host="127.0.0.1", dashboard_address=None)
         client = distributed.Client(cluster)
     else:
-        client = _connect(distributed, str(scheduler))
+        client = connect(str(scheduler))
     try:
         if cluster is None:
             _wait_for_workers(client, str(scheduler), wait_for_workers_s)
@@ -147,9 +147,23 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, *,
             cluster.close()
 
 
-def _connect(distributed: Any, address: str) -> Any:
-    # Asked first with a deadline of our own: a Client waits forever on a peer that accepts and never answers.
+def connect(address: str) -> Any:
+    """A ``distributed.Client`` of the scheduler at ``address``, or EngineError within ``CONNECT_TIMEOUT_S`` s.
+
+    The scheduler is asked first with a deadline of our own: a Client waits forever on a peer that
+    accepts and never answers. Both run in a thread of their own, so that this may be called from
+    a running event loop (a server's start-up).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="tumls-qp-connect") as pool:
+        return pool.submit(_connect, address).result()
+
+
+def _connect(address: str) -> Any:
     import asyncio
+
+    distributed = _distributed()
 
     async def identity() -> dict[str, Any]:
         async with distributed.core.rpc(address, timeout=CONNECT_TIMEOUT_S) as scheduler:
@@ -234,14 +248,27 @@ def _survey(client: Any, slides: Sequence[Path], out: Path) -> _Workers:
         raise cls("; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
                   + ". The workers read the slides and write --out themselves: give paths on storage that every "
                   "worker mounts at the same place.")
+    return _Workers(threads=_shares(answers), gpus=sorted(address for address, a in answers.items() if a["gpus"] > 0))
+
+
+def cpu_shares(client: Any) -> dict[str, int]:
+    """CPU threads for a task on each worker of ``client``'s cluster (:func:`task_cpus`)."""
+    return _shares(client.run(_worker_cpus))
+
+
+def _shares(answers: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """The task threads of all workers on a machine share its cores."""
     from distributed.comm import get_address_host
 
-    # Task threads of all workers on a machine share its cores.
     per_host: dict[str, int] = {}
     for address, a in answers.items():
         per_host[get_address_host(address)] = per_host.get(get_address_host(address), 0) + a["nthreads"]
-    threads = {address: max(1, a["cpus"] // per_host[get_address_host(address)]) for address, a in answers.items()}
-    return _Workers(threads=threads, gpus=sorted(address for address, a in answers.items() if a["gpus"] > 0))
+    return {address: max(1, a["cpus"] // per_host[get_address_host(address)]) for address, a in answers.items()}
+
+
+def _worker_cpus(dask_worker: Any = None) -> dict[str, int]:
+    """On a worker (``Client.run``): its machine's cores and its task threads."""
+    return {"cpus": os.cpu_count() or 1, "nthreads": int(dask_worker.state.nthreads)}
 
 
 def _worker_survey(slides: list[str], out: str, dask_worker: Any = None) -> dict[str, Any]:
@@ -259,7 +286,7 @@ def _worker_survey(slides: list[str], out: str, dask_worker: Any = None) -> dict
         writable_dir(Path(out))
     except OutputError as exc:
         problems.append(f"cannot write the output folder {out} ({exc.__cause__ or exc})")
-    return {"problems": problems, "cpus": os.cpu_count() or 1, "nthreads": int(dask_worker.state.nthreads),
+    return {"problems": problems, **_worker_cpus(dask_worker),
             "gpus": float(dask_worker.state.total_resources.get("GPU", 0))}
 
 
@@ -304,7 +331,7 @@ class _Events:
 
 
 @contextmanager
-def _task(threads: dict[str, int]) -> Iterator[str]:
+def task_cpus(threads: dict[str, int]) -> Iterator[str]:
     """Run a task with its worker's share of the cores; a tumls-qp error names the worker. Yields its address."""
     import cv2
     from distributed import get_worker
@@ -333,7 +360,7 @@ def _open(path: Path, config: PipelineConfig) -> Any:
 def _slide_task(path: Path, name: str, out: Path, staging: Path, config: PipelineConfig, cache: Path | None,
                 scheduler: str, run: str, threads: dict[str, int]) -> RunResult:
     """One slide analysed alone, its run folder written into ``out``."""
-    with _task(threads) as address:
+    with task_cpus(threads) as address:
         engine = EngineInfo(engine="dask", scheduler=scheduler, worker=address, model_worker=address)
         [result] = analyze_group([path], [name], out, config, cache, _Events(run, name), cohort=False,
                                  engine=engine, staging_in=staging)
@@ -345,7 +372,7 @@ def _tiles_task(path: Path, name: str, index: int, count: int, config: PipelineC
     """A cohort slide's tissue level."""
     from .slide import slide_quickhash
 
-    with _task(threads):
+    with task_cpus(threads):
         timer = StageTimer()
         slide = _open(path, config)
         try:
@@ -361,7 +388,7 @@ def _model_task(parts: list[tuple[SlideTiles, dict[str, float]]], config: Pipeli
     """The cohort's model and clustering; the model comes back on the CPU."""
     from .tissue.cache import load_cached
 
-    with _task(threads) as address:
+    with task_cpus(threads) as address:
         timer = StageTimer()
         tiles = [p for p, _ in parts]
         cached = load_cached(cache, group_cache_key([p.info for p in tiles], config)) if cache else None
@@ -378,7 +405,7 @@ def _cohort_slide_task(path: Path, index: int, names: list[str], tiles: tuple[Sl
     from .slide import slide_quickhash
 
     part, group, model_worker = tiles[0], model[0], model[2]
-    with _task(threads) as address:
+    with task_cpus(threads) as address:
         timer = StageTimer()
         events = _Events(run, names[index])
         slide = _open(path, config)
@@ -398,7 +425,7 @@ def _cohort_slide_task(path: Path, index: int, names: list[str], tiles: tuple[Sl
 def _commit_task(staged: list[tuple[list[StagedRun], dict[str, float]]], out: Path, config: PipelineConfig,
                  seconds: dict[str, float], threads: dict[str, int]) -> list[tuple[Path, Any]]:
     """The cohort's run folders renamed into place together, with the cohort's timings; then its report."""
-    with _task(threads):
+    with task_cpus(threads):
         timer = StageTimer()
         timer.add(seconds)
         for _, s in staged:
@@ -519,7 +546,7 @@ class _Run:
                     continue
                 del pending[future]
                 error = future.exception() if future.status == "error" else None
-                outcome[future] = _explain(error, name or "the cohort's model") if error is not None else None
+                outcome[future] = explain_failure(error, name or "the cohort's model") if error is not None else None
                 if error is None:
                     self._report(name, fraction, f"{name or 'cohort'}: {finished}")
             if pending:
@@ -599,7 +626,7 @@ def _done(stage: str, fraction: float = 1.0) -> float:
     return (STAGES.index(stage) + min(max(fraction, 0.0), 1.0)) / len(STAGES)
 
 
-def _explain(error: BaseException, name: str) -> BaseException:
+def explain_failure(error: BaseException, name: str) -> BaseException:
     """A task's error as the user should read it: Dask's KilledWorker in words."""
     from distributed.scheduler import KilledWorker
 

@@ -157,6 +157,7 @@ def analyze(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
     run_names: Sequence[str] | None = None,
+    engine: EngineInfo = LOCAL_ENGINE,
 ) -> list[RunResult]:
     """Analyse slides in this process and write one run folder per slide into ``out_dir``.
 
@@ -177,6 +178,8 @@ def analyze(
     progress : callable(stage, fraction, message), optional
     run_names : sequence of str, optional
         Run folder names instead of the slide file names.
+    engine : EngineInfo
+        What the manifests record as the engine (a server's Dask worker passes its own).
 
     Returns
     -------
@@ -194,13 +197,13 @@ def analyze(
     out = writable_dir(Path(out_dir))
     cache = Path(cache_dir) if cache_dir is not None else None
     if cohort:
-        results = analyze_group(slides, names, out, config, cache, progress, cohort=True)
+        results = analyze_group(slides, names, out, config, cache, progress, cohort=True, engine=engine)
         write_cohort_report([r.run_dir for r in results], out, config)
         return results
     results, first_error = [], None
     for slide, name in zip(slides, names):
         try:
-            results += analyze_group([slide], [name], out, config, cache, progress, cohort=False)
+            results += analyze_group([slide], [name], out, config, cache, progress, cohort=False, engine=engine)
         except TumlsQpError as exc:
             if len(slides) > 1:
                 log.error("%s: %s", slide.name, exc)

@@ -37,7 +37,6 @@ import threading
 from typing import Any
 
 from ..errors import EngineError
-from ..outputs.run_folder import EngineInfo
 from .runner import _RESTART_REASON, _DataDirLock, sweep_outputs
 from .settings import ServerSettings
 from .store import Job, JobStore
@@ -225,13 +224,11 @@ def _run_on_worker(settings: ServerSettings, job: Job, threads: dict[str, int]) 
     from ..dask_engine import task_cpus
     from .worker import run_job
 
-    with task_cpus(threads) as address:
+    with task_cpus(threads):
         # A previous try of this attempt died on another worker: start from nothing.
         shutil.rmtree(settings.jobs_dir / job.id / f"attempt-{job.attempt}", ignore_errors=True)
         store = JobStore(settings.db_path)
         try:
-            engine = EngineInfo(engine="dask", scheduler=str(settings.scheduler), worker=address,
-                                model_worker=address)
-            return run_job(store, settings, job, engine)
+            return run_job(store, settings, job)  # the manifest's engine names this worker
         finally:
             store.close()

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TumlsQpError
-from ..outputs.run_folder import EngineInfo
 from .errors import data_folder_full, is_disk_full
 from .settings import HEARTBEAT_INTERVAL_S, ServerSettings
 from .store import Job, JobStore
@@ -120,8 +119,8 @@ def publish_geojson(run_dir: Path, geojson_name: str, job_number: int, target: P
     return class_table(features), len(features)
 
 
-def _run_analysis(store: JobStore, settings: ServerSettings, job: Job, slide: Path, out_dir: Path,
-                  engine: EngineInfo | None) -> tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]:
+def _run_analysis(store: JobStore, settings: ServerSettings, job: Job, slide: Path,
+                  out_dir: Path) -> tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]:
     """The pipeline on one image; returns (run folder, served GeoJSON, classes, summary)."""
     from ..config import config_from_dict
     from ..outputs.run_folder import REPORT_PDF
@@ -129,7 +128,7 @@ def _run_analysis(store: JobStore, settings: ServerSettings, job: Job, slide: Pa
 
     config = config_from_dict(job.config)
     results = analyze([slide], out_dir, config, cache_dir=settings.cache_dir, progress=_Progress(store, job),
-                      run_names=[run_name(job.image_name)], **({"engine": engine} if engine is not None else {}))
+                      run_names=[run_name(job.image_name)], engine=_engine(settings))
     run = results[0]
     manifest = run.manifest
     store.progress(job.id, job.attempt, 0.99, "publish", "preparing the GeoJSON for QuPath")
@@ -151,8 +150,20 @@ def _run_analysis(store: JobStore, settings: ServerSettings, job: Job, slide: Pa
     return run.run_dir, served, classes, summary
 
 
-def _run_dictionary(store: JobStore, settings: ServerSettings, job: Job, slide: Path, out_dir: Path,
-                    engine: EngineInfo | None) -> tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]:
+def _engine(settings: ServerSettings) -> Any:
+    """The EngineInfo of this job: this process, or (``serve --scheduler``) the Dask worker it runs on."""
+    from ..outputs.run_folder import LOCAL_ENGINE, EngineInfo
+
+    if not settings.scheduler:
+        return LOCAL_ENGINE
+    from distributed import get_worker
+
+    address = get_worker().address
+    return EngineInfo(engine="dask", scheduler=settings.scheduler, worker=address, model_worker=address)
+
+
+def _run_dictionary(store: JobStore, settings: ServerSettings, job: Job, slide: Path,
+                    out_dir: Path) -> tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]:
     """A saved dictionary applied to one image; returns (result folder, served GeoJSON, classes, summary)."""
     from ..errors import InvalidInputError
     from ..labelling import apply_dictionary
@@ -192,11 +203,8 @@ def _run_dictionary(store: JobStore, settings: ServerSettings, job: Job, slide: 
     return result.out_dir, served, classes, summary
 
 
-def run_job(store: JobStore, settings: ServerSettings, job: Job, engine: EngineInfo | None = None) -> str:
-    """Run one claimed job to its end; returns its final state as recorded (or ``"superseded"``).
-
-    ``engine``: what an analysis's manifest records as its engine (default: this process).
-    """
+def run_job(store: JobStore, settings: ServerSettings, job: Job) -> str:
+    """Run one claimed job to its end; returns its final state as recorded (or ``"superseded"``)."""
     from .intake import check_under_roots
 
     job_dir = settings.jobs_dir / job.id
@@ -219,7 +227,7 @@ def run_job(store: JobStore, settings: ServerSettings, job: Job, engine: EngineI
         if init is not None:
             check_under_roots(init, settings.roots, "parameters.embedding.init_resnet18")
         run = _run_dictionary if job.kind == "dictionary" else _run_analysis
-        run_dir, served, classes, summary = run(store, settings, job, slide, out_dir, engine)
+        run_dir, served, classes, summary = run(store, settings, job, slide, out_dir)
         if store.finish(job.id, job.attempt, "succeeded", run_dir=str(run_dir), geojson_path=str(served),
                         classes=classes, summary=summary):
             log.info("job %s succeeded: %d objects", job.id, summary["features"])

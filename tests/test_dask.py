@@ -200,6 +200,14 @@ def test_a_worker_with_other_versions_is_refused_in_words(small_slides, tiny, tm
             other.wait_for([worker], scheduler.scheduler_address)
             with pytest.raises(EngineError) as caught:
                 analyze_on_dask(small_slides[:1], tmp_path / "out", tiny, scheduler=scheduler.scheduler_address)
+            # The server does not start on such a cluster either.
+            from tumls_qp.server.dask_runner import DaskRunner
+            from tumls_qp.server.settings import ServerSettings
+
+            runner = DaskRunner(ServerSettings(data_dir=tmp_path / "data", roots=(tmp_path,),
+                                               scheduler=scheduler.scheduler_address))
+            with pytest.raises(EngineError, match="do not run the same software as this client: tumls-qp differ"):
+                runner.start()
         finally:
             other.stop()
     message = str(caught.value)

@@ -259,7 +259,7 @@ def _analyze_group(
         offsets = np.cumsum([0] + [len(d.tiles) for d in data])
         for i, (d, name) in enumerate(zip(data, names)):
             part = slice(int(offsets[i]), int(offsets[i + 1]))
-            local = _slide_clustering(clustering, part)
+            local = clustering.select(part)
             reps = select_representatives(local, config.representatives.n)
             stage_dir = out / f".tumls-{name}-{uuid.uuid4().hex[:8]}.partial"
             stage_dir.mkdir()
@@ -395,16 +395,6 @@ def _cache_store(cache: Path, key: str, data: list[_SlideData], latents: np.ndar
 
 
 # --- run folder -----------------------------------------------------------------------------------------------------
-
-def _slide_clustering(clustering: Clustering, part: slice) -> Clustering:
-    """The part of a (cohort) clustering that covers one slide's tiles."""
-    return Clustering(
-        k=clustering.k, k_source=clustering.k_source, labels=clustering.labels[part],
-        centroids=clustering.centroids, distance=clustering.distance[part],
-        uncertainty=clustering.uncertainty[part], uncertainty_scale=clustering.uncertainty_scale,
-        gaps=clustering.gaps, split_statistic=clustering.split_statistic, linkage=None, linkage_indices=None,
-    )
-
 
 @dataclass
 class _LowLevel:

@@ -201,3 +201,37 @@ def test_graph_needs_positions_and_valid_options():
                          ({"graph_epochs": 0}, "clusters.graph_epochs")]:
         with pytest.raises(ConfigError, match=name):
             ClusterConfig(**change)
+
+
+def test_representatives_are_confident_tiles_closest_to_the_centroid():
+    from dataclasses import replace
+
+    x = np.concatenate([_blob(100, 0.0, 1), _blob(60, 2.0, 2)])
+    c = cluster_embeddings(x, ClusterConfig(k=2), 0)
+    # Make the two tiles nearest to tissue 0's centroid unsure: they are passed over, the ranking stays.
+    members = np.flatnonzero(c.labels == 0)
+    nearest = members[np.argsort(c.distance[members])]
+    confidence = c.confidence.copy()
+    confidence[nearest[:2]] = 0.05
+    reps = select_representatives(replace(c, confidence=confidence), 5, min_confidence=0.1)
+    first = [r.tile for r in reps if r.tissue == 0]
+    assert first == nearest[2:7].tolist() and all(r.confident for r in reps)
+    assert [r.rank for r in reps if r.tissue == 0] == [1, 2, 3, 4, 5]
+    # Too few confident tiles: the next-closest complete the set, marked as not confident.
+    few = select_representatives(replace(c, confidence=np.where(np.arange(160) == nearest[3], 0.9, 0.0)), 3, 0.5)
+    zero = [r for r in few if r.tissue == 0]
+    assert [r.tile for r in zero] == [nearest[3], nearest[0], nearest[1]]
+    assert [r.confident for r in zero] == [True, False, False]
+
+
+def test_patch_box_is_centred_and_inside_the_slide():
+    from tumls_qp.tissue.representatives import patch_box
+
+    # A 64 px tile at 0.5 µm/px, 256 µm patch = 512 px centred on it.
+    assert patch_box((1000, 2000, 64, 64), 256.0, 0.5, (10_000, 10_000)) == (776, 1776, 512, 512)
+    # Near the corner the patch shifts inside; a slide smaller than the patch cuts it.
+    assert patch_box((0, 0, 64, 64), 256.0, 0.5, (10_000, 10_000)) == (0, 0, 512, 512)
+    assert patch_box((9936, 9936, 64, 64), 256.0, 0.5, (10_000, 10_000)) == (9488, 9488, 512, 512)
+    assert patch_box((0, 0, 64, 64), 256.0, 0.5, (300, 10_000)) == (0, 0, 300, 512)
+    with pytest.raises(InvalidInputError, match="patch_um"):
+        patch_box((0, 0, 64, 64), 0.0, 0.5, (300, 300))

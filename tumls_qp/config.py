@@ -242,14 +242,24 @@ class RegionConfig:
 
 @dataclass(frozen=True)
 class RepresentativeConfig:
-    """The representative tiles of each tissue (closest to its centroid)."""
+    """The representative tiles of each tissue (confident, closest to its centroid) and their patches."""
 
     #: Representatives per tissue.
     n: int = 5
+    #: Representatives are chosen among the tiles whose confidence (0-1, see ``tissue.clusters``)
+    #: is at least this; a tissue with fewer such tiles completes its set with its next-closest tiles.
+    min_confidence: float = 0.2
+    #: Side in µm of the patch read at full resolution around each representative, centred on its
+    #: tile whatever the tile size (256 µm: TUMLS's 1024 px at 0.25 µm/px).
+    patch_um: float = 256.0
 
     def __post_init__(self) -> None:
         _require(isinstance(self.n, int) and 1 <= self.n <= 100, "representatives.n", self.n,
                  "an integer in [1, 100]")
+        _require(_is_number(self.min_confidence) and 0 <= self.min_confidence < 1,
+                 "representatives.min_confidence", self.min_confidence, "a confidence in [0, 1)")
+        _require(_is_number(self.patch_um) and 8 <= self.patch_um <= 4096, "representatives.patch_um",
+                 self.patch_um, "a side in µm between 8 and 4096")
 
 
 @dataclass(frozen=True)

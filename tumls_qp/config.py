@@ -211,10 +211,12 @@ class RegionConfig:
     #: its tiles (TUMLS as published; borders on the tile grid).
     method: str = "felzenszwalb"
     #: Felzenszwalb scales, one segmentation each, as the colour difference (0-255 RGB units) that a
-    #: segment of one tile's area still merges across; larger scales give larger segments.
-    scales: tuple[float, ...] = (0.5, 2.0, 8.0)
-    #: Gaussian smoothing before segmentation, in tiles (0.05 = 0.8 px of a 16 px tile).
-    sigma_tiles: float = 0.05
+    #: segment of one tile's area still merges across; larger scales give larger segments. The
+    #: finest places the borders; the coarser ones give the finer segments their prior.
+    scales: tuple[float, ...] = (1.0, 8.0, 32.0)
+    #: Gaussian smoothing before segmentation, in tiles (0.05 = 0.8 px of a 16 px tile). The tissue-level
+    #: image is already an average over many level-0 pixels; smoothing it more blurs the borders.
+    sigma_tiles: float = 0.0
     #: Smallest segment, in tile areas (1/16: a quarter of a tile's side squared).
     min_segment_tiles: float = 0.0625
     #: Weight of a coarser segmentation's answer for each finer segment, per tile of its area, against

@@ -213,15 +213,16 @@ class RegionConfig:
     #: Felzenszwalb scales, one segmentation each, as the colour difference (0-255 RGB units) that a
     #: segment of one tile's area still merges across; larger scales give larger segments. The
     #: finest places the borders; the coarser ones give the finer segments their prior.
-    scales: tuple[float, ...] = (1.0, 8.0, 32.0)
+    scales: tuple[float, ...] = (0.5, 4.0, 16.0)
     #: Gaussian smoothing before segmentation, in tiles (0.05 = 0.8 px of a 16 px tile). The tissue-level
     #: image is already an average over many level-0 pixels; smoothing it more blurs the borders.
     sigma_tiles: float = 0.0
     #: Smallest segment, in tile areas (1/16: a quarter of a tile's side squared).
     min_segment_tiles: float = 0.0625
-    #: Weight of a coarser segmentation's answer for each finer segment, per tile of its area, against
-    #: the evidence of the tiles it covers (1 per tile). Below 1 a segment of one tile's area keeps what
-    #: its tiles say when the surrounding tissue says otherwise, so foci of about one tile survive.
+    #: Weight of a segment's prior (its coarser segment's answer and the interpolated tile evidence)
+    #: against the evidence of the tiles it covers, per tile of its area. Small values let a segment of
+    #: one tile's area keep what its tile says when the surrounding tissue says otherwise, so foci of
+    #: about one tile survive.
     prior_weight: float = 0.5
     #: Regions smaller than this (in tile areas) join the neighbouring tissue they share most border with.
     min_region_tiles: float = 0.5

@@ -29,13 +29,15 @@ demo: $(VENV)/.installed-base
 test: $(VENV)/.installed-dev groovy-tools
 	$(BIN)/python -m pytest
 
-# The QuPath script tests (tests/test_groovy_script.py) run groovy/ with Groovy 4, which ships inside the npm
-# package npm-groovy-lint, and Gson (Debian's libgoogle-gson-java); Java 17 must be installed. Without them
+# The QuPath script tests (tests/test_groovy_*.py) run groovy/ with Groovy 4, which ships inside the npm
+# package npm-groovy-lint, against stand-ins for QuPath's classes that need Gson and JTS (Debian's
+# libgoogle-gson-java and libjts-java, the libraries QuPath itself uses); Java 17 must be installed. Without them
 # those tests are skipped, saying why.
 GROOVY_LIB := .tools/node_modules/npm-groovy-lint/lib/java/groovy/lib
 GSON_JAR := /usr/share/java/gson.jar
+JTS_JAR := /usr/share/java/jts-core.jar
 .PHONY: groovy-tools
-groovy-tools: $(GROOVY_LIB) $(GSON_JAR)
+groovy-tools: $(GROOVY_LIB) $(GSON_JAR) $(JTS_JAR)
 $(GROOVY_LIB):
 	@npm install --prefix .tools --no-audit --no-fund --silent npm-groovy-lint \
 	  || echo "note: npm could not install npm-groovy-lint; the QuPath script tests will be skipped"
@@ -44,6 +46,11 @@ $(GSON_JAR):
 	  || (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
 	      apt-get install -y -qq libgoogle-gson-java >/dev/null 2>&1) \
 	  || echo "note: could not install Gson (as root: apt-get install libgoogle-gson-java); the QuPath script tests will be skipped"
+$(JTS_JAR):
+	@DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjts-java >/dev/null 2>&1 \
+	  || (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq libjts-java >/dev/null 2>&1) \
+	  || echo "note: could not install JTS (as root: apt-get install libjts-java); the QuPath script tests will be skipped"
 # Not part of `make test`: regenerates reports/sample/ (PDF and page previews) and reports/report_timing.md.
 sample-report: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/report_sample.py

@@ -167,7 +167,8 @@ def timing(work: Path, n_target: int, repeats: int) -> dict:
     from shapely.geometry import LineString, Point, box
 
     from tumls_qp.config import PipelineConfig, replace_in
-    from tumls_qp.labelling import load_run, seeded_classification
+    from tumls_qp.labelling import seeded_classification
+    from tumls_qp.outputs.run_folder import read_run
     from tumls_qp.pipeline import analyze
     from tumls_qp.testing import write_synthetic_slide
 
@@ -185,7 +186,6 @@ def timing(work: Path, n_target: int, repeats: int) -> dict:
         config = replace_in(PipelineConfig(), **{"tiles.tile_um": tile_px0 * mpp, "embedding.max_epochs": 3,
                                                  "embedding.device": "cpu"})
         analyze([slide], work / "timing-run", config)
-    data = load_run(run)
     w = h = side
     seeds = [("Stroma", (0, 150, 0), box(0.22 * w, 0.45 * h, 0.28 * w, 0.55 * h)),
              ("Stroma", None, Point(0.3 * w, 0.3 * h)),
@@ -207,7 +207,8 @@ def timing(work: Path, n_target: int, repeats: int) -> dict:
 
     stages = {}
     t0 = time.perf_counter()
-    data = load_run(run)
+    folder = read_run(run)
+    data, mpp_run = folder.embeddings, folder.mpp
     stages["read run folder"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mapped = seeds_to_tiles(data.boxes, [(n, g) for n, _, g in seeds])
@@ -217,7 +218,7 @@ def timing(work: Path, n_target: int, repeats: int) -> dict:
     stages["SIC"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     features = classified_features(data.boxes, result.labels, result.confidence, result.classes,
-                                   [(0, 150, 0), (200, 0, 0)], data.mpp, score_name="SIC confidence",
+                                   [(0, 150, 0), (200, 0, 0)], mpp_run, score_name="SIC confidence",
                                    region_suffix="SIC")
     stages["GeoJSON objects"] = time.perf_counter() - t0
     t0 = time.perf_counter()

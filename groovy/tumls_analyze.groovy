@@ -34,6 +34,8 @@ import java.time.Duration
 import java.util.zip.GZIPInputStream
 import qupath.lib.common.ColorTools
 import qupath.lib.io.PathIO
+import qupath.lib.objects.PathObject
+import qupath.lib.objects.hierarchy.PathObjectHierarchy
 
 // ================================ settings ================================
 // Where `tumls-qp serve` listens. The environment variable TUMLS_QP_SERVER overrides it.
@@ -168,13 +170,9 @@ try {
     throw e
 }
 
-// Replace this tool's earlier objects (and only those): they carry the TAG measurement.
-previous = getCurrentHierarchy().getFlattenedObjectList(null).findAll {
-    !it.isRootObject() && it.getMeasurementList().containsKey(TAG)
-}
-removeObjects(previous, true)
-addObjects(objects)
-resolveHierarchy()
+// Replace this tool's earlier objects (and only those: they carry the TAG measurement); the new ones nest among
+// themselves only (see TumlsClient.replaceLayer).
+previous = TumlsClient.replaceLayer(imageData.getHierarchy(), TAG, objects)
 
 // Colours: a GeoJSON colour only applies when QuPath creates a class, so set them here.
 def pathClasses = []
@@ -225,7 +223,7 @@ if (result.get('report').getAsBoolean()) {
 }
 
 
-/** The few HTTP calls the script makes, with the server's error messages passed on. */
+/** The few HTTP calls the script makes, with the server's error messages passed on, and the import of a layer. */
 class TumlsClient {
     final String base
     final String token
@@ -304,6 +302,28 @@ class TumlsClient {
         } finally {
             stream.close()
         }
+    }
+
+    /**
+     * Replace a layer of this tool's objects in ``hierarchy``: remove the objects that carry the measurement ``tag``
+     * (their other children, e.g. annotations QuPath put under them when they were drawn, move up, as QuPath does),
+     * then add ``objects`` nested among themselves only: tiles, nuclei and representatives under the layer's own
+     * regions, by QuPath's own rules (resolveHierarchy in a hierarchy holding this layer alone). The layer's
+     * regions go directly under the image's root, and the image's hierarchy is never resolved, so that layers
+     * never nest into each other or into the user's annotations, whatever order the scripts run in. Returns the
+     * objects removed.
+     */
+    static List<PathObject> replaceLayer(PathObjectHierarchy hierarchy, String tag, Collection<PathObject> objects) {
+        def previous = hierarchy.getFlattenedObjectList(null).findAll {
+            !it.isRootObject() && it.getMeasurementList().containsKey(tag)
+        }
+        def layer = new PathObjectHierarchy()
+        layer.addObjects(objects)
+        layer.resolveHierarchy()
+        // Non-deprecated in QuPath 0.4-0.7 (QP.removeObjects(Collection, boolean) is deprecated from 0.6).
+        hierarchy.removeObjects(previous, true)
+        hierarchy.addObjects(new ArrayList<PathObject>(layer.getRootObject().getChildObjects()))
+        return previous
     }
 
     /** Stop unless the server speaks the script's API version. */

@@ -33,6 +33,8 @@ import java.util.zip.GZIPInputStream
 import qupath.lib.common.ColorTools
 import qupath.lib.io.GsonTools
 import qupath.lib.io.PathIO
+import qupath.lib.objects.PathObject
+import qupath.lib.objects.hierarchy.PathObjectHierarchy
 
 // ================================ settings ================================
 // Where `tumls-qp serve` listens. The environment variable TUMLS_QP_SERVER overrides it.
@@ -132,7 +134,7 @@ println "TUMLS: ${imageName}: dictionary ${saved.get('id').getAsString()}" +
 println 'TUMLS: apply it to other images with tumls_apply_dictionary.groovy'
 
 
-/** The few HTTP calls the script makes, with the server's error messages passed on. */
+/** The few HTTP calls the script makes, with the server's error messages passed on, and the import of a layer. */
 class TumlsClient {
     final String base
     final String token
@@ -211,6 +213,28 @@ class TumlsClient {
         } finally {
             stream.close()
         }
+    }
+
+    /**
+     * Replace a layer of this tool's objects in ``hierarchy``: remove the objects that carry the measurement ``tag``
+     * (their other children, e.g. annotations QuPath put under them when they were drawn, move up, as QuPath does),
+     * then add ``objects`` nested among themselves only: tiles, nuclei and representatives under the layer's own
+     * regions, by QuPath's own rules (resolveHierarchy in a hierarchy holding this layer alone). The layer's
+     * regions go directly under the image's root, and the image's hierarchy is never resolved, so that layers
+     * never nest into each other or into the user's annotations, whatever order the scripts run in. Returns the
+     * objects removed.
+     */
+    static List<PathObject> replaceLayer(PathObjectHierarchy hierarchy, String tag, Collection<PathObject> objects) {
+        def previous = hierarchy.getFlattenedObjectList(null).findAll {
+            !it.isRootObject() && it.getMeasurementList().containsKey(tag)
+        }
+        def layer = new PathObjectHierarchy()
+        layer.addObjects(objects)
+        layer.resolveHierarchy()
+        // Non-deprecated in QuPath 0.4-0.7 (QP.removeObjects(Collection, boolean) is deprecated from 0.6).
+        hierarchy.removeObjects(previous, true)
+        hierarchy.addObjects(new ArrayList<PathObject>(layer.getRootObject().getChildObjects()))
+        return previous
     }
 
     /** Stop unless the server speaks the script's API version. */

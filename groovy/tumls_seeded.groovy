@@ -38,6 +38,8 @@ import java.util.zip.GZIPInputStream
 import qupath.lib.common.ColorTools
 import qupath.lib.io.GsonTools
 import qupath.lib.io.PathIO
+import qupath.lib.objects.PathObject
+import qupath.lib.objects.hierarchy.PathObjectHierarchy
 
 // ================================ settings ================================
 // Where `tumls-qp serve` listens. The environment variable TUMLS_QP_SERVER overrides it.
@@ -104,7 +106,9 @@ seeds.each { seed ->
         colour.add(ColorTools.blue(rgb))
         item.add('color', colour)
     }
-    item.add('geometry', gson.toJsonTree(seed.getROI()))
+    // Through a string: QuPath's ROI adapter writes with JsonWriter.jsonValue, which a Gson tree cannot take
+    // (gson.toJsonTree(roi) throws UnsupportedOperationException in QuPath 0.4-0.7).
+    item.add('geometry', JsonParser.parseString(gson.toJson(seed.getROI())))
     array.add(item)
 }
 def body = new JsonObject()
@@ -128,13 +132,9 @@ try {
     throw e
 }
 
-// Replace the previous answer (and only it): its objects carry the TAG measurement.
-def previous = hierarchy.getFlattenedObjectList(null).findAll {
-    !it.isRootObject() && it.getMeasurementList().containsKey(TAG)
-}
-removeObjects(previous, true)
-addObjects(objects)
-resolveHierarchy()
+// Replace the previous answer (and only it: its objects carry the TAG measurement); the new objects nest among
+// themselves only (see TumlsClient.replaceLayer).
+def previous = TumlsClient.replaceLayer(hierarchy, TAG, objects)
 fireHierarchyUpdate()
 
 def summary = JsonParser.parseString(client.lastHeaders.firstValue('X-TUMLS-QP-Summary').orElse('{}')).getAsJsonObject()
@@ -149,7 +149,7 @@ if (summary.has('warnings'))
 println "TUMLS: show 'SIC confidence' with Measure > Show measurement maps"
 
 
-/** The few HTTP calls the script makes, with the server's error messages passed on. */
+/** The few HTTP calls the script makes, with the server's error messages passed on, and the import of a layer. */
 class TumlsClient {
     final String base
     final String token
@@ -228,6 +228,28 @@ class TumlsClient {
         } finally {
             stream.close()
         }
+    }
+
+    /**
+     * Replace a layer of this tool's objects in ``hierarchy``: remove the objects that carry the measurement ``tag``
+     * (their other children, e.g. annotations QuPath put under them when they were drawn, move up, as QuPath does),
+     * then add ``objects`` nested among themselves only: tiles, nuclei and representatives under the layer's own
+     * regions, by QuPath's own rules (resolveHierarchy in a hierarchy holding this layer alone). The layer's
+     * regions go directly under the image's root, and the image's hierarchy is never resolved, so that layers
+     * never nest into each other or into the user's annotations, whatever order the scripts run in. Returns the
+     * objects removed.
+     */
+    static List<PathObject> replaceLayer(PathObjectHierarchy hierarchy, String tag, Collection<PathObject> objects) {
+        def previous = hierarchy.getFlattenedObjectList(null).findAll {
+            !it.isRootObject() && it.getMeasurementList().containsKey(tag)
+        }
+        def layer = new PathObjectHierarchy()
+        layer.addObjects(objects)
+        layer.resolveHierarchy()
+        // Non-deprecated in QuPath 0.4-0.7 (QP.removeObjects(Collection, boolean) is deprecated from 0.6).
+        hierarchy.removeObjects(previous, true)
+        hierarchy.addObjects(new ArrayList<PathObject>(layer.getRootObject().getChildObjects()))
+        return previous
     }
 
     /** Stop unless the server speaks the script's API version. */

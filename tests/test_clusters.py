@@ -139,7 +139,7 @@ def test_clustering_carries_confidence_and_posterior():
     assert c.confidence[-1] < np.percentile(c.confidence[:600], 1)
     assert c.uncertainty[-1] < np.percentile(c.uncertainty[:600], 99)
     part = c.select(slice(300, 601))
-    assert len(part.labels) == len(part.confidence) == len(part.posterior) == 301 and part.linkage is None
+    assert len(part.labels) == len(part.confidence) == len(part.posterior) == 301 and part.linkage_indices is None
 
 
 def _halves(rows=8, cols=10, seed=0):

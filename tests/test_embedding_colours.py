@@ -4,15 +4,10 @@ import types
 import numpy as np
 import pytest
 
-from tumls_qp.interactive.embedding_colours import (
-    LAYER_CLASS,
-    coordinates_to_rgb,
-    draw_embedding_colours,
-    embedding_colour_features,
-    embedding_colours,
-    umap_available,
-)
 from tumls_qp.errors import ConfigError
+from tumls_qp.interactive.embedding_colours import coordinates_to_rgb, embedding_colours, umap_available
+from tumls_qp.outputs._report_figures import embedding_colours_figure
+from tumls_qp.outputs.classified import EMBEDDING_LAYER_CLASS, embedding_colour_features
 from tumls_qp.outputs.geojson import make_feature, validate_geojson
 
 
@@ -74,18 +69,16 @@ def test_real_umap_when_installed():
     assert colours.method == "umap" and colours.coords.shape == (120, 3) and np.isfinite(colours.coords).all()
 
 
-def test_layer_features_and_figure(tmp_path):
+def test_layer_features_and_figure():
     x = _latents(n=12)
     colours = embedding_colours(x, "pca")
     boxes = np.array([[c * 50, r * 50, 50, 50] for r in range(3) for c in range(4)])
     features = embedding_colour_features(boxes, colours)
     assert validate_geojson({"type": "FeatureCollection", "features": features}) == []
     assert [f["properties"]["color"] for f in features] == colours.rgb.tolist()
-    assert {f["properties"]["classification"]["name"] for f in features} == {LAYER_CLASS}
-    png = draw_embedding_colours(colours, tmp_path / "colours.png", boxes=boxes, labels=np.arange(12) % 2,
-                                 title="test")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["colours.png"]
+    assert {f["properties"]["classification"]["name"] for f in features} == {EMBEDDING_LAYER_CLASS}
+    png = embedding_colours_figure(colours, boxes=boxes, labels=np.arange(12) % 2, title="test")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_validator_checks_the_object_colour():

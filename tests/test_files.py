@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tumls_qp.errors import OutputError
-from tumls_qp.files import replace_dir, run_folder_names, staging_dir, write_csv, write_json
+from tumls_qp.files import atomic_write, replace_dir, run_folder_names, staging_dir, writable_dir, write_csv, write_json
 from tumls_qp.provenance import cpu_name, package_versions
 
 
@@ -73,3 +73,26 @@ def test_provenance() -> None:
 def test_run_folder_names_are_unique() -> None:
     slides = [Path("/a/s.svs"), Path("/b/s.ome.tif"), Path("/c/s.tif"), Path("/d/.svs")]
     assert run_folder_names(slides) == ["s", "s-2", "s-3", ".svs"]
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="half-way"):
+        with atomic_write(target) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".out.bin.")
+            tmp.write_bytes(b"ne")
+            raise RuntimeError("half-way")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    with atomic_write(target) as tmp:
+        tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"old"  # not visible before the block ends
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_writable_dir_names_the_folder_and_the_option(tmp_path: Path) -> None:
+    assert writable_dir(tmp_path / "new" / "out") == tmp_path / "new" / "out"
+    assert [p.name for p in (tmp_path / "new" / "out").iterdir()] == []
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OutputError, match="a-file.*with --out"):
+        writable_dir(tmp_path / "a-file" / "out")

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from server_helpers import REPO, LiveServer
+from server_helpers import REPO, LiveServer, bench_out
 from test_groovy_script import _from_feature, _from_object, _run, harness  # noqa: F401  (harness is a fixture)
 from tumls_qp.outputs.qupath import (DICTIONARY_TAG, LAYER_TAGS, PROTOTYPES_TAG, SEEDED_TAG, TAG_MEASUREMENT,
                                      path_to_file_uri)
@@ -60,11 +60,13 @@ def test_seeded_prototypes_and_dictionary_scripts(harness, server, slides, tmp_p
             {"entry": 1, "script": str(SCRIPTS["apply_dictionary"])},                      # 7 apply
             {"entry": 1, "script": str(SCRIPTS["apply_dictionary"])},                      # 8 apply again
             {"entry": 2, "script": str(SCRIPTS["seeded"])},                                # 9 not analysed
+            {"entry": 0, "resolve": True},                  # 10 the user's Objects > Resolve hierarchy
         ],
+        "markers": list(LAYER_TAGS.values()),
     }
     dump, _, stdout = _run(harness, server, tmp_path, config, parameters=PARAMETERS)
     runs = dump["runs"]
-    assert [r["outcome"] == "ok" for r in runs] == [True, True, False, True, False, True, True, True, True, False], \
+    assert [r["outcome"] == "ok" for r in runs] == [True, True, False, True, False, True, True, True, True, False, True], \
         stdout + json.dumps(runs, indent=1)
     assert "seeds of one class" in runs[2]["message"] or "two" in runs[2]["message"], runs[2]
     assert "the server answered 422" in runs[2]["message"]
@@ -95,22 +97,47 @@ def test_seeded_prototypes_and_dictionary_scripts(harness, server, slides, tmp_p
     assert sorted((o["type"], o["class"], o.get("name")) for o in answer) == sorted(
         (f["properties"]["objectType"], f["properties"]["classification"]["name"], f["properties"].get("name"))
         for f in seeded["features"])
+    # The seeded answer is the classification: every tile has one of the seeds' classes and a confidence.
+    sic_tiles = [o for o in answer if o["type"] == "tile"]
+    assert sic_tiles and {o["class"] for o in sic_tiles} == {"Stroma", "Tumor"}
+    assert all(0 <= o["measurements"]["SIC confidence"] <= 1 for o in sic_tiles)
     clusters = _tagged(first, PROTOTYPES_TAG)
     assert {o["measurements"]["Prototype clusters"] for o in clusters} == {3.0}
     assert {o["class"] for o in clusters} == {"Stroma", "Tumor", "mixed"}
     assert len(first) == 2 + len(analysis_features) + len(seeded["features"]) + len(clusters)
 
+    # Nesting (README, QuPath section): each layer's objects nest among themselves only, its regions at the top
+    # level, the drawn seeds stay where QuPath put them. Counts of "layer>parent's layer" after run 6, when the
+    # analysis, the seeded answer and the clusters are all on the image.
+    nesting = runs[6]["nesting"]
+    for key in nesting:
+        child, parent = key.split(">")
+        assert parent in (child, "root"), (key, nesting)
+    for tag in (TAG_MEASUREMENT, SEEDED_TAG, PROTOTYPES_TAG):
+        assert nesting.get(f"{tag}>{tag}", 0) > 0, (tag, nesting)
+    assert nesting["user>root"] == 2
+    # Only the user's Objects > Resolve hierarchy mixes them: QuPath re-parents by geometry across all objects.
+    resolved = runs[10]["nesting"]
+    assert sum(resolved.values()) == sum(nesting.values())
+    assert any(parent not in (child, "root") for child, parent in (k.split(">") for k in resolved)), resolved
+    bench_out("groovy_layers_nesting", {"after_seeded_again": nesting, "after_resolve_hierarchy": resolved})
+
     # The dictionary holds the names given in QuPath, with the classes' colours there.
     [dictionary] = dictionaries
     assert dictionary["name"] == "two tissues" and dictionary["source_job"] == analysis[0]["id"]
     assert dictionary["naming"]["classes"] == {"Stroma": [1], "Tumor": [2]} and dictionary["naming"]["mixed"] == [3]
-    assert {c["name"]: c["color"] for c in dictionary["classes"]} == {"Stroma": [40, 160, 40], "Tumor": [200, 0, 0]}
+    # Stroma and Tumor are QuPath's built-in classes: they keep QuPath's colours, not those of the drawn seeds.
+    assert {c["name"]: c["color"] for c in dictionary["classes"]} == {"Stroma": [150, 200, 150], "Tumor": [200, 0, 0]}
     assert re.search(rf"dictionary {dictionary['id']} \('two tissues'\) saved", stdout)
 
     # Applied twice to the other entry: the second answer replaced the first.
     assert sorted(map(_from_object, second)) == sorted(map(_from_feature, served))
     assert {o["measurements"][DICTIONARY_TAG] for o in second} == {applied[0]["number"]}
-    assert dump["class_colors"]["Stroma"] == [40, 160, 40] and dump["class_colors"]["Tumor"] == [200, 0, 0]
+    by_id = {o["id"]: o for o in second}
+    assert all(o.get("parent") is None for o in second if o["type"] == "annotation")
+    tiles = [o for o in second if o["type"] == "tile"]
+    assert tiles and all(by_id[o.get("parent")]["class"] == o["class"] for o in tiles)  # under their class's region
+    assert dump["class_colors"]["Stroma"] == [150, 200, 150] and dump["class_colors"]["Tumor"] == [200, 0, 0]
     assert {"Stroma", "Tumor"} <= set(dump["project_classes"])
     assert sorted(o["class"] for o in untouched) == ["Stroma", "Tumor"]
 
@@ -129,10 +156,20 @@ def test_scripts_use_only_api_of_qupath_04_to_07(name):
     assert tag == {"seeded": SEEDED_TAG, "prototypes": PROTOTYPES_TAG, "save_dictionary": PROTOTYPES_TAG,
                    "apply_dictionary": DICTIONARY_TAG}[name]
     if name != "save_dictionary":  # the others import a layer and replace only their own
-        assert "removeObjects(previous, true)" in code and "PathIO.readObjectsFromGeoJSON" in code
-        assert "containsKey(TAG)" in code and "resolveHierarchy()" in code
+        assert "TumlsClient.replaceLayer(hierarchy, TAG, objects)" in code and "PathIO.readObjectsFromGeoJSON" in code
     settings_at = text.index("// ================================ settings")
     assert settings_at < text.index("def env = System.getenv()")
+
+
+def test_scripts_never_resolve_the_images_hierarchy_nor_write_gson_trees():
+    """The layers' nesting rule (README): the image's hierarchy is never resolved; a Gson tree of a QuPath object
+    fails in QuPath 0.4-0.7 (its ROI adapter writes with jsonValue)."""
+    for name, path in SCRIPTS.items():
+        code = "\n".join(line for line in path.read_text(encoding="utf-8").splitlines()
+                         if not line.strip().startswith(("//", "*", "/*")))
+        assert "toJsonTree" not in code, name
+        assert re.findall(r"(\w+)\.resolveHierarchy\(\)", code) == ["layer"], name
+        assert not re.search(r"(?<![.\w])(resolveHierarchy|removeObjects|addObjects)\(", code), name
 
 
 def test_scripts_share_one_http_client_and_the_markers():

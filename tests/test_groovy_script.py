@@ -28,11 +28,13 @@ def _tools() -> dict[str, str]:
     found["groovy"] = os.environ.get("TUMLS_QP_GROOVY_JAR") or (str(jars[-1]) if jars else None)
     gson = os.environ.get("TUMLS_QP_GSON_JAR") or "/usr/share/java/gson.jar"
     found["gson"] = gson if Path(gson).is_file() else None
+    jts = os.environ.get("TUMLS_QP_JTS_JAR") or "/usr/share/java/jts-core.jar"
+    found["jts"] = jts if Path(jts).is_file() else None
     missing = [name for name, path in found.items() if not path]
     if missing:
         reason = (f"needs {', '.join(missing)}: `make test` installs the Groovy 4 jar (npm install --prefix .tools "
-                  "npm-groovy-lint) and Gson (apt-get install libgoogle-gson-java), or set TUMLS_QP_GROOVY_JAR / "
-                  "TUMLS_QP_GSON_JAR; Java 17+ (java and javac) must be on PATH")
+                  "npm-groovy-lint), Gson and JTS (apt-get install libgoogle-gson-java libjts-java), or set "
+                  "TUMLS_QP_GROOVY_JAR / TUMLS_QP_GSON_JAR / TUMLS_QP_JTS_JAR; Java 17+ (java and javac) must be on PATH")
         if os.environ.get("TUMLS_QP_REQUIRE_GROOVY") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
@@ -44,10 +46,11 @@ def harness(tmp_path_factory):
     tools = _tools()
     classes = tmp_path_factory.mktemp("groovy-classes")
     sources = [str(p) for p in STANDINS.rglob("*.java")]
-    classpath = os.pathsep.join([tools["groovy"], tools["gson"]])
-    subprocess.run([tools["javac"], "-nowarn", "-encoding", "UTF-8", "-d", str(classes), "-cp", classpath, *sources],
-                   check=True, capture_output=True, text=True, timeout=180)
-    return {"java": tools["java"], "classpath": os.pathsep.join([str(classes), classpath])}
+    classpath = os.pathsep.join([tools["groovy"], tools["gson"], tools["jts"]])
+    out = subprocess.run([tools["javac"], "-nowarn", "-encoding", "UTF-8", "-d", str(classes), "-cp", classpath,
+                          *sources], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return {"java": tools["java"], "classes": str(classes), "classpath": os.pathsep.join([str(classes), classpath])}
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +130,13 @@ def test_script_imports_replaces_and_colours(harness, server, tmp_path):
     assert len(theirs) == 2 and {o.get("class") for o in theirs} == {"Tumor"}
     assert {o["measurements"][TAG_MEASUREMENT] for o in ours} == {statuses[2]["number"]}
     assert sorted(map(_from_object, second["objects"])) == sorted(map(_from_feature, served[1]))
-    assert first["resolve_calls"] == 2 and second["resolve_calls"] == 1
+    # Tiles and nuclei nest under the analysis's own regions; its regions and the drawn annotations are top level.
+    by_id = {o["id"]: o for o in first["objects"]}
+    assert all(o.get("parent") is None for o in theirs)
+    assert all(o.get("parent") is None for o in ours if (o["class"] or "").startswith("Tissue") and o["type"] == "annotation"
+               and o["name"] is None)
+    nested = [o for o in ours if o["type"] in ("tile", "detection", "cell")]
+    assert nested and all(o.get("parent") and TAG_MEASUREMENT in by_id[o.get("parent")]["measurements"] for o in nested)
 
     for info in classes:
         assert dump["class_colors"][info["name"]] == info["color"], info
@@ -136,6 +145,11 @@ def test_script_imports_replaces_and_colours(harness, server, tmp_path):
     assert dump["project_classes"][:2] == ["Tissue 1", "Tumor"] and set(names) <= set(dump["project_classes"])
     assert set(names) <= set(dump["gui_classes"])
     assert len(dump["project_classes"]) == len(set(dump["project_classes"]))
+    # What QuPath's project writes to classifiers/classes.json (names and packed ARGB colours).
+    written = dump["classes_json"]["pathClasses"]
+    assert [c["name"] for c in written] == dump["project_classes"]
+    assert all([(c["color"] >> 16) & 255, (c["color"] >> 8) & 255, c["color"] & 255] == dump["class_colors"][c["name"]]
+               for c in written)
     assert "no PDF report" in stdout or "PDF report" in stdout
 
     seconds = [r["seconds_to_objects"] for r in dump["runs"]]
@@ -185,8 +199,8 @@ def test_script_uses_only_api_of_qupath_04_to_07():
     for forbidden in ("JsonSlurper", "JsonOutput", "groovy.json", "putMeasurement", "setClassification(",
                       "getMeasurementNames", "importObjectsFromFile", "getSelectedObject"):
         assert forbidden not in code, forbidden
-    for required in ("HttpClient.Builder.NO_PROXY", "PathIO.readObjectsFromGeoJSON", "resolveHierarchy()",
-                     "catch (InterruptedException", "removeObjects(previous, true)", "ColorTools.packRGB",
+    for required in ("HttpClient.Builder.NO_PROXY", "PathIO.readObjectsFromGeoJSON", "TumlsClient.replaceLayer(",
+                     "catch (InterruptedException", "ColorTools.packRGB",
                      "setPathClasses", "Accept-Encoding", "HttpClient.Version.HTTP_1_1"):
         assert required in code, required
     assert re.search(r"def TAG = '([^']+)'", code).group(1) == TAG_MEASUREMENT

@@ -17,7 +17,6 @@ from tumls_qp.config import PipelineConfig, replace_in
 from tumls_qp.errors import InvalidInputError
 from tumls_qp.labelling import (
     load_overclustering,
-    load_run,
     make_dictionary,
     parse_seed_request,
     seeded_classification,
@@ -25,6 +24,7 @@ from tumls_qp.labelling import (
     write_prototypes,
 )
 from tumls_qp.outputs.geojson import read_geojson, validate_geojson, validate_geojson_file, write_geojson
+from tumls_qp.outputs.run_folder import DictionaryManifest, read_manifest, read_run
 from tumls_qp.pipeline import analyze
 from tumls_qp.interactive.prototypes import load_dictionary, naming_from_mapping
 
@@ -64,7 +64,7 @@ def test_seeded_classification_from_a_click_and_a_scribble(run):
     answer = seeded_classification(run, seeds)
     assert answer.classes == ("Stroma", "Epithelium") and answer.colours[0] == (20, 160, 20)
     assert validate_geojson(answer.feature_collection) == []
-    data = load_run(run)
+    data = read_run(run).embeddings
     truth = _truth(data.boxes)
     known = truth >= 0
     assert (answer.result.labels[known] == truth[known]).mean() > 0.95
@@ -91,7 +91,7 @@ def test_seeded_classification_errors(run, tmp_path):
         seeded_classification(run, [("Stroma", None, inside), ("Tumor", None, Point(30, 30))])
     with pytest.raises(InvalidInputError, match="contains ':'"):
         seeded_classification(run, [("Stroma", None, inside), ("Tumor: 1", None, Point(2300, 1000))])
-    with pytest.raises(InvalidInputError, match="not a tumls-qp run folder"):
+    with pytest.raises(InvalidInputError, match="not a tumls-qp folder: it has no manifest.json"):
         seeded_classification(tmp_path, [("Stroma", None, inside)])
 
 
@@ -145,12 +145,13 @@ def test_prototype_dictionary_from_run_to_new_slide(run, slides, tmp_path, capsy
     assert {p.name for p in folder.iterdir()} == {"clusters.npz", "prototypes.geojson", "names.toml", "manifest.json"}
     assert validate_geojson_file(folder / "prototypes.geojson") == []
     over, manifest = load_overclustering(run)
-    assert manifest["k_source"] == "elbow" and 2 <= over.k <= 50 and manifest["t"] == 5
+    assert manifest.k_source == "elbow" and 2 <= over.k <= 50 and manifest.t == 5 and manifest.k == over.k
+    assert manifest.elbow.k == over.k and len(manifest.elbow.inertia) >= over.k
     names = [f["properties"]["name"] for f in read_geojson(folder / "prototypes.geojson")["features"]]
     assert "Prototype 1" in names and "Prototype 1 central 1" in names
 
     # Simulated naming from the scene: a cluster is named when more than 80 % of it lies on one side.
-    truth = _truth(load_run(run).boxes)
+    truth = _truth(read_run(run).embeddings.boxes)
     lines, mixed = {"Stroma": [], "Epithelium": []}, []
     for j in range(over.k):
         side = truth[over.labels == j]
@@ -186,8 +187,11 @@ def test_prototype_dictionary_from_run_to_new_slide(run, slides, tmp_path, capsy
     for column in ("class_dq", "class_cq"):
         predicted = np.array([{"Stroma": 0, "Epithelium": 1}[r[column]] for r in rows])
         assert (predicted[truth >= 0] == truth[truth >= 0]).mean() > 0.9, column
-    manifest = json.loads((result / "manifest.json").read_text())
-    assert manifest["query"]["d"] == 2 and manifest["query"]["groups"] == 10 and manifest["query"]["shown"] == "cq"
+    manifest = read_manifest(result)
+    assert isinstance(manifest, DictionaryManifest) and manifest.slide.name == "two-tissues.tif"
+    assert manifest.query.d == 2 and manifest.query.groups == 10 and manifest.query.shown == "cq"
+    assert manifest.dictionary.classes == ("Stroma", "Epithelium") and manifest.tiles.kept == len(rows)
+    assert sum(manifest.query.tiles_per_class["cq"].values()) == len(rows)
     features = read_geojson(result / "dictionary.geojson")["features"]
     assert {f["properties"]["classification"]["name"] for f in features} == {"Stroma", "Epithelium"}
     tile = next(f for f in features if f["properties"]["objectType"] == "tile")
@@ -202,7 +206,8 @@ def test_make_dictionary_needs_fresh_prototype_clusters(run, tmp_path):
     naming = naming_from_mapping({1: "A", 2: "B"}, 2)
     fresh = tmp_path / "run"
     fresh.mkdir()
-    for name in ("embeddings.npz", "manifest.json", "model.pt", "model.json"):
+    for name in ("embeddings.npz", "manifest.json", "model.pt", "model.json", "tiles.csv", "representatives.csv",
+                 "thumbnail.png"):
         (fresh / name).write_bytes((run / name).read_bytes())
     with pytest.raises(InvalidInputError, match="no prototype clusters yet"):
         make_dictionary(fresh, naming, tmp_path / "d.tumlsdict")
@@ -225,7 +230,7 @@ def test_embedding_colours_of_a_run(run, capsys):
     layer = read_geojson(run / "embedding_colours.geojson")
     assert validate_geojson(layer) == []
     tiles = layer["features"]
-    assert len(tiles) == len(load_run(run).boxes)
+    assert len(tiles) == len(read_run(run).embeddings.boxes)
     props = tiles[0]["properties"]
     assert props["objectType"] == "tile" and props["classification"]["name"] == "Embedding colour"
     assert len(props["color"]) == 3 and set(props["measurements"]) == {"Embedding 1", "Embedding 2", "Embedding 3"}
@@ -233,3 +238,7 @@ def test_embedding_colours_of_a_run(run, capsys):
 
     with Image.open(run / "embedding_colours.png") as image:
         assert image.format == "PNG" and image.width > 400
+    # The run's layer, its arrays and its manifest agree: the report draws what QuPath shows.
+    again = read_run(run)
+    assert again.embedding_colours.method == "pca" and again.embedding_colours_path == run / "embedding_colours.geojson"
+    assert [f["properties"]["color"] for f in tiles] == again.embedding_colours.rgb.tolist()

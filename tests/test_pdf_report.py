@@ -21,7 +21,7 @@ from tumls_qp.cli import DEMO_SLIDE, main
 from tumls_qp.config import ConfigError, OutputConfig, PipelineConfig, config_from_dict, dump_config, replace_in
 from tumls_qp.errors import InvalidInputError
 from tumls_qp.outputs import _report_figures as figures
-from tumls_qp.outputs._run_folder import display_name, read_run_folder
+from tumls_qp.outputs.run_folder import display_name, read_run
 from tumls_qp.outputs.pdf_report import COHORT_REPORT_NAME, DISCLAIMER, REPORT_NAME, _compact_toml, _fmt, render_report
 from tumls_qp.pipeline import analyze
 
@@ -106,6 +106,7 @@ def test_pipeline_report_has_every_section_and_the_manifest_numbers(demo_run):
     report = demo_run / REPORT_NAME
     assert report.is_file() and report.read_bytes().startswith(b"%PDF")
     m = json.loads((demo_run / "manifest.json").read_text())
+    m |= m.pop("environment")  # the numbers the report prints, wherever the manifest keeps them
     pages = _pages_text(report)
     text = _text(report)
     for section in SECTIONS:
@@ -245,26 +246,20 @@ def test_a_run_where_no_nuclei_were_found_renders(synthetic_run, tmp_path):
     _assert_pages_not_blank(result.path)
 
 
-def test_missing_mpp_derived_values_still_render(synthetic_run, tmp_path):
+def test_missing_optional_files_are_noted(synthetic_run, tmp_path):
     run = _copy_run(synthetic_run, tmp_path)
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["slide"]["mpp"] = None
-    manifest["slide"]["mpp_source"] = None
-    for key in ("tile_um", "lowres_mpp"):
-        manifest["tiles"][key] = None
-    for rep in manifest["representatives"]:
-        rep["patch_mpp"] = None
-    (run / "manifest.json").write_text(json.dumps(manifest))
-    result = render_report(run)
-    text = _text(result.path)
-    assert "not recorded: areas and scale bars are omitted" in text
-    assert "Area (µm²)" in text and "area n/a µm²" in text
-    _assert_pages_not_blank(result.path)
+    for name in ("training.csv", "dendrogram.npz", "reconstructions.npz", "patches/tissue2-rank3.jpg"):
+        (run / name).unlink()
+    text = _text(render_report(run).path)
+    for note in ("training.csv is missing: no autoencoder loss curve", "dendrogram.npz is missing: no dendrogram",
+                 "reconstructions.npz is missing: no reconstruction examples",
+                 "patch image(s) missing from patches/: tissue2-rank3"):
+        assert note in text, note
 
 
 def test_one_tissue_renders(slides, tmp_path):
     [result] = analyze([slides["homogeneous"]], tmp_path, _config())
-    assert result.manifest["clusters"]["k"] == 1
+    assert result.manifest.clusters.k == 1
     text = _text(result.run_dir / REPORT_NAME)
     assert "k = 1 (one tissue)" in text and "Tissue 1" in text and "Tissue 2" not in text
     assert "With one tissue every bar is 1" in text
@@ -281,7 +276,7 @@ def test_cohort_report(slides, tmp_path, capsys):
                   "Each tissue over the slides", "two-tissues.tif", "homogeneous.tif", "Case summary"):
         assert value in text, value
     for r in results:
-        counts = r.manifest["clusters"]["tiles_per_tissue"]
+        counts = r.manifest.clusters.tiles_per_tissue
         assert " ".join(f"{100 * n / sum(counts):.1f}" for n in counts) in text
     assert text.count("Parameters and provenance") == 2  # each slide's case report follows
     _assert_pages_not_blank(cohort_pdf)
@@ -308,6 +303,7 @@ def test_not_a_run_folder_names_the_missing_file(synthetic_run, tmp_path, capsys
     assert main(["report", str(empty)]) == 3
     err = capsys.readouterr().err
     assert "manifest.json" in err and "tumls-qp analyze" in err
+    assert "is not a tumls-qp folder" in err
 
     run = _copy_run(synthetic_run, tmp_path)
     (run / "tiles.csv").unlink()
@@ -378,9 +374,9 @@ def test_number_formats_and_names():
     assert _compact_toml('a = 1\nsplit = [\n    0.7,\n    0.15,\n]\nb = 2') == "a = 1\nsplit = [0.7, 0.15]\nb = 2"
 
 
-def test_read_run_folder(synthetic_run):
+def test_read_run(synthetic_run):
     assert not (synthetic_run / REPORT_NAME).exists()  # output.report = false
-    run = read_run_folder(synthetic_run)
+    run = read_run(synthetic_run)
     m = json.loads((synthetic_run / "manifest.json").read_text())
     assert run.k == 2 and run.slide_name == "two-tissues.tif" and run.mpp == pytest.approx(0.5)
     assert run.tiles_per_tissue().tolist() == m["clusters"]["tiles_per_tissue"]
@@ -388,4 +384,4 @@ def test_read_run_folder(synthetic_run):
     assert [r.rank for r in run.representatives_of(1)] == [1, 2, 3, 4, 5]
     assert run.thumbnail_scale == pytest.approx(16 / 128)
     assert run.features is None and run.nuclei is None and run.notes == []
-    assert run.embedding_colours.rgb.shape == (len(run.boxes), 3) and run.embedding_colours.method == "pca"
+    assert run.embedding_colours.rgb.shape == (len(run.tiles.boxes), 3) and run.embedding_colours.method == "pca"

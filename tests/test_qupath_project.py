@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from run_helpers import synthetic_analysis
 from shapely.geometry import Polygon, box
 
 from tumls_qp.cli import main
-from tumls_qp.outputs.geojson import make_feature, write_geojson
+from tumls_qp.errors import FormatVersionError, InvalidInputError
+from tumls_qp.outputs.geojson import make_feature
 from tumls_qp.outputs.qupath import TAG_MEASUREMENT
+from tumls_qp.outputs.run_folder import write_run
 from tumls_qp.outputs.qupath_project import (
     PAQUO_HINT,
     QuPathUnavailableError,
     apply_objects,
     load_paquo,
     project_objects,
-    read_run,
 )
 
 
@@ -115,21 +116,15 @@ def test_apply_replaces_only_earlier_tumls_objects():
     assert len(list(hierarchy.annotations)) == 2 and len(list(hierarchy.detections)) == 3
 
 
-def _fake_run(folder: Path, slide: Path) -> Path:
-    folder.mkdir(parents=True)
-    write_geojson({"type": "FeatureCollection", "features": _features()}, folder / "tissue.geojson")
-    manifest = {"slide": {"path": str(slide), "width_px": 100, "height_px": 50},
-                "outputs": {"geojson": "tissue.geojson", "geojson_features": 4}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
+def test_run_folders_are_read_before_quPath_starts(tmp_path, monkeypatch):
+    import tumls_qp.outputs.qupath_project as qupath_project
 
-
-def test_read_run(tmp_path):
-    run = _fake_run(tmp_path / "run", tmp_path / "slide.svs")
-    path, width, height, features = read_run(run)
-    assert path == tmp_path / "slide.svs" and (width, height) == (100, 50) and len(features) == 4
-    with pytest.raises(Exception, match="not a complete tumls-qp run folder"):
-        read_run(tmp_path)
+    monkeypatch.setattr(qupath_project, "load_paquo", lambda: pytest.fail("QuPath started for an unreadable run"))
+    with pytest.raises(InvalidInputError, match="not a tumls-qp folder: it has no manifest.json"):
+        qupath_project.write_runs(tmp_path / "project.qpproj", [tmp_path])
+    old = Path(__file__).parent / "data" / "format1-run"
+    with pytest.raises(FormatVersionError, match="run-folder format 1"):
+        qupath_project.write_runs(tmp_path / "project.qpproj", [old])
 
 
 def _qupath_available() -> str | None:
@@ -144,7 +139,8 @@ def test_cli_without_qupath_says_how_to_point_paquo_at_it(tmp_path, capsys):
     reason = _qupath_available()
     if reason is None:
         pytest.skip("a local QuPath was found: test_write_runs_with_paquo covers the command")
-    run = _fake_run(tmp_path / "run", tmp_path / "slide.svs")
+    run = tmp_path / "run"
+    write_run(run, synthetic_analysis())
     assert main(["qupath-project", str(tmp_path / "project" / "project.qpproj"), str(run)]) == 1
     err = capsys.readouterr().err
     assert "PAQUO_QUPATH_DIR" in err and ("pip install 'tumls-qp[qupath]'" in err or "cannot start QuPath" in err)
@@ -170,4 +166,4 @@ def test_write_runs_with_paquo(tmp_path):
     first = write_runs(project, [run.run_dir], add_images=True)
     again = write_runs(project, [run.run_dir])
     assert first[0].added_image and not again[0].added_image
-    assert again[0].removed == first[0].added == run.manifest["outputs"]["geojson_features"]
+    assert again[0].removed == first[0].added == run.manifest.outputs.geojson_features

@@ -9,6 +9,7 @@ from PIL import Image
 from tumls_qp.cli import main
 from tumls_qp.errors import InvalidInputError
 from tumls_qp.evaluation.tile_folder import read_tile_folder, resample_tile
+from tumls_qp.outputs.run_folder import TileClustersManifest, read_manifest
 
 
 def test_area_averaging_to_the_tile_size_is_exact_on_blocks():
@@ -92,9 +93,11 @@ def test_cluster_tiles_writes_the_result_folder(tmp_path, quick, capsys):
     # Pink and purple tiles are told apart.
     by_colour = {c: {r["cluster"] for r in rows if r["file"].startswith(c)} for c in ("pink", "purple")}
     assert len(by_colour["pink"]) == 1 and len(by_colour["purple"]) == 1 and by_colour["pink"] != by_colour["purple"]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["command"] == "cluster-tiles" and manifest["tiles"]["n"] == 24 and manifest["seed"] == 3
-    assert manifest["tiles"]["tile_px"] == 8 and manifest["embedding_colours"]["method"] in ("pca", "umap")
+    manifest = read_manifest(out)
+    assert isinstance(manifest, TileClustersManifest) and json.loads((out / "manifest.json").read_text())["kind"] == \
+        "cluster-tiles"
+    assert manifest.tiles.n == 24 and manifest.seed == 3 and manifest.clusters.tiles_per_cluster == (12, 12)
+    assert manifest.tiles.tile_px == 8 and manifest.clusters.embedding_colours in ("pca", "umap")
     with np.load(out / "embeddings.npz") as npz:
         assert npz["latents"].shape == (24, 256) and npz["files"].tolist() == [r["file"] for r in rows]
     # A re-run replaces the earlier result; a folder that is not a result is never replaced.
@@ -123,5 +126,5 @@ def test_cluster_tiles_on_real_lc25000_tiles(shared_data, tmp_path, quick):
     with open(out / "clusters.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["file"] for r in rows) == sorted(r["file"] for r in chosen)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["tiles"]["source_sizes"] == ["224x224"] and manifest["clusters"]["k"] >= 1
+    manifest = read_manifest(out)
+    assert manifest.tiles.source_sizes == ("224x224",) and manifest.clusters.k >= 1

@@ -1,15 +1,20 @@
 """The ``tumls-qp`` command line: ``main(argv) -> int``.
 
-Errors are mapped to exit codes here and only here (``EXIT_CODES``).
+Each command is declared next to its handler: a ``_add_<command>`` function adds its
+parser and names the handler with ``set_defaults(handler=...)``; :func:`_parser` lists the
+commands in the order ``--help`` shows them. Errors are mapped to exit codes here and only
+here (``EXIT_CODES``). Subcommands import what they need when they run, so that
+``tumls-qp --help`` starts at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from . import __version__
 from .config import PipelineConfig, dump_config, load_config, replace_in
@@ -77,6 +82,23 @@ class _StageBars:
             self.stage = None
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tumls-qp",
+        description="Unsupervised tissue and nucleus segmentation of H&E whole slide images (TUMLS), for QuPath.",
+    )
+    parser.add_argument("--version", action="version", version=f"tumls-qp {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (stage by stage)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_analyze, _add_demo, _add_eval, _add_report, _add_config, _add_serve, _add_qupath_project,
+                _add_seeded, _add_prototypes, _add_make_dictionary, _add_apply_dictionary, _add_embedding_colours,
+                _add_cluster_tiles):
+        add(sub)
+    return parser
+
+
+# --- analysis ---------------------------------------------------------------------------------------------------------
+
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file (see `tumls-qp config` for every option)")
     p.add_argument("--mpp", type=float, metavar="UM_PER_PX",
@@ -91,84 +113,6 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="embedding cache (default $XDG_CACHE_HOME/tumls-qp)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tumls-qp",
-        description="Unsupervised tissue and nucleus segmentation of H&E whole slide images (TUMLS), for QuPath.",
-    )
-    parser.add_argument("--version", action="version", version=f"tumls-qp {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details (stage by stage)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("analyze", help="analyse slides; one run folder per slide",
-                       description="Analyse slides and write one run folder per slide into --out.")
-    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (.svs, .ndpi, .tif, ...)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--cohort", action="store_true",
-                   help="one autoencoder and one clustering for all slides (tissue numbers agree across slides)")
-    _add_analysis_options(p)
-
-    p = sub.add_parser("demo", help="analyse the bundled sample slide",
-                       description=f"Analyse the bundled CMU-1-Small-Region.svs (CC0) with {DEMO_OPTIONS}.")
-    p.add_argument("--out", default="tumls-qp-demo", metavar="DIR", help="output folder (default ./tumls-qp-demo)")
-    _add_analysis_options(p)
-
-    p = sub.add_parser("eval", help="benchmarks against annotated data",
-                       description="Score tumls-qp against annotated public data.")
-    bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    q = bench.add_parser("monuseg", help="nucleus segmentation on a MoNuSeg-style folder",
-                         description="Segment every image of a MoNuSeg-style folder (<id>.tif + Aperio <id>.xml, "
-                                     "optional organs.csv) and score masks 1-3: pixel Dice and IoU, AJI, object F1 "
-                                     "at IoU > 0.5, seconds per image on one thread.")
-    q.add_argument("folder", metavar="DIR")
-    q.add_argument("--report", default="reports/monuseg.md", metavar="PATH",
-                   help="Markdown report to write (default reports/monuseg.md)")
-    q.add_argument("--limit", type=int, metavar="N", help="score only the first N images")
-    q.add_argument("--repeats", type=int, default=3, metavar="N",
-                   help="time each image N times and keep the fastest (default 3)")
-
-    p = sub.add_parser("report", help="render the PDF report of run folders again (no slide needed)",
-                       description="Render the PDF report from run folders written by `tumls-qp analyze`, without "
-                                   "the slide and without recomputing anything. One run folder gives its case report "
-                                   "(RUN_DIR/report.pdf); several give one cohort report (cohort-report.pdf in "
-                                   "their common parent folder).")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (one per slide)")
-    p.add_argument("--cohort", action="store_true",
-                   help="the cohort report of the --cohort analysis RUN_DIR belongs to (its run folders beside it)")
-    p.add_argument("--out", metavar="FILE",
-                   help="the PDF to write, or a folder to write it into (default: beside the run folder(s))")
-
-    p = sub.add_parser("config", help="print the default configuration as TOML",
-                       description="Print the default configuration (or FILE's effective one) as TOML.")
-    p.add_argument("file", nargs="?", help="a config file to check and print with defaults filled in")
-
-    p = sub.add_parser("serve", help="run the analysis server for the QuPath scripts (groovy/)",
-                       description="Run the analysis server that groovy/tumls_analyze.groovy talks to. It listens on "
-                                   "127.0.0.1 only unless --host says otherwise (which then needs --token).")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="job database, results and embedding cache (default $TUMLS_QP_DATA or "
-                        "~/.local/share/tumls-qp/server)")
-    p.add_argument("--root", action="append", metavar="PATH",
-                   help="a folder whose slides the server may read (repeatable; default: your home folder)")
-    p.add_argument("--workers", type=int, default=1, help="jobs that run at the same time, each on cores/N CPU threads (default 1)")
-    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default $TUMLS_QP_TOKEN); needed with "
-                                   "any --host but loopback")
-    p.add_argument("--config", metavar="FILE", help="TOML file of default pipeline options for every job")
-
-    p = sub.add_parser("qupath-project", help="write run folders' objects into a QuPath project (paquo)",
-                       description="Write each run folder's objects into the image entry of the same slide in a "
-                                   "QuPath project (needs the qupath extra and a local QuPath). Earlier tumls-qp "
-                                   "objects of that image are replaced; close the project in QuPath first.")
-    p.add_argument("project", metavar="PROJECT.qpproj", help="the project file (created when missing)")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `tumls-qp analyze`")
-    p.add_argument("--add-images", action="store_true", help="add slides that are not in the project yet")
-
-    _add_label_commands(sub)
-    return parser
 
 
 def _analysis_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> PipelineConfig:
@@ -190,7 +134,8 @@ def _analysis_config(args: argparse.Namespace, base: dict[str, Any] | None = Non
 
 
 def _run_analysis(args: argparse.Namespace, slides: list[str], config: PipelineConfig, cohort: bool) -> int:
-    from .pipeline import analyze, default_cache_dir
+    from .pipeline import analyze
+    from .tissue.cache import default_cache_dir
 
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     bars = _StageBars(enabled=not args.quiet)
@@ -200,16 +145,36 @@ def _run_analysis(args: argparse.Namespace, slides: list[str], config: PipelineC
         bars.close()
     for result in results:
         m = result.manifest
-        print(f"{result.slide.name}: {m['clusters']['k']} tissue(s), {m['tiles']['kept']} tissue tiles "
-              f"-> {result.run_dir}")
+        print(f"{result.slide.name}: {m.clusters.k} tissue(s), {m.tiles.kept} tissue tiles -> {result.run_dir}")
     return 0
+
+
+def _add_analyze(sub: Any) -> None:
+    p = sub.add_parser("analyze", help="analyse slides; one run folder per slide",
+                       description="Analyse slides and write one run folder per slide into --out.")
+    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (.svs, .ndpi, .tif, ...)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--cohort", action="store_true",
+                   help="one autoencoder and one clustering for all slides (tissue numbers agree across slides)")
+    _add_analysis_options(p)
+    p.set_defaults(handler=_cmd_analyze)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     return _run_analysis(args, args.slides, _analysis_config(args), cohort=args.cohort)
 
 
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="analyse the bundled sample slide",
+                       description=f"Analyse the bundled CMU-1-Small-Region.svs (CC0) with {DEMO_OPTIONS}.")
+    p.add_argument("--out", default="tumls-qp-demo", metavar="DIR", help="output folder (default ./tumls-qp-demo)")
+    _add_analysis_options(p)
+    p.set_defaults(handler=_cmd_demo)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .outputs.run_folder import REPORT_PDF, TISSUE_GEOJSON
+
     if not DEMO_SLIDE.is_file():
         raise InvalidInputError(f"the bundled demo slide is missing from the installation: {DEMO_SLIDE}")
     code = _run_analysis(args, [str(DEMO_SLIDE)], _analysis_config(args, DEMO_OPTIONS), cohort=False)
@@ -217,15 +182,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nDemo outputs in {run.resolve()}:")
     for path in sorted(run.iterdir()):
         print(f"  {path.name}")
-    print("Import tissue.geojson in QuPath (File > Import objects) over CMU-1-Small-Region.svs to see the tissues.")
-    if (run / "report.pdf").is_file():
-        print(f"Read the per-case PDF: {(run / 'report.pdf').resolve()}")
+    print(f"Import {TISSUE_GEOJSON} in QuPath (File > Import objects) over CMU-1-Small-Region.svs to see the tissues.")
+    if (run / REPORT_PDF).is_file():
+        print(f"Read the per-case PDF: {(run / REPORT_PDF).resolve()}")
     return code
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    import shlex
+# --- benchmarks -------------------------------------------------------------------------------------------------------
 
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser("eval", help="benchmarks against annotated data",
+                       description="Score tumls-qp against annotated public data.")
+    bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    _add_eval_monuseg(bench)
+
+
+def _add_eval_monuseg(bench: Any) -> None:
+    q = bench.add_parser("monuseg", help="nucleus segmentation on a MoNuSeg-style folder",
+                         description="Segment every image of a MoNuSeg-style folder (<id>.tif + Aperio <id>.xml, "
+                                     "optional organs.csv) and score masks 1-3: pixel Dice and IoU, AJI, object F1 "
+                                     "at IoU > 0.5, seconds per image on one thread.")
+    q.add_argument("folder", metavar="DIR")
+    q.add_argument("--report", default="reports/monuseg.md", metavar="PATH",
+                   help="Markdown report to write (default reports/monuseg.md)")
+    q.add_argument("--limit", type=int, metavar="N", help="score only the first N images")
+    q.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="time each image N times and keep the fastest (default 3)")
+    q.set_defaults(handler=_cmd_eval_monuseg)
+
+
+def _cmd_eval_monuseg(args: argparse.Namespace) -> int:
     from .evaluation.monuseg import run_monuseg_benchmark, write_monuseg_report
 
     command = ["tumls-qp", "eval", "monuseg", args.folder, "--report", args.report]
@@ -238,12 +224,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
     result = run_monuseg_benchmark(args.folder, limit=args.limit, repeats=args.repeats, progress=progress)
-    path = write_monuseg_report(result, args.report, " ".join(shlex.quote(c) for c in command))
+    path = write_monuseg_report(result, args.report, shlex.join(command))
     for mask in ("mask1", "mask2", "mask3"):
         print(f"{mask.replace('mask', 'mask ')}: Dice {result.mean(mask, 'dice'):.4f}  IoU {result.mean(mask, 'iou'):.4f}"
               f"  AJI {result.mean(mask, 'aji'):.4f}  F1 obj {result.mean(mask, 'f1_object'):.4f}")
     print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU; report: {path}")
     return 0
+
+
+# --- run folders --------------------------------------------------------------------------------------------------------
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser("report", help="render the PDF report of run folders again (no slide needed)",
+                       description="Render the PDF report from run folders written by `tumls-qp analyze`, without "
+                                   "the slide and without recomputing anything. One run folder gives its case report "
+                                   "(RUN_DIR/report.pdf); several give one cohort report (cohort-report.pdf in "
+                                   "their common parent folder).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (one per slide)")
+    p.add_argument("--cohort", action="store_true",
+                   help="the cohort report of the --cohort analysis RUN_DIR belongs to (its run folders beside it)")
+    p.add_argument("--out", metavar="FILE",
+                   help="the PDF to write, or a folder to write it into (default: beside the run folder(s))")
+    p.set_defaults(handler=_cmd_report)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -256,10 +258,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config(sub: Any) -> None:
+    p = sub.add_parser("config", help="print the default configuration as TOML",
+                       description="Print the default configuration (or FILE's effective one) as TOML.")
+    p.add_argument("file", nargs="?", help="a config file to check and print with defaults filled in")
+    p.set_defaults(handler=_cmd_config)
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     config = load_config(args.file) if args.file else PipelineConfig()
     sys.stdout.write(dump_config(config))
     return 0
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the analysis server for the QuPath scripts (groovy/)",
+                       description="Run the analysis server that groovy/tumls_analyze.groovy talks to. It listens on "
+                                   "127.0.0.1 only unless --host says otherwise (which then needs --token).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="job database, results and embedding cache (default $TUMLS_QP_DATA or "
+                        "~/.local/share/tumls-qp/server)")
+    p.add_argument("--root", action="append", metavar="PATH",
+                   help="a folder whose slides the server may read (repeatable; default: your home folder)")
+    p.add_argument("--workers", type=int, default=1, help="jobs that run at the same time, each on cores/N CPU threads (default 1)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default $TUMLS_QP_TOKEN); needed with "
+                                   "any --host but loopback")
+    p.add_argument("--config", metavar="FILE", help="TOML file of default pipeline options for every job")
+    p.set_defaults(handler=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -289,6 +316,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_qupath_project(sub: Any) -> None:
+    p = sub.add_parser("qupath-project", help="write run folders' objects into a QuPath project (paquo)",
+                       description="Write each run folder's objects into the image entry of the same slide in a "
+                                   "QuPath project (needs the qupath extra and a local QuPath). Earlier tumls-qp "
+                                   "objects of that image are replaced; close the project in QuPath first.")
+    p.add_argument("project", metavar="PROJECT.qpproj", help="the project file (created when missing)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `tumls-qp analyze`")
+    p.add_argument("--add-images", action="store_true", help="add slides that are not in the project yet")
+    p.set_defaults(handler=_cmd_qupath_project)
+
+
 def _cmd_qupath_project(args: argparse.Namespace) -> int:
     from .outputs.qupath_project import write_runs
 
@@ -299,20 +337,9 @@ def _cmd_qupath_project(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "analyze": _cmd_analyze,
-    "demo": _cmd_demo,
-    "eval": _cmd_eval,
-    "report": _cmd_report,
-    "config": _cmd_config,
-    "serve": _cmd_serve,
-    "qupath-project": _cmd_qupath_project,
-}
-
-
 # --- label-efficient commands: seeded clustering, prototype dictionaries, embedding colours, tile folders -------------
 
-def _add_label_commands(sub: Any) -> None:
+def _add_seeded(sub: Any) -> None:
     p = sub.add_parser("seeded", help="seeded iterative clustering of a run from seed annotations",
                        description="Classify every tile of a run from a few classified annotations (seeded "
                                    "iterative clustering, no retraining) and write QuPath GeoJSON.")
@@ -324,58 +351,7 @@ def _add_label_commands(sub: Any) -> None:
                    help="with two classes: run the paper's binary Algorithm 1 with CLASS as the positive class")
     p.add_argument("--no-conventional-step", action="store_true",
                    help="binary mode: leave out Algorithm 1's extra plain 2-means step")
-
-    p = sub.add_parser("prototypes", help="over-cluster a run's tiles for naming (prototype dictionary, step 1)",
-                       description="Cluster a run's tiles into prototype clusters (k from the elbow rule) and "
-                                   "write RUN_DIR/prototypes/: prototypes.geojson to look at in QuPath and "
-                                   "names.toml to fill in.")
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--k", type=int, metavar="K", help="number of clusters (default: elbow rule over 2..50)")
-    p.add_argument("--t", type=int, metavar="T", help="central tiles shown per cluster (default 10)")
-    p.add_argument("--seed", type=int, help="random seed (default: the run's)")
-
-    p = sub.add_parser("make-dictionary", help="save named prototype clusters as a dictionary (step 2)",
-                       description="Build a prototype dictionary file from a run's named prototype clusters.")
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--names", required=True, metavar="TOML", help="the filled-in RUN_DIR/prototypes/names.toml")
-    p.add_argument("--out", required=True, metavar="FILE", help="dictionary file to write (e.g. colon.tumlsdict)")
-
-    p = sub.add_parser("apply-dictionary", help="label new slides with a prototype dictionary (step 3)",
-                       description="Tile and embed slides as the dictionary's run did, label every tile from the "
-                                   "dictionary (Direct-Query and Cluster-then-Query) and write one folder per slide.")
-    p.add_argument("dictionary", metavar="DICT")
-    p.add_argument("slides", nargs="+", metavar="SLIDE")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--query", choices=["cq", "dq"], default="cq",
-                   help="query shown in the GeoJSON: cq (Cluster-then-Query, default) or dq (Direct-Query)")
-    p.add_argument("--gamma", type=int, metavar="G", help="Cluster-then-Query groups per class found (default 5)")
-    p.add_argument("--seed", type=int, help="random seed (default: the dictionary's)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    p.add_argument("--mpp", type=float, metavar="UM_PER_PX", help="level-0 pixel size for slides that lack one")
-    p.add_argument("--gzip", action="store_true", help="write dictionary.geojson.gz")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("embedding-colours", help="colour a run's tiles by their embedding (QuPath layer + figure)",
-                       description="Reduce a run's tile embeddings to 3-D (UMAP when installed, else PCA) and "
-                                   "write RUN_DIR/embedding_colours.geojson and embedding_colours.png.")
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--method", choices=["auto", "umap", "pca"], default="auto")
-    p.add_argument("--seed", type=int, help="random seed (default: the run's)")
-
-    p = sub.add_parser("cluster-tiles", help="embed and cluster a folder of tile images",
-                       description="Train the autoencoder on a folder of tile images (JPEG/PNG/TIFF, resampled to "
-                                   "the tile size), cluster them (k from the dendrogram) and write OUT.")
-    p.add_argument("folder", metavar="DIR")
-    p.add_argument("--out", required=True, metavar="OUT", help="result folder (created or replaced)")
-    p.add_argument("--tile-px", type=int, choices=[8, 16, 32, 64], help="autoencoder tile size (default 16)")
-    p.add_argument("--k", type=int, metavar="K", help="number of clusters (default: from the dendrogram)")
-    p.add_argument("--recursive", action="store_true", help="also read images in subfolders")
-    p.add_argument("--colours", choices=["auto", "umap", "pca"], default="auto",
-                   help="reduction for the embedding-colour figure")
-    p.add_argument("--config", metavar="FILE", help="TOML config file (embedding, clusters, seed apply)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_seeded)
 
 
 def _cmd_seeded(args: argparse.Namespace) -> int:
@@ -402,20 +378,42 @@ def _cmd_seeded(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_prototypes(sub: Any) -> None:
+    p = sub.add_parser("prototypes", help="over-cluster a run's tiles for naming (prototype dictionary, step 1)",
+                       description="Cluster a run's tiles into prototype clusters (k from the elbow rule) and "
+                                   "write RUN_DIR/prototypes/: prototypes.geojson to look at in QuPath and "
+                                   "names.toml to fill in.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--k", type=int, metavar="K", help="number of clusters (default: elbow rule over 2..50)")
+    p.add_argument("--t", type=int, metavar="T", help="central tiles shown per cluster (default 10)")
+    p.add_argument("--seed", type=int, help="random seed (default: the run's)")
+    p.set_defaults(handler=_cmd_prototypes)
+
+
 def _cmd_prototypes(args: argparse.Namespace) -> int:
     from .labelling import load_overclustering, write_prototypes
+    from .outputs.run_folder import NAMES_TOML, PROTOTYPES_GEOJSON
 
     folder = write_prototypes(args.run, k=args.k, t=args.t, seed=args.seed)
     over, _ = load_overclustering(args.run)
     print(f"{over.k} prototype clusters ({over.k_source}) -> {folder}")
-    print(f"Look at {folder / 'prototypes.geojson'} in QuPath, fill in {folder / 'names.toml'}, then run "
-          f"tumls-qp make-dictionary {args.run} --names {folder / 'names.toml'} --out NAME.tumlsdict")
+    print(f"Look at {folder / PROTOTYPES_GEOJSON} in QuPath, fill in {folder / NAMES_TOML}, then run "
+          f"tumls-qp make-dictionary {args.run} --names {folder / NAMES_TOML} --out NAME.tumlsdict")
     return 0
 
 
+def _add_make_dictionary(sub: Any) -> None:
+    p = sub.add_parser("make-dictionary", help="save named prototype clusters as a dictionary (step 2)",
+                       description="Build a prototype dictionary file from a run's named prototype clusters.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--names", required=True, metavar="TOML", help="the filled-in RUN_DIR/prototypes/names.toml")
+    p.add_argument("--out", required=True, metavar="FILE", help="dictionary file to write (e.g. colon.tumlsdict)")
+    p.set_defaults(handler=_cmd_make_dictionary)
+
+
 def _cmd_make_dictionary(args: argparse.Namespace) -> int:
-    from .labelling import make_dictionary
     from .interactive.prototypes import load_dictionary
+    from .labelling import make_dictionary
 
     path = make_dictionary(args.run, args.names, args.out)
     book = load_dictionary(path)
@@ -423,6 +421,24 @@ def _cmd_make_dictionary(args: argparse.Namespace) -> int:
     print(f"{len(book.prototypes)} prototypes of {len(book.classes)} classes ({', '.join(book.classes)}); "
           f"dropped: mixed {naming['mixed']}, unnamed {naming['unnamed']} -> {path}")
     return 0
+
+
+def _add_apply_dictionary(sub: Any) -> None:
+    p = sub.add_parser("apply-dictionary", help="label new slides with a prototype dictionary (step 3)",
+                       description="Tile and embed slides as the dictionary's run did, label every tile from the "
+                                   "dictionary (Direct-Query and Cluster-then-Query) and write one folder per slide.")
+    p.add_argument("dictionary", metavar="DICT")
+    p.add_argument("slides", nargs="+", metavar="SLIDE")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--query", choices=["cq", "dq"], default="cq",
+                   help="query shown in the GeoJSON: cq (Cluster-then-Query, default) or dq (Direct-Query)")
+    p.add_argument("--gamma", type=int, metavar="G", help="Cluster-then-Query groups per class found (default 5)")
+    p.add_argument("--seed", type=int, help="random seed (default: the dictionary's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--mpp", type=float, metavar="UM_PER_PX", help="level-0 pixel size for slides that lack one")
+    p.add_argument("--gzip", action="store_true", help="write dictionary.geojson.gz")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_apply_dictionary)
 
 
 def _cmd_apply_dictionary(args: argparse.Namespace) -> int:
@@ -435,9 +451,19 @@ def _cmd_apply_dictionary(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     for result in results:
-        counts = result.manifest["query"]["tiles_per_class"][args.query]
+        counts = result.manifest.query.tiles_per_class[args.query]
         print(f"{result.slide.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" -> {result.out_dir}")
     return 0
+
+
+def _add_embedding_colours(sub: Any) -> None:
+    p = sub.add_parser("embedding-colours", help="colour a run's tiles by their embedding (QuPath layer + figure)",
+                       description="Reduce a run's tile embeddings to 3-D (UMAP when installed, else PCA) and "
+                                   "write RUN_DIR/embedding_colours.geojson and embedding_colours.png.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--method", choices=["auto", "umap", "pca"], default="auto")
+    p.add_argument("--seed", type=int, help="random seed (default: the run's)")
+    p.set_defaults(handler=_cmd_embedding_colours)
 
 
 def _cmd_embedding_colours(args: argparse.Namespace) -> int:
@@ -446,6 +472,24 @@ def _cmd_embedding_colours(args: argparse.Namespace) -> int:
     geojson, png, method = write_embedding_colours(args.run, method=args.method, seed=args.seed)
     print(f"embedding colours ({method.upper()}) -> {geojson}, {png}")
     return 0
+
+
+def _add_cluster_tiles(sub: Any) -> None:
+    p = sub.add_parser("cluster-tiles", help="embed and cluster a folder of tile images",
+                       description="Train the autoencoder on a folder of tile images (JPEG/PNG/TIFF, resampled to "
+                                   "the tile size), cluster them (k from the dendrogram) and write OUT.")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="OUT", help="result folder (created or replaced)")
+    p.add_argument("--tile-px", type=int, choices=[8, 16, 32, 64], help="autoencoder tile size (default 16)")
+    p.add_argument("--k", type=int, metavar="K", help="number of clusters (default: from the dendrogram)")
+    p.add_argument("--recursive", action="store_true", help="also read images in subfolders")
+    p.add_argument("--colours", choices=["auto", "umap", "pca"], default="auto",
+                   help="reduction for the embedding-colour figure")
+    p.add_argument("--config", metavar="FILE", help="TOML config file (embedding, clusters, seed apply)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_cluster_tiles)
 
 
 def _cmd_cluster_tiles(args: argparse.Namespace) -> int:
@@ -461,29 +505,18 @@ def _cmd_cluster_tiles(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     m = result.manifest
-    print(f"{m['tiles']['n']} tiles, {m['clusters']['k']} cluster(s) ({m['clusters']['k_source']}) -> {result.out_dir}")
+    print(f"{m.tiles.n} tiles, {m.clusters.k} cluster(s) ({m.clusters.k_source}) -> {result.out_dir}")
     return 0
-
-
-COMMANDS.update({
-    "seeded": _cmd_seeded,
-    "prototypes": _cmd_prototypes,
-    "make-dictionary": _cmd_make_dictionary,
-    "apply-dictionary": _cmd_apply_dictionary,
-    "embedding-colours": _cmd_embedding_colours,
-    "cluster-tiles": _cmd_cluster_tiles,
-})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return COMMANDS[args.command](args)
+        return args.handler(args)
     except KeyboardInterrupt:
         print("tumls-qp: interrupted; nothing was left half-written", file=sys.stderr)
         return 130

@@ -15,6 +15,7 @@ __all__ = [
     "MissingMppError",
     "NotBrightfieldError",
     "NoTissueError",
+    "FormatVersionError",
     "OutputError",
     "DeviceError",
 ]
@@ -46,6 +47,10 @@ class NotBrightfieldError(InvalidInputError):
 
 class NoTissueError(InvalidInputError):
     """No (or too little) tissue was found to analyse."""
+
+
+class FormatVersionError(InvalidInputError):
+    """A file or folder was written in a format version this tumls-qp does not read (older or newer)."""
 
 
 class OutputError(TumlsQpError):

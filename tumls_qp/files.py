@@ -2,7 +2,7 @@
 
 Every output folder is built in a hidden staging folder beside its target (:func:`staging_dir`)
 and renamed into place when complete (:func:`replace_dir`); single files are written to a
-temporary name and renamed (:func:`write_json`). A rename within one folder is atomic.
+temporary name beside them and renamed (:func:`atomic_write`). A rename within one folder is atomic.
 """
 
 from __future__ import annotations
@@ -13,14 +13,35 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import OutputError
 
-__all__ = ["write_csv", "write_json", "json_default", "staging_dir", "replace_dir", "run_folder_names"]
+__all__ = ["atomic_write", "write_csv", "write_json", "json_default", "staging_dir", "replace_dir",
+           "writable_dir", "run_folder_names"]
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a file under a temporary name beside ``path``; rename it over ``path`` when the block succeeds.
+
+    Yields the temporary path (hidden, in the same folder, so the rename is atomic). When the
+    block raises, the temporary file is removed and ``path`` is left as it was::
+
+        with atomic_write(target) as tmp:
+            tmp.write_bytes(data)
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -44,13 +65,10 @@ def json_default(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Indented JSON (no NaN), written to a temporary name and renamed over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False, default=json_default), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Indented JSON (no NaN), written atomically (:func:`atomic_write`)."""
+    text = json.dumps(data, indent=2, allow_nan=False, default=json_default)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def staging_dir(parent: Path, name: str) -> Path:
@@ -78,6 +96,27 @@ def replace_dir(new: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def writable_dir(folder: Path, option: str = "--out") -> Path:
+    """Create ``folder`` when missing and check that files can be written into it, before any long work.
+
+    Raises
+    ------
+    OutputError
+        Naming the folder and ``option``, the command-line option that chooses it.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".tumls-write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write into the output folder {str(folder)!r}: {exc.strerror or exc}. Choose a folder you can "
+            f"write to with {option}."
+        ) from exc
+    return folder
 
 
 def run_folder_names(slides: Sequence[Path]) -> list[str]:

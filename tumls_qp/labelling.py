@@ -1,8 +1,9 @@
 """Label-efficient methods on run folders and slides: where files meet ``seeded``, ``prototypes`` and the colours.
 
 The algorithm modules take and return arrays; the functions here read run folders
-(written by ``tumls-qp analyze``), slides and dictionary files, and write QuPath GeoJSON
-and result folders. They are what the command line and the server call:
+(written by ``tumls-qp analyze``), slides and dictionary files, and hand their results to
+:mod:`tumls_qp.outputs.run_folder`, which writes them. They are what the command line and
+the server call:
 
 - :func:`seeded_classification` — the whole seeded-clustering request (``POST /jobs/{id}/seeded``):
   a run folder and seed annotations in, a validated GeoJSON FeatureCollection out, in
@@ -17,31 +18,38 @@ and result folders. They are what the command line and the server call:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-import shapely
-from shapely.geometry import box, shape
+from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from . import __version__
-from .config import PipelineConfig, config_from_dict, config_to_dict
-from .errors import ConfigError, InvalidInputError, OutputError, TumlsQpError
-from .files import replace_dir, run_folder_names, staging_dir, write_csv, write_json
-from .outputs.classified import check_class_names, check_colour, classified_features
-from .outputs.geojson import feature_collection, make_feature, validate_geojson, write_geojson
+from .classes import check_class_names, check_colour, class_colour
+from .errors import ConfigError, InvalidInputError, TumlsQpError
+from .files import run_folder_names, writable_dir
+from .outputs.classified import SIC_SCORE, classified_features
+from .outputs.geojson import feature_collection, require_valid
+from .outputs.run_folder import (
+    DictionaryAnalysis,
+    DictionaryInfo,
+    DictionaryManifest,
+    PrototypeClusters,
+    PrototypesManifest,
+    SlideInfo,
+    read_prototype_clusters,
+    read_run,
+    write_prototype_clusters,
+    write_run,
+)
+from .slide import open_slide, slide_quickhash
+from .tissue.tiles import tissue_tiles
 
 __all__ = [
-    "RunData",
-    "load_run",
     "Seed",
     "SeededClassification",
     "seeded_classification",
@@ -53,102 +61,15 @@ __all__ = [
     "apply_dictionary",
     "DictionaryRun",
     "write_embedding_colours",
-    "SIC_SCORE",
-    "DICTIONARY_SCORE",
-    "PROTOTYPES_DIR",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Tile measurement of seeded clustering (also tags its objects for replacement on a re-run).
-SIC_SCORE = "SIC confidence"
-#: Tile measurement of dictionary queries.
-DICTIONARY_SCORE = "Dictionary confidence"
-#: Folder inside a run folder that holds its prototype clusters (``tumls-qp prototypes``).
-PROTOTYPES_DIR = "prototypes"
+#: Folders whose embeddings seeded clustering and the embedding colours can use.
+_EMBEDDING_KINDS = ("analysis", "dictionary")
 
 #: A seed annotation: (class name, (r, g, b) or None for a default colour, shapely geometry in level-0 px).
 Seed = tuple[str, Sequence[int] | None, BaseGeometry]
-
-
-# --- run folders --------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RunData:
-    """What the label-efficient methods need from a run folder.
-
-    Attributes
-    ----------
-    run_dir : Path
-    latents : (n, d) float32 ndarray
-    boxes : (n, 4) int64 ndarray
-        (x, y, width, height) in level-0 px.
-    mpp : float
-        Level-0 pixel size in µm/px.
-    slide_name : str
-    manifest : dict
-    """
-
-    run_dir: Path
-    latents: np.ndarray
-    boxes: np.ndarray
-    mpp: float
-    slide_name: str
-    manifest: dict[str, Any]
-
-    @property
-    def config(self) -> PipelineConfig:
-        """The run's effective configuration."""
-        return config_from_dict(self.manifest.get("config", {}))
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_run(run_dir: str | os.PathLike[str]) -> RunData:
-    """Read a run folder's embeddings, tile boxes and pixel size.
-
-    Raises
-    ------
-    InvalidInputError
-        The folder is missing, is not a run folder, or its files are damaged.
-    """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise InvalidInputError(f"run folder not found: {str(run)!r}")
-    npz, manifest_path = run / "embeddings.npz", run / "manifest.json"
-    if not npz.is_file() or not manifest_path.is_file():
-        raise InvalidInputError(
-            f"{str(run)!r} is not a tumls-qp run folder (no embeddings.npz or manifest.json); run "
-            "`tumls-qp analyze SLIDE --out DIR` and pass DIR/<slide name>"
-        )
-    try:
-        with np.load(npz, allow_pickle=False) as data:
-            latents = np.asarray(data["latents"], dtype=np.float32)
-            boxes = np.asarray(data["boxes"], dtype=np.int64)
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        mpp = float(manifest["slide"]["mpp"])
-        name = str(manifest["slide"].get("name", run.name))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidInputError(f"the run folder {str(run)!r} is damaged ({type(exc).__name__}: {exc}); "
-                                "run the analysis again") from exc
-    if latents.ndim != 2 or boxes.shape != (len(latents), 4) or len(latents) < 2:
-        raise InvalidInputError(f"the run folder {str(run)!r} is damaged: latents {latents.shape} and boxes "
-                                f"{boxes.shape} do not match")
-    return RunData(run_dir=run, latents=latents, boxes=boxes, mpp=mpp, slide_name=name, manifest=manifest)
-
-
-def _validated(features: list[dict[str, Any]]) -> dict[str, Any]:
-    collection = feature_collection(features)
-    problems = validate_geojson(collection)
-    if problems:  # a bug, not bad input: never hand QuPath a file it would refuse
-        raise RuntimeError("generated GeoJSON breaks QuPath's rules: " + "; ".join(problems[:5]))
-    return collection
 
 
 # --- seeded clustering --------------------------------------------------------------------------------------------------
@@ -215,7 +136,7 @@ def seeded_classification(
     Parameters
     ----------
     run_dir : path-like
-        A run folder of ``tumls-qp analyze`` (its ``embeddings.npz`` and ``manifest.json``).
+        A run folder of ``tumls-qp analyze`` or of ``tumls-qp apply-dictionary`` (its embeddings).
     seeds : sequence of (class name, colour, geometry)
         The user's classified annotations: class name (no ':'), colour ``(r, g, b)`` or None
         (a default), and a shapely geometry in level-0 px of the slide (QuPath's frame).
@@ -243,7 +164,8 @@ def seeded_classification(
     from .interactive.seeded import seeded_iterative_clustering, seeds_to_tiles
 
     started = time.perf_counter()
-    run = load_run(run_dir)
+    run = read_run(run_dir, kinds=_EMBEDDING_KINDS)
+    embeddings = run.embeddings
     if not seeds:
         raise InvalidInputError(
             "no seeds were given: draw a few annotations of at least two classes (e.g. 'Tumor' and 'Benign') "
@@ -262,21 +184,19 @@ def seeded_classification(
             colours[name] = check_colour(colour, f"the colour of class {name!r}")
         pairs.append((name, geometry))
     check_class_names([n for n in colours])
-    seed_tiles = seeds_to_tiles(run.boxes, pairs)
-    result = seeded_iterative_clustering(run.latents, seed_tiles.tiles, positive=positive,
+    seed_tiles = seeds_to_tiles(embeddings.boxes, pairs)
+    result = seeded_iterative_clustering(embeddings.latents, seed_tiles.tiles, positive=positive,
                                          conventional_step=conventional_step, seed=seed)
-    from .interactive.prototypes import class_colour
-
     names = result.classes
     rgb = tuple(colours[n] or class_colour(i) for i, n in enumerate(names))
-    features = classified_features(run.boxes, result.labels, result.confidence, names, rgb, run.mpp,
+    features = classified_features(embeddings.boxes, result.labels, result.confidence, names, rgb, run.mpp,
                                    score_name=SIC_SCORE, region_suffix="SIC", tile_objects=tile_objects)
     warnings = []
     if len(seed_tiles.conflicts):
         warnings.append(f"{len(seed_tiles.conflicts)} tile(s) covered by seeds of different classes were not used "
                         "as seeds")
     return SeededClassification(
-        feature_collection=_validated(features), result=result, seed_tiles=seed_tiles, classes=names, colours=rgb,
+        feature_collection=require_valid(feature_collection(features)), result=result, seed_tiles=seed_tiles, classes=names, colours=rgb,
         seconds=time.perf_counter() - started, warnings=warnings,
     )
 
@@ -357,18 +277,6 @@ def seeds_from_geojson(data: Any) -> list[Seed]:
 
 # --- prototype dictionary -----------------------------------------------------------------------------------------------
 
-def _prototype_colour(j: int) -> tuple[int, int, int]:
-    """A distinct colour per prototype cluster: the tissue palette, then golden-angle hues."""
-    import colorsys
-
-    from .classes import tissue_colour
-
-    if j < 12:
-        return tissue_colour(j)
-    r, g, b = colorsys.hsv_to_rgb((j * 0.618033988749895) % 1.0, 0.65, 0.9)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
 def write_prototypes(
     run_dir: str | os.PathLike[str],
     *,
@@ -376,14 +284,12 @@ def write_prototypes(
     t: int | None = None,
     seed: int | None = None,
 ) -> Path:
-    """Over-cluster a run's tiles for naming; write ``<run>/prototypes/`` atomically.
+    """Over-cluster a run's tiles for naming; write ``<run>/prototypes/`` atomically and return it.
 
-    The folder holds ``clusters.npz`` (``labels``, ``centroids``, ``distance``, ``central``:
-    k × t tile indices padded with −1, ``elbow_k``, ``elbow_inertia``), ``prototypes.geojson``
-    (per cluster an annotation "Prototype j" over its tiles and its t central tiles as
-    annotations "Prototype j central r", each in the cluster's own colour and unclassified, with
-    measurements ``Prototype`` and ``Rank``: assign them a class in QuPath), ``names.toml`` (a
-    template to fill in for :func:`make_dictionary`) and ``manifest.json``.
+    The folder (:func:`tumls_qp.outputs.run_folder.write_prototype_clusters`) holds the clusters,
+    ``prototypes.geojson`` (per cluster an annotation "Prototype j" over its tiles and its t central
+    tiles "Prototype j central r", each in the cluster's own colour and unclassified: assign them
+    a class in QuPath) and ``names.toml``, a template to fill in for :func:`make_dictionary`.
 
     Parameters
     ----------
@@ -397,61 +303,17 @@ def write_prototypes(
     """
     from .interactive.prototypes import DEFAULT_T, K_RANGE, central_tiles, names_template, over_cluster
 
-    run = load_run(run_dir)
+    run = read_run(run_dir)
     t = DEFAULT_T if t is None else t
     seed = run.config.seed if seed is None else seed
-    over = over_cluster(run.latents, k=k, seed=seed)
-    central = central_tiles(over.distance, over.labels, over.k, t)
-    features = []
-    for j in range(over.k):
-        members = np.flatnonzero(over.labels == j)
-        if len(members) == 0:
-            continue
-        union = shapely.unary_union([box(x, y, x + w, y + h) for x, y, w, h in run.boxes[members]])
-        feature = make_feature(union, "annotation", None, None,
-                               {"Prototype": j + 1, "Tile count": len(members),
-                                "Area um^2": union.area * run.mpp ** 2}, name=f"Prototype {j + 1}")
-        if feature is not None:
-            feature["properties"]["color"] = list(_prototype_colour(j))
-            features.append(feature)
-        for rank, tile in enumerate(central[j], start=1):
-            x, y, w, h = run.boxes[tile]
-            feature = make_feature(box(x, y, x + w, y + h), "annotation", None, None,
-                                   {"Prototype": j + 1, "Rank": rank, "Distance": float(over.distance[tile])},
-                                   name=f"Prototype {j + 1} central {rank}")
-            if feature is not None:
-                feature["properties"]["color"] = list(_prototype_colour(j))
-                features.append(feature)
-    collection = _validated(features)
-    padded = np.full((over.k, t), -1, dtype=np.int64)
-    for j, tiles in enumerate(central):
-        padded[j, : len(tiles)] = tiles
-    stage = staging_dir(run.run_dir, PROTOTYPES_DIR)
-    try:
-        arrays = {"labels": over.labels, "centroids": over.centroids, "distance": over.distance, "central": padded}
-        if over.elbow is not None:
-            arrays |= {"elbow_k": over.elbow.ks, "elbow_inertia": over.elbow.inertia}
-        np.savez_compressed(stage / "clusters.npz", **arrays)
-        write_geojson(collection, stage / "prototypes.geojson")
-        source = "elbow of the within-cluster distance" if over.k_source == "elbow" else "user"
-        (stage / "names.toml").write_text(names_template(over.k, run.slide_name, source), encoding="utf-8")
-        write_json(stage / "manifest.json", {
-            "tool": "tumls-qp", "command": "prototypes", "version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "k": over.k, "k_source": over.k_source, "k_range": list(K_RANGE), "t": t, "seed": seed,
-            "tiles_per_cluster": over.sizes(),
-            "elbow": None if over.elbow is None else {
-                "n_tiles": over.elbow.n_tiles, "k": over.elbow.k,
-                "inertia": [float(v) for v in over.elbow.inertia]},
-            "embeddings_sha256": _sha256_file(run.run_dir / "embeddings.npz"),
-        })
-        replace_dir(stage, run.run_dir / PROTOTYPES_DIR)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return run.run_dir / PROTOTYPES_DIR
+    over = over_cluster(run.embeddings.latents, k=k, seed=seed)
+    source = "elbow of the within-cluster distance" if over.k_source == "elbow" else "user"
+    return write_prototype_clusters(run, PrototypeClusters(
+        clusters=over, central=central_tiles(over.distance, over.labels, over.k, t), t=t, seed=seed,
+        k_range=K_RANGE, names_template=names_template(over.k, run.slide_name, source)))
 
 
-def load_overclustering(run_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+def load_overclustering(run_dir: str | os.PathLike[str]) -> tuple[Any, PrototypesManifest]:
     """The prototype clusters written by :func:`write_prototypes` and their manifest.
 
     Raises
@@ -459,26 +321,7 @@ def load_overclustering(run_dir: str | os.PathLike[str]) -> tuple[Any, dict[str,
     InvalidInputError
         There are none, or they belong to other embeddings than the run's.
     """
-    from .interactive.prototypes import Overclustering
-
-    run = Path(run_dir)
-    folder = run / PROTOTYPES_DIR
-    if not (folder / "clusters.npz").is_file():
-        raise InvalidInputError(f"{str(run)!r} has no prototype clusters yet: run `tumls-qp prototypes {run}` "
-                                "first, then name the clusters")
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        with np.load(folder / "clusters.npz", allow_pickle=False) as data:
-            labels, centroids, distance = data["labels"], data["centroids"], data["distance"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise InvalidInputError(f"the prototype clusters in {str(folder)!r} are damaged ({exc}); run "
-                                f"`tumls-qp prototypes {run}` again") from exc
-    if manifest.get("embeddings_sha256") != _sha256_file(run / "embeddings.npz"):
-        raise InvalidInputError(f"the prototype clusters in {str(folder)!r} were made from other embeddings than "
-                                f"the run's; run `tumls-qp prototypes {run}` again and name the new clusters")
-    over = Overclustering(k=int(manifest["k"]), k_source=str(manifest["k_source"]), labels=labels.astype(np.int64),
-                          centroids=centroids.astype(np.float32), distance=distance.astype(np.float32))
-    return over, manifest
+    return read_prototype_clusters(read_run(run_dir))
 
 
 def make_dictionary(
@@ -504,57 +347,33 @@ def make_dictionary(
     """
     from .interactive.prototypes import ClusterNaming, build_prototypes, load_names, save_dictionary
 
-    run = load_run(run_dir)
-    over, proto_manifest = load_overclustering(run.run_dir)
+    run = read_run(run_dir)
+    over, proto_manifest = read_prototype_clusters(run)
     if not isinstance(naming, ClusterNaming):
         naming = load_names(naming, over.k)
     prototypes, prototype_class, clusters = build_prototypes(over, naming)
+    slide = run.manifest.slide
     provenance = {
-        "run": str(run.run_dir.resolve()),
-        "slide": {k: run.manifest["slide"].get(k) for k in ("name", "path", "quickhash", "mpp")},
-        "run_created": run.manifest.get("created"),
-        "run_version": run.manifest.get("version"),
-        "prototype_clusters": {"k": over.k, "k_source": over.k_source, "t": proto_manifest.get("t"),
-                               "seed": proto_manifest.get("seed"), "tiles_per_cluster": over.sizes()},
+        "run": str(run.path.resolve()),
+        "slide": {"name": slide.name, "path": slide.path, "quickhash": slide.quickhash, "mpp": slide.mpp},
+        "run_created": run.manifest.created,
+        "run_version": run.manifest.version,
+        "prototype_clusters": {"k": over.k, "k_source": over.k_source, "t": proto_manifest.t,
+                               "seed": proto_manifest.seed, "tiles_per_cluster": over.sizes()},
         "naming": naming.summary(over.k),
         **dict(extra_provenance or {}),
     }
-    return save_dictionary(out_path, prototypes, prototype_class, naming.classes, naming.colours, run.run_dir,
+    return save_dictionary(out_path, prototypes, prototype_class, naming.classes, naming.colours, run.path,
                            run.config, provenance, prototype_cluster=clusters + 1)
 
 
 @dataclass
 class DictionaryRun:
-    """One slide labelled by a dictionary."""
+    """One slide labelled by a dictionary: the slide, its result folder and the manifest written there."""
 
     slide: Path
     out_dir: Path
-    manifest: dict[str, Any]
-
-
-def _slide_tiles(path: Path, config: PipelineConfig, mpp: float | None) -> tuple[Any, np.ndarray, np.ndarray]:
-    """Open a slide and cut its tissue tiles as the dictionary's run did; returns (slide, boxes, tiles)."""
-    from .slide import open_slide
-    from .tissue.tiles import (check_brightfield_he, plan_grid, read_thumbnail, require_tissue, select_tiles,
-                               tile_pixels, tissue_mask)
-
-    slide_cfg = config.slide
-    given = mpp if mpp is not None else slide_cfg.mpp
-    slide = open_slide(path, mpp=given, mpp_override=slide_cfg.mpp_override and mpp is None)
-    try:
-        grid = plan_grid(slide, config.tiles)
-        thumbnail = read_thumbnail(slide, grid)
-        if not slide_cfg.allow_non_he:
-            check_brightfield_he(thumbnail)
-        mask = tissue_mask(thumbnail, grid.lowres_mpp, config.tiles)
-        if not slide_cfg.allow_non_he:
-            check_brightfield_he(thumbnail, mask)
-        selection = select_tiles(thumbnail, mask, grid, config.tiles)
-        require_tissue(selection, grid, config.tiles, path.name)
-        return slide, grid.boxes(selection.kept), tile_pixels(thumbnail, grid, selection.kept)
-    except BaseException:
-        slide.close()
-        raise
+    manifest: DictionaryManifest
 
 
 def apply_dictionary(
@@ -575,7 +394,7 @@ def apply_dictionary(
 
     Each slide is tiled, filtered and embedded as the dictionary's source run was (its
     configuration and encoder), then queried with Direct-Query and Cluster-then-Query.
-    ``<out_dir>/<slide>/`` (built in a staging folder and renamed into place) holds
+    ``<out_dir>/<slide>/`` (a run folder of the kind ``dictionary``, written atomically) holds
     ``dictionary.geojson`` (the ``query`` result: one annotation per class, named
     "<class> (dictionary)", with ``Area um^2``, ``Tile count``, ``Mean Dictionary confidence``,
     then one ``tile`` per tile with ``Dictionary confidence`` and ``Prototype distance``),
@@ -609,9 +428,8 @@ def apply_dictionary(
         In the order of ``slides``; when a slide fails, the others are still labelled and the
         first error is raised at the end.
     """
-    from .tissue.embeddings import embed_tiles, resolve_device
     from .interactive.prototypes import DEFAULT_GAMMA, cluster_then_query, direct_query, load_dictionary
-    from .slide import slide_quickhash
+    from .tissue.embeddings import embed_tiles, resolve_device
 
     if query not in ("cq", "dq"):
         raise ConfigError(f"query must be 'cq' (Cluster-then-Query) or 'dq' (Direct-Query); got {query!r}")
@@ -621,12 +439,11 @@ def apply_dictionary(
     seed = book.config.seed if seed is None else seed
     torch_device = resolve_device(device)
     model = book.load_encoder()
-    dictionary_sha = _sha256_file(book.path)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write into the output folder {str(out)!r}: {exc.strerror or exc}") from exc
+    with open(book.path, "rb") as fh:
+        dictionary_sha = hashlib.file_digest(fh, "sha256").hexdigest()
+    info = DictionaryInfo(path=str(book.path.resolve()), sha256=dictionary_sha, classes=tuple(book.classes),
+                          prototypes=len(book.prototypes), source_run=book.provenance.get("run"))
+    out = writable_dir(Path(out_dir))
     paths = [Path(s) for s in slides]
     if not paths:
         raise InvalidInputError("no slide given")
@@ -636,61 +453,22 @@ def apply_dictionary(
     for index, (path, name) in enumerate(zip(paths, names)):
         try:
             started = time.perf_counter()
+            created = datetime.now(timezone.utc)
             progress("tiles", index / len(paths), f"reading {path.name}")
-            slide, boxes, tiles = _slide_tiles(path, book.config, mpp)
-            try:
-                slide_info = {"path": str(slide.path.resolve()), "name": slide.path.name,
-                              "quickhash": slide_quickhash(slide.path), "width_px": slide.dimensions[0],
-                              "height_px": slide.dimensions[1], "mpp": slide.mpp, "mpp_source": slide.mpp_source}
-            finally:
-                slide.close()
-            progress("embed", index / len(paths), f"embedding {len(tiles)} tiles of {path.name}")
-            latents = embed_tiles(model, tiles, device=torch_device)
+            slide_cfg = book.config.slide
+            with open_slide(path, mpp=mpp if mpp is not None else slide_cfg.mpp,
+                            mpp_override=slide_cfg.mpp_override and mpp is None) as slide:
+                tiles = tissue_tiles(slide, book.config.tiles, allow_non_he=slide_cfg.allow_non_he)
+                slide_info = SlideInfo.of(slide, slide_quickhash(slide.path))
+            progress("embed", index / len(paths), f"embedding {len(tiles.tiles)} tiles of {path.name}")
+            latents = embed_tiles(model, tiles.tiles, device=torch_device)
             dq = direct_query(latents, book.prototypes, book.prototype_class)
             cq = cluster_then_query(latents, book.prototypes, book.prototype_class, gamma=gamma, seed=seed)
-            shown = cq if query == "cq" else dq
-            features = classified_features(
-                boxes, shown.labels, shown.confidence, book.classes, book.colours, slide_info["mpp"],
-                score_name=DICTIONARY_SCORE, region_suffix="dictionary", tile_objects=tile_objects,
-                tile_measurements={"Prototype distance": shown.distance},
-            )
-            collection = _validated(features)
-            stage = staging_dir(out, name)
-            try:
-                geojson_name = "dictionary.geojson.gz" if gzip else "dictionary.geojson"
-                write_geojson(collection, stage / geojson_name)
-                write_csv(stage / "tiles.csv",
-                           ["x", "y", "w", "h", "class_dq", "confidence_dq", "distance_dq", "class_cq",
-                            "confidence_cq", "group_cq"],
-                           [[*map(int, b), book.classes[a], f"{ca:.4f}", f"{da:.4f}", book.classes[c], f"{cc:.4f}",
-                             int(g) + 1]
-                            for b, a, ca, da, c, cc, g in zip(boxes, dq.labels, dq.confidence, dq.distance,
-                                                              cq.labels, cq.confidence, cq.groups)])
-                np.savez_compressed(stage / "embeddings.npz", latents=latents.astype(np.float32),
-                                    boxes=boxes.astype(np.int64), labels=shown.labels,
-                                    confidence=shown.confidence)
-                counts = {m: {n: int(v) for n, v in zip(book.classes, np.bincount(r.labels, minlength=len(book.classes)))}
-                          for m, r in (("dq", dq), ("cq", cq))}
-                manifest = {
-                    "tool": "tumls-qp", "command": "apply-dictionary", "version": __version__,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "dictionary": {"path": str(book.path.resolve()), "sha256": dictionary_sha,
-                                   "classes": list(book.classes), "prototypes": len(book.prototypes),
-                                   "source_run": book.provenance.get("run")},
-                    "slide": slide_info,
-                    "tiles": {"kept": len(boxes), "tile_um": book.config.tiles.tile_um,
-                              "tile_px": book.config.tiles.tile_px},
-                    "query": {"shown": query, "gamma": gamma, "d": cq.d, "groups": cq.n_groups, "seed": seed,
-                              "tiles_per_class": counts,
-                              "agreement_dq_cq": float(np.mean(dq.labels == cq.labels))},
-                    "outputs": {"geojson": geojson_name, "geojson_features": len(features)},
-                    "seconds": round(time.perf_counter() - started, 3),
-                    "config": config_to_dict(book.config),
-                }
-                write_json(stage / "manifest.json", manifest)
-                replace_dir(stage, out / name)
-            finally:
-                shutil.rmtree(stage, ignore_errors=True)
+            manifest = write_run(out / name, DictionaryAnalysis(
+                dictionary=info, class_colours=tuple(book.colours), slide=slide_info, boxes=tiles.boxes,
+                latents=latents, dq=dq, cq=cq, query=query, gamma=gamma, seed=seed, tile_objects=tile_objects,
+                gzip=gzip, device=str(torch_device), created=created, seconds=time.perf_counter() - started,
+                config=book.config))
             results.append(DictionaryRun(slide=path, out_dir=out / name, manifest=manifest))
         except TumlsQpError as exc:
             if len(paths) > 1:
@@ -709,21 +487,20 @@ def apply_dictionary(
 def write_embedding_colours(
     run_dir: str | os.PathLike[str], *, method: str = "auto", seed: int | None = None
 ) -> tuple[Path, Path, str]:
-    """Write a run's embedding-colour layer (``embedding_colours.geojson``) and figure (``embedding_colours.png``).
+    """Write (or replace) a run's embedding-colour layer, its arrays and its figure (``embedding_colours.png``).
 
-    Both go into the run folder, each written atomically. See :mod:`tumls_qp.interactive.embedding_colours`.
+    Each file goes into the run folder atomically, and the run's manifest names the layer. See
+    :mod:`tumls_qp.interactive.embedding_colours`.
 
     Returns
     -------
-    (geojson path, png path, method used)
+    (GeoJSON path, PNG path, method used)
     """
-    from .interactive.embedding_colours import draw_embedding_colours, embedding_colour_features, embedding_colours
+    from .interactive.embedding_colours import embedding_colours
+    from .outputs.run_folder import write_embedding_colours as write_layer
 
-    run = load_run(run_dir)
+    run = read_run(run_dir, kinds=_EMBEDDING_KINDS)
     seed = run.config.seed if seed is None else seed
-    colours = embedding_colours(run.latents, method, seed)
-    collection = _validated(embedding_colour_features(run.boxes, colours))
-    geojson = write_geojson(collection, run.run_dir / "embedding_colours.geojson")
-    png = draw_embedding_colours(colours, run.run_dir / "embedding_colours.png", boxes=run.boxes,
-                                 title=f"{run.slide_name}: embedding colours ({colours.method.upper()})")
+    colours = embedding_colours(run.embeddings.latents, method, seed)
+    geojson, png = write_layer(run, colours, title=f"{run.slide_name}: embedding colours ({colours.method.upper()})")
     return geojson, png, colours.method

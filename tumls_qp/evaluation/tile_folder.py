@@ -12,30 +12,28 @@ Images smaller than the tile are enlarged bilinearly, as the slide reader does.
 
 ``cluster_tile_folder`` then trains the autoencoder on the tiles, embeds them, clusters
 them with k from the dendrogram (``clusters.cluster_embeddings``), and writes the result
-folder described in the README ("cluster-tiles").
+folder (``outputs.run_folder``, kind ``cluster-tiles``; described in the README, "Tile folders").
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
-import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .. import __version__
-from ..config import PipelineConfig, config_to_dict, dump_config
+from ..config import PipelineConfig
 from ..errors import InvalidInputError, NoTissueError, OutputError
-from ..provenance import package_versions
-from ..files import replace_dir, staging_dir, write_csv, write_json
+from ..interactive.embedding_colours import embedding_colours
+from ..outputs.run_folder import TileClustersAnalysis, TileClustersManifest, TileFolderInfo, folder_kind, write_run
+from ..tissue.clusters import cluster_embeddings
+from ..tissue.representatives import select_representatives
 
 __all__ = ["TileFolder", "IMAGE_SUFFIXES", "read_tile_folder", "resample_tile", "cluster_tile_folder",
            "TileFolderResult"]
@@ -44,7 +42,6 @@ log = logging.getLogger(__name__)
 
 #: File name endings read as tiles (case-insensitive); other files (CSV, Markdown, ...) are ignored.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-_DEPENDENCIES = ("numpy", "scipy", "scikit-learn", "pillow", "torch", "matplotlib", "umap-learn")
 
 
 @dataclass(frozen=True)
@@ -161,28 +158,22 @@ def read_tile_folder(folder: str | os.PathLike[str], tile_px: int, *, recursive:
 
 @dataclass
 class TileFolderResult:
-    """A finished ``cluster-tiles`` run."""
+    """A finished ``cluster-tiles`` run: its folder and the manifest written there."""
 
     out_dir: Path
-    manifest: dict[str, Any]
+    manifest: TileClustersManifest
 
 
 def _check_out(out: Path) -> None:
-    """Refuse to replace a folder that is not an earlier tumls-qp result."""
+    """Refuse to replace a folder that is not an earlier cluster-tiles result."""
     if not out.exists():
         return
     if not out.is_dir():
         raise OutputError(f"--out {str(out)!r} is a file; give a folder name for the results")
-    if any(out.iterdir()):
-        try:
-            manifest = json.loads((out / "manifest.json").read_text())
-            ours = manifest.get("tool") == "tumls-qp" and manifest.get("command") == "cluster-tiles"
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            raise OutputError(
-                f"--out {str(out)!r} exists and is not an earlier cluster-tiles result; choose a new or empty folder"
-            )
+    if any(out.iterdir()) and folder_kind(out) != "cluster-tiles":
+        raise OutputError(
+            f"--out {str(out)!r} exists and is not an earlier cluster-tiles result; choose a new or empty folder"
+        )
 
 
 def cluster_tile_folder(
@@ -201,8 +192,9 @@ def cluster_tile_folder(
     folder : path-like
         Tile images (see the module docstring).
     out_dir : path-like
-        The result folder: created, or replaced when it holds an earlier cluster-tiles result.
-        Written in a hidden staging folder beside it and renamed into place when complete.
+        The result folder (:mod:`tumls_qp.outputs.run_folder`, kind ``cluster-tiles``): created, or
+        replaced when it holds an earlier cluster-tiles result. Written in a hidden staging folder
+        beside it and renamed into place when complete.
     config : PipelineConfig, optional
         ``tiles.tile_px`` (tile size), ``tiles.min_tiles``, ``embedding`` (autoencoder training),
         ``clusters`` (k), ``representatives.n`` and ``seed`` apply; the slide options do not.
@@ -216,10 +208,7 @@ def cluster_tile_folder(
     -------
     TileFolderResult
     """
-    from ..tissue.clusters import cluster_embeddings
-    from ..interactive.embedding_colours import draw_embedding_colours, embedding_colours
-    from ..tissue.embeddings import embed_tiles, save_checkpoint, train_autoencoder
-    from ..tissue.representatives import select_representatives
+    from ..tissue.embeddings import embed_tiles, train_autoencoder
 
     config = config or PipelineConfig()
     progress = progress or (lambda stage, fraction, message: None)
@@ -258,54 +247,12 @@ def cluster_tile_folder(
     colours = embedding_colours(latents, colour_method, config.seed)
     timings["colours"] = time.perf_counter() - clock
 
-    stage = staging_dir(out.parent, out.name)
-    try:
-        files = data.files
-        write_csv(stage / "clusters.csv", ["file", "cluster", "uncertainty", "distance"],
-                   [[f, int(t) + 1, f"{u:.5f}", f"{d:.5f}"]
-                    for f, t, u, d in zip(files, clustering.labels, clustering.uncertainty, clustering.distance)])
-        write_csv(stage / "representatives.csv", ["cluster", "rank", "file", "uncertainty", "distance"],
-                   [[r.tissue + 1, r.rank, files[r.tile], f"{r.uncertainty:.5f}", f"{r.distance:.5f}"] for r in reps])
-        history = trained.history
-        write_csv(stage / "training.csv", ["epoch", "train_mse", "val_mse"],
-                   [[i + 1, f"{t:.6g}", f"{v:.6g}"] for i, (t, v) in enumerate(zip(history.train_mse, history.val_mse))])
-        np.savez_compressed(stage / "embeddings.npz", files=np.array(files), latents=latents.astype(np.float32),
-                            labels=clustering.labels, uncertainty=clustering.uncertainty, distance=clustering.distance,
-                            centroids=clustering.centroids, embedding_3d=colours.coords, embedding_rgb=colours.rgb)
-        names = [f"Cluster {j + 1}" for j in range(clustering.k)]
-        draw_embedding_colours(colours, stage / "embedding_colours.png", labels=clustering.labels, label_names=names,
-                               title=f"{Path(folder).name}: {len(files)} tiles, {clustering.k} cluster(s), "
-                                     f"{colours.method.upper()}")
-        save_checkpoint(trained.model, stage, {"history": asdict(history), "embedding": config_to_dict(config.embedding),
-                                               "tiles": config_to_dict(config.tiles), "seed": config.seed})
-        (stage / "config.toml").write_text(dump_config(config), encoding="utf-8")
-        manifest = {
-            "tool": "tumls-qp",
-            "command": "cluster-tiles",
-            "version": __version__,
-            "created": started.isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-            "dependencies": package_versions(_DEPENDENCIES),
-            "seed": config.seed,
-            "device": history.device,
-            "folder": str(Path(folder).resolve()),
-            "tiles": {"n": len(files), "tile_px": config.tiles.tile_px,
-                      "resampling": "centre crop to a square, then area averaging (Pillow BOX) to tile_px",
-                      "cropped": data.cropped,
-                      "source_sizes": sorted({f"{w}x{h}" for w, h in data.source_sizes.tolist()})[:20]},
-            "embedding": {"epochs": len(history.train_mse), "best_epoch": history.best_epoch,
-                          "early_stopped": history.early_stopped, "mse": history.mse, "n_tiles": history.n_tiles,
-                          "train_seconds": round(history.seconds, 3)},
-            "clusters": {"k": clustering.k, "k_source": clustering.k_source,
-                         "gaps": {str(k): v for k, v in clustering.gaps.items()},
-                         "split_statistic": clustering.split_statistic,
-                         "uncertainty_scale": clustering.uncertainty_scale, "tiles_per_cluster": clustering.sizes()},
-            "embedding_colours": {"method": colours.method, "figure": "embedding_colours.png"},
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            "config": config_to_dict(config),
-        }
-        write_json(stage / "manifest.json", manifest)
-        replace_dir(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    tiles = TileFolderInfo(
+        n=len(data.files), tile_px=config.tiles.tile_px,
+        resampling="centre crop to a square, then area averaging (Pillow BOX) to tile_px", cropped=data.cropped,
+        source_sizes=tuple(sorted({f"{w}x{h}" for w, h in data.source_sizes.tolist()})[:20]))
+    manifest = write_run(out, TileClustersAnalysis(
+        folder=Path(folder), files=data.files, tiles=tiles, latents=latents, clustering=clustering,
+        representatives=tuple(reps), history=trained.history, model=trained.model, embedding_colours=colours,
+        created=started, timings_s=timings, config=config))
     return TileFolderResult(out_dir=out, manifest=manifest)

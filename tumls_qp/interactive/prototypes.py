@@ -53,9 +53,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import __version__
+from ..classes import check_class_names, check_colour, class_colour
 from ..config import PipelineConfig, config_from_dict, config_to_dict
-from ..errors import ConfigError, InvalidInputError
-from ..outputs.classified import check_class_names, check_colour
+from ..errors import ConfigError, InvalidInputError, OutputError
+from ..files import atomic_write
 from ..tissue.clusters import assignment_confidence
 
 __all__ = [
@@ -77,7 +78,6 @@ __all__ = [
     "load_dictionary",
     "direct_query",
     "cluster_then_query",
-    "class_colour",
     "DICTIONARY_FORMAT",
     "DICTIONARY_VERSION",
     "K_RANGE",
@@ -105,18 +105,6 @@ ELBOW_MAX_TILES = 20_000
 DICTIONARY_FORMAT = "tumls-qp-prototype-dictionary"
 DICTIONARY_VERSION = 1
 _MEMBERS = ("dictionary.json", "prototypes.npy", "model.pt", "model.json")
-
-#: Colours given to classes that come without one (Paul Tol's "bright" and "muted" schemes, as classes.py).
-_CLASS_PALETTE = (
-    (238, 102, 119), (68, 119, 170), (34, 136, 51), (204, 187, 68), (102, 204, 238), (170, 51, 119),
-    (136, 34, 85), (153, 153, 51), (51, 34, 136), (68, 170, 153), (221, 204, 119), (187, 187, 187),
-)
-
-
-def class_colour(index: int) -> tuple[int, int, int]:
-    """A default colour for the ``index``-th class (0-based); the palette repeats after 12."""
-    return _CLASS_PALETTE[index % len(_CLASS_PALETTE)]
-
 
 # --- over-clustering ----------------------------------------------------------------------------------------------------
 
@@ -659,19 +647,13 @@ def save_dictionary(
     _validate(meta, prototypes, weights, model_json, str(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as exc:
-        raise InvalidInputError(f"cannot write the dictionary {str(path)!r}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("dictionary.json", json.dumps(meta, indent=2, allow_nan=False))
             zf.writestr("prototypes.npy", buffer.getvalue())
             zf.writestr("model.pt", weights)
             zf.writestr("model.json", model_json)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write the dictionary {str(path)!r}: {exc.strerror or exc}") from exc
     return path
 
 

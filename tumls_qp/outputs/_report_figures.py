@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..classes import NUCLEUS_COLOUR, tissue_class_name, tissue_colour
+from ..classes import NUCLEUS_COLOUR, class_colour, tissue_class_name
 
 __all__ = [
     "HATCHES",
@@ -31,6 +31,7 @@ __all__ = [
     "dendrogram_figure",
     "loss_figure",
     "reconstruction_figure",
+    "embedding_colours_figure",
 ]
 
 #: Hatch pattern of tissue t (0-based) in bar charts, so tissues differ in grey print too.
@@ -61,7 +62,7 @@ _RC = {
 
 def tissue_rgb(tissue: int) -> tuple[float, float, float]:
     """Colour of tissue ``tissue`` (1..k) as matplotlib RGB in [0, 1] (the QuPath class colour)."""
-    r, g, b = tissue_colour(tissue - 1)
+    r, g, b = class_colour(tissue - 1)
     return (r / 255, g / 255, b / 255)
 
 
@@ -532,3 +533,74 @@ def reconstruction_figure(tiles: np.ndarray, reconstructed: np.ndarray, mpp: flo
         axes[0, 0].set_ylabel("tile", fontsize=6)
         axes[1, 0].set_ylabel("recon.", fontsize=6)
         return _encode(fig, photo=True)
+
+
+def embedding_colours_figure(
+    colours: Any,
+    *,
+    boxes: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    label_names: Sequence[str] | None = None,
+    title: str | None = None,
+    dpi: int = 120,
+) -> bytes:
+    """The embedding colours (:mod:`tumls_qp.interactive.embedding_colours`) as a PNG.
+
+    Panels: the tiles in the first two reduced dimensions, each in its colour; then, with
+    ``boxes``, the tiles where they lie on the slide in the same colours (the paper's
+    feature-space view), otherwise the first and third dimensions; then, with ``labels``,
+    the first two dimensions coloured by cluster.
+
+    Parameters
+    ----------
+    colours : EmbeddingColours
+    boxes : (n, 4) ndarray, optional
+        Tile boxes (x, y, width, height) in level-0 px.
+    labels : (n,) int ndarray, optional
+        A cluster or class per tile (0-based).
+    label_names : sequence of str, optional
+        Legend names of the labels.
+    title : str, optional
+    dpi : int
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
+    rgb = colours.rgb.astype(np.float64) / 255.0
+    xyz = colours.coords
+    n_panels = 2 + (labels is not None)
+    fig = Figure(figsize=(5.0 * n_panels, 4.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    size = max(2.0, min(30.0, 6000.0 / max(len(xyz), 1)))
+    name = colours.method.upper()
+    axes[0].scatter(xyz[:, 0], xyz[:, 1], c=rgb, s=size, linewidths=0)
+    axes[0].set(xlabel=f"{name} 1", ylabel=f"{name} 2", title="Embedding, coloured by position")
+    if boxes is not None:
+        b = np.asarray(boxes, dtype=np.float64)
+        polygons = [[(x, y), (x + w, y), (x + w, y + h), (x, y + h)] for x, y, w, h in b]
+        axes[1].add_collection(PolyCollection(polygons, facecolors=rgb, edgecolors="none"))
+        axes[1].set_xlim(b[:, 0].min(), (b[:, 0] + b[:, 2]).max())
+        axes[1].set_ylim((b[:, 1] + b[:, 3]).max(), b[:, 1].min())
+        axes[1].set_aspect("equal")
+        axes[1].set(xlabel="x (level-0 px)", ylabel="y (level-0 px)", title="Tiles on the slide")
+    else:
+        axes[1].scatter(xyz[:, 0], xyz[:, 2], c=rgb, s=size, linewidths=0)
+        axes[1].set(xlabel=f"{name} 1", ylabel=f"{name} 3", title="Embedding, dimensions 1 and 3")
+    if labels is not None:
+        labels = np.asarray(labels)
+        for j in np.unique(labels):
+            members = labels == j
+            legend = label_names[int(j)] if label_names is not None else f"Cluster {int(j) + 1}"
+            axes[2].scatter(xyz[members, 0], xyz[members, 1], color=np.array(class_colour(int(j))) / 255.0,
+                            s=size, linewidths=0, label=legend)
+        axes[2].set(xlabel=f"{name} 1", ylabel=f"{name} 2", title="Embedding, by cluster")
+        if len(np.unique(labels)) <= 12:
+            axes[2].legend(fontsize="small", markerscale=2, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    return buffer.getvalue()

@@ -4,6 +4,14 @@ The spine's ``tissue_features`` names tissues "Tissue k"; here the classes are t
 ("Tumor", "Stroma", ...) with the user's colours, and every tile has a score between 0
 and 1 (for seeded clustering and dictionaries, a confidence). The objects follow the
 same QuPath rules (``QUPATH.md`` §1) and are checked by the same validator.
+
+The embedding-colour layer (:func:`embedding_colour_features`) is a layer of ``tile``
+objects that carry their own colour (``properties.color``). QuPath draws an object in its
+own colour before its class colour, so the layer shows the RGB directly, while one shared
+class ("Embedding colour") keeps the class list clean and lets a user hide or delete the
+layer in one go. The three coordinates are also measurements ("Embedding 1".."Embedding 3"),
+for QuPath's measurement maps. Per-tile classes would instead add one class per colour to
+the project.
 """
 
 from __future__ import annotations
@@ -16,49 +24,22 @@ import numpy as np
 import shapely
 from shapely.geometry import box
 
+from ..classes import check_class_names, check_colour, class_colour
 from ..errors import InvalidInputError
+from ..interactive.embedding_colours import EmbeddingColours
 from .geojson import make_feature
 
-__all__ = ["check_class_names", "check_colour", "classified_features", "coloured_tile_features"]
+__all__ = ["classified_features", "coloured_tile_features", "embedding_colour_features", "prototype_features",
+           "EMBEDDING_LAYER_CLASS", "EMBEDDING_LAYER_COLOUR", "SIC_SCORE", "DICTIONARY_SCORE"]
 
+#: Tile measurement of seeded clustering (also tags its objects for replacement on a re-run).
+SIC_SCORE = "SIC confidence"
+#: Tile measurement of dictionary queries.
+DICTIONARY_SCORE = "Dictionary confidence"
 
-def check_class_names(names: Sequence[str]) -> list[str]:
-    """Return ``names`` as a list after checking they are usable QuPath class names.
-
-    Raises
-    ------
-    InvalidInputError
-        A name is empty, not a string, contains ':' (QuPath splits derived classes on it), or repeats.
-    """
-    out = []
-    for name in names:
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidInputError(f"class names must be non-empty strings; got {name!r}")
-        if ":" in name:
-            raise InvalidInputError(
-                f"class name {name!r} contains ':', which QuPath reads as a derived class; rename the class"
-            )
-        if name in out:
-            raise InvalidInputError(f"class name {name!r} is given twice")
-        out.append(name)
-    return out
-
-
-def check_colour(colour: Any, what: str) -> tuple[int, int, int]:
-    """An (r, g, b) tuple of ints in 0-255; ``what`` names the colour in the error.
-
-    Raises
-    ------
-    InvalidInputError
-    """
-    try:
-        values = [c for c in colour]
-    except TypeError:
-        values = None
-    if (values is None or len(values) != 3
-            or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255 for c in values)):
-        raise InvalidInputError(f"{what} must be [r, g, b] with integers in 0-255; got {colour!r}")
-    return int(values[0]), int(values[1]), int(values[2])
+#: QuPath class shared by the tiles of the embedding-colour layer, and its (neutral grey) colour.
+EMBEDDING_LAYER_CLASS = "Embedding colour"
+EMBEDDING_LAYER_COLOUR = (128, 128, 128)
 
 
 def _tile_feature(x: float, y: float, w: float, h: float, class_name: str, colour: Sequence[int],
@@ -209,4 +190,69 @@ def coloured_tile_features(
         if feature is not None:
             feature["properties"]["color"] = [int(c) for c in rgb[i]]
             features.append(feature)
+    return features
+
+
+def embedding_colour_features(boxes: np.ndarray, colours: EmbeddingColours) -> list[dict[str, Any]]:
+    """The embedding-colour layer: one ``tile`` per tile in its embedding colour (see the module docstring).
+
+    Parameters
+    ----------
+    boxes : (n, 4) ndarray
+        (x, y, width, height) in level-0 px.
+    colours : EmbeddingColours
+        From :func:`tumls_qp.interactive.embedding_colours.embedding_colours`, one row per box.
+    """
+    measurements = {f"Embedding {j + 1}": colours.coords[:, j] for j in range(3)}
+    return coloured_tile_features(boxes, colours.rgb, EMBEDDING_LAYER_CLASS, EMBEDDING_LAYER_COLOUR, measurements)
+
+
+def prototype_features(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    distance: np.ndarray,
+    central: Sequence[np.ndarray],
+    mpp: float,
+) -> list[dict[str, Any]]:
+    """Prototype clusters as QuPath objects for naming (:mod:`tumls_qp.interactive.prototypes`).
+
+    Per cluster j (shown as j + 1): an annotation "Prototype j" over its tiles, with ``Prototype``,
+    ``Tile count`` and ``Area um^2``; then its central tiles as annotations "Prototype j central r"
+    with ``Prototype``, ``Rank`` and ``Distance``. All are unclassified (the user assigns the
+    classes) and drawn in the cluster's own colour (``properties.color``, :func:`class_colour`).
+
+    Parameters
+    ----------
+    boxes : (n, 4) ndarray
+        (x, y, width, height) in level-0 px.
+    labels : (n,) int ndarray
+        Cluster of each tile, 0-based.
+    distance : (n,) float ndarray
+        Distance of each tile to its cluster's centre.
+    central : sequence of k int ndarrays
+        The central tiles of each cluster, closest first.
+    mpp : float
+        Level-0 pixel size in µm/px.
+    """
+    features = []
+    for j, tiles in enumerate(central):
+        colour = list(class_colour(j))
+        members = np.flatnonzero(labels == j)
+        if len(members) == 0:
+            continue
+        union = shapely.unary_union([box(x, y, x + w, y + h) for x, y, w, h in boxes[members]])
+        feature = make_feature(union, "annotation", None, None,
+                               {"Prototype": j + 1, "Tile count": len(members), "Area um^2": union.area * mpp ** 2},
+                               name=f"Prototype {j + 1}")
+        if feature is not None:
+            feature["properties"]["color"] = colour
+            features.append(feature)
+        for rank, tile in enumerate(tiles, start=1):
+            x, y, w, h = boxes[tile]
+            feature = make_feature(box(x, y, x + w, y + h), "annotation", None, None,
+                                   {"Prototype": j + 1, "Rank": rank, "Distance": float(distance[tile])},
+                                   name=f"Prototype {j + 1} central {rank}")
+            if feature is not None:
+                feature["properties"]["color"] = colour
+                features.append(feature)
     return features

@@ -14,7 +14,6 @@ import gzip
 import json
 import math
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -23,7 +22,8 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
-from ..classes import tissue_class_name, tissue_colour
+from ..classes import class_colour, tissue_class_name
+from ..files import atomic_write
 
 __all__ = [
     "OBJECT_TYPES",
@@ -36,6 +36,7 @@ __all__ = [
     "read_geojson",
     "validate_geojson",
     "validate_geojson_file",
+    "require_valid",
 ]
 
 #: objectType values QuPath reads (lower case; "DETECTION" would become an annotation).
@@ -198,14 +199,14 @@ def tissue_features(
         }
         if tissue_measurements and tissue in tissue_measurements:
             measurements.update(tissue_measurements[tissue])
-        feature = make_feature(union, "annotation", tissue_class_name(tissue), tissue_colour(tissue), measurements,
+        feature = make_feature(union, "annotation", tissue_class_name(tissue), class_colour(tissue), measurements,
                                name=tissue_class_name(tissue))
         if feature is not None:
             features.append(feature)
     for rep in representatives:
         x, y, w, h = boxes[rep.tile]
         feature = make_feature(
-            box(x, y, x + w, y + h), "annotation", tissue_class_name(rep.tissue), tissue_colour(rep.tissue),
+            box(x, y, x + w, y + h), "annotation", tissue_class_name(rep.tissue), class_colour(rep.tissue),
             {"Rank": rep.rank, "Uncertainty": rep.uncertainty},
             name=f"{tissue_class_name(rep.tissue)} representative {rep.rank}",
         )
@@ -214,7 +215,7 @@ def tissue_features(
     if tile_objects:
         for (x, y, w, h), tissue, u in zip(boxes, labels, uncertainty):
             feature = make_feature(box(x, y, x + w, y + h), "tile", tissue_class_name(int(tissue)),
-                                   tissue_colour(int(tissue)), {"Uncertainty": float(u)})
+                                   class_colour(int(tissue)), {"Uncertainty": float(u)})
             if feature is not None:
                 features.append(feature)
     return features
@@ -232,14 +233,8 @@ def write_geojson(data: Mapping[str, Any] | list[Any], path: str | os.PathLike[s
     path = Path(path)
     compress = path.suffix == ".gz" if compress is None else compress
     text = json.dumps(data, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(gzip.compress(text, compresslevel=6, mtime=0) if compress else text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(gzip.compress(text, compresslevel=6, mtime=0) if compress else text)
     return path
 
 
@@ -275,6 +270,23 @@ def validate_geojson_file(path: str | os.PathLike[str]) -> list[str]:
     except (OSError, ValueError) as exc:
         return [f"{path.name}: not readable as strict JSON: {exc}"]
     return validate_geojson(data)
+
+
+def require_valid(data: Any, what: str = "generated GeoJSON") -> Any:
+    """Return ``data`` when QuPath imports it; otherwise raise.
+
+    For GeoJSON that tumls-qp made itself: a problem is a bug, not bad input, and QuPath must
+    never be handed a file it would refuse.
+
+    Raises
+    ------
+    RuntimeError
+        Naming ``what`` and the first problems :func:`validate_geojson` found.
+    """
+    problems = validate_geojson(data)
+    if problems:
+        raise RuntimeError(f"{what} breaks QuPath's rules: " + "; ".join(problems[:5]))
+    return data
 
 
 def validate_geojson(data: Any) -> list[str]:

@@ -1,6 +1,6 @@
 """The per-case PDF of cross-level insights, and the cohort report (TUMLS section 4.3).
 
-Everything is read back from run folders (:func:`read_run_folder`): a report can be
+Everything is read back from run folders (:func:`~tumls_qp.outputs.run_folder.read_run`): a report can be
 re-rendered at any time without the slide and without recomputing anything. reportlab
 lays the pages out; matplotlib draws the figures; both are imported only when a report
 is rendered.
@@ -47,16 +47,16 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
-from ..classes import tissue_class_name, tissue_colour
+from ..classes import class_colour, tissue_class_name
 from ..errors import InvalidInputError, OutputError
+from ..files import atomic_write
 from . import _report_figures as figures
-from ._run_folder import RunFolder, _get, display_name, load_labels, read_run_folder
+from .run_folder import REPORT_PDF, RunFolder, display_name, load_labels, read_run
 
-__all__ = ["render_report", "ReportResult", "read_run_folder", "RunFolder", "REPORT_NAME", "COHORT_REPORT_NAME",
-           "DISCLAIMER"]
+__all__ = ["render_report", "ReportResult", "REPORT_NAME", "COHORT_REPORT_NAME", "DISCLAIMER"]
 
-#: File name of the case report inside a run folder.
-REPORT_NAME = "report.pdf"
+#: File name of the case report inside a run folder (the run folder's ``REPORT_PDF``).
+REPORT_NAME = REPORT_PDF
 #: Default file name of a cohort report, next to the cohort's run folders.
 COHORT_REPORT_NAME = "cohort-report.pdf"
 #: The statement every report carries on its first page and in its footer.
@@ -127,7 +127,7 @@ def render_report(
         raise InvalidInputError("no run folder given; pass the folder(s) that `tumls-qp analyze` wrote")
     if cohort and len(paths) == 1:
         paths = _cohort_members(paths[0])
-    runs = [read_run_folder(p) for p in paths]
+    runs = [read_run(p) for p in paths]
     if len(runs) == 1:
         folder, name = paths[0], REPORT_NAME
     else:
@@ -141,9 +141,8 @@ def render_report(
 
 def _cohort_members(run_dir: Path) -> list[Path]:
     """The run folders of the cohort analysis that wrote ``run_dir``."""
-    run = read_run_folder(run_dir)
-    names = run.manifest.get("cohort")
-    if not isinstance(names, list) or not names:
+    names = read_run(run_dir).manifest.cohort
+    if not names:
         raise InvalidInputError(
             f"{str(run_dir)!r} was not analysed with --cohort, so it has no cohort. Give several run folders to "
             "compare them in one report, or analyse the slides together with `tumls-qp analyze --cohort`."
@@ -248,14 +247,14 @@ def _swatch_commands(row: int, tissue: int) -> list[tuple]:
     """Table style commands that colour cell (0, row) in the tissue's QuPath colour."""
     from reportlab.lib import colors
 
-    r, g, b = tissue_colour(tissue - 1)
+    r, g, b = class_colour(tissue - 1)
     return [("BACKGROUND", (0, row), (0, row), colors.Color(r / 255, g / 255, b / 255))]
 
 
 def _swatch_cell(tissue: int, styles: _Styles) -> Any:
     from reportlab.lib.styles import ParagraphStyle
 
-    r, g, b = tissue_colour(tissue - 1)
+    r, g, b = class_colour(tissue - 1)
     light = 0.299 * r + 0.587 * g + 0.114 * b > 140
     style = ParagraphStyle("sw", parent=styles.cell_bold, alignment=1,
                            textColor="#000000" if light else "#ffffff")
@@ -318,24 +317,22 @@ def _write_pdf(target: Path, story: list[Any], title: str) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the folder of the report {str(target)!r}: {exc.strerror or exc}") from exc
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-    doc = BaseDocTemplate(
-        str(tmp), pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm, bottomMargin=14 * mm,
-        title=f"tumls-qp report: {title}", author="tumls-qp", subject=_FOOTER, creator=f"tumls-qp {__version__}",
-    )
-    frame = Frame(doc.leftMargin, doc.bottomMargin, doc.width, doc.height, id="body", leftPadding=0, rightPadding=0)
-    # Decorated at the end of each page, once the page's markers have set the running header.
-    doc.addPageTemplates([PageTemplate(id="page", frames=[frame], onPageEnd=_decorate)])
     try:
-        doc.build(story)
-        os.replace(tmp, target)
+        with atomic_write(target) as tmp:
+            doc = BaseDocTemplate(
+                str(tmp), pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm,
+                bottomMargin=14 * mm, title=f"tumls-qp report: {title}", author="tumls-qp", subject=_FOOTER,
+                creator=f"tumls-qp {__version__}",
+            )
+            frame = Frame(doc.leftMargin, doc.bottomMargin, doc.width, doc.height, id="body", leftPadding=0,
+                          rightPadding=0)
+            # Decorated at the end of each page, once the page's markers have set the running header.
+            doc.addPageTemplates([PageTemplate(id="page", frames=[frame], onPageEnd=_decorate)])
+            doc.build(story)
     except OSError as exc:
         raise OutputError(
             f"cannot write the report {str(target)!r}: {exc.strerror or exc}. Choose a writable place with --out."
         ) from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return int(doc.page)
 
 
@@ -362,8 +359,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _area(um2: float | None) -> str:
-    return "n/a" if um2 is None else f"{um2:,.0f}"
+def _area(um2: float) -> str:
+    return f"{um2:,.0f}"
 
 
 
@@ -392,13 +389,13 @@ def _headline_columns(run: RunFolder) -> list[str]:
 
 def _k_explanation(run: RunFolder) -> str:
     k = run.k
-    source = str(_get(run.manifest, "clusters", "k_source") or "unknown")
-    statistic = _get(run.manifest, "clusters", "split_statistic")
+    source = run.manifest.clusters.k_source
+    statistic = run.manifest.clusters.split_statistic
     test = "" if not isinstance(statistic, (int, float)) else (
         f" The one-tissue split test (G-means, Anderson-Darling) gave A*² = {statistic:.4g}, "
         f"{'above' if statistic > 1.8692 else 'at most'} its critical value 1.8692.")
     if source == "dendrogram":
-        gaps = run.gaps or {int(kk): v for kk, v in (_get(run.manifest, "clusters", "gaps") or {}).items()}
+        gaps = run.manifest.clusters.gaps
         candidates = f" among k = {min(gaps)} to {max(gaps)}" if gaps else ""
         gap = f" ({_fmt(gaps[k])} latent units)" if k in gaps else ""
         return (f"k = {k}, chosen from the Ward dendrogram of the tile embeddings: the largest gap between merge "
@@ -417,7 +414,7 @@ def _tile_luminance(run: RunFolder) -> np.ndarray:
     scale = run.thumbnail_scale
     sums = np.zeros(run.k)
     counts = np.zeros(run.k)
-    for (x, y, w, h), t in zip(run.boxes, run.tissue):
+    for (x, y, w, h), t in zip(run.tiles.boxes, run.tiles.tissue):
         x0, y0 = int(round(x * scale)), int(round(y * scale))
         block = luma[y0: y0 + max(1, int(round(h * scale))), x0: x0 + max(1, int(round(w * scale)))]
         if block.size and 1 <= t <= run.k:
@@ -429,16 +426,15 @@ def _tile_luminance(run: RunFolder) -> np.ndarray:
 
 def _tile_descriptors(run: RunFolder) -> tuple[list[str], np.ndarray]:
     """Per-tissue values the run folder itself gives (tiles, uncertainty, thumbnail): names and (k, n) values."""
-    k = run.k
-    mean_u = np.array([run.uncertainty[run.tissue == t].mean() if (run.tissue == t).any() else np.nan
+    k, tiles = run.k, run.tiles
+    present = [(tiles.tissue == t).any() for t in range(1, k + 1)]
+    mean_u = np.array([tiles.uncertainty[tiles.tissue == t].mean() if present[t - 1] else np.nan
                        for t in range(1, k + 1)])
-    names = ["Share of tissue area %", "Mean uncertainty", "Tissue-level luminance mean (0-255)"]
-    columns = [_shares(run), mean_u, _tile_luminance(run)]
-    if run.tissue_fraction is not None:
-        names.insert(2, "Mean tissue fraction of tiles")
-        columns.insert(2, np.array([np.nanmean(run.tissue_fraction[run.tissue == t]) if (run.tissue == t).any()
-                                    else np.nan for t in range(1, k + 1)]))
-    return names, np.stack(columns, axis=1)
+    fraction = np.array([np.nanmean(tiles.tissue_fraction[tiles.tissue == t]) if present[t - 1] else np.nan
+                         for t in range(1, k + 1)])
+    names = ["Share of tissue area %", "Mean uncertainty", "Mean tissue fraction of tiles",
+             "Tissue-level luminance mean (0-255)"]
+    return names, np.stack([_shares(run), mean_u, fraction, _tile_luminance(run)], axis=1)
 
 
 def _normalise(values: np.ndarray) -> np.ndarray:
@@ -458,7 +454,7 @@ def _case_story(styles: _Styles, run: RunFolder, level: int) -> list[Any]:
     # In a cohort report the slide is an outline entry of its own, its sections one level below.
     story: list[Any] = [_marker(name, name if level > 0 else None, 0)]
     # A tissue of a cohort that does not occur on this slide gets no page (the summary table shows it with 0 tiles).
-    present = [t for t in range(1, run.k + 1) if (run.tissue == t).any()]
+    present = [t for t in range(1, run.k + 1) if (run.tiles.tissue == t).any()]
     sections = [
         ("Case summary", _summary_page),
         *[(f"Tissue {t}", lambda s, r, t=t: _tissue_page(s, r, t)) for t in present],
@@ -478,27 +474,23 @@ def _summary_page(styles: _Styles, run: RunFolder) -> list[Any]:
     m = run.manifest
     k = run.k
     story = [_para("Case summary", styles.title), _para(f"<b>{_escape(run.slide_name)}</b>", styles.h2)]
-    width_px, height_px = _get(m, "slide", "width_px"), _get(m, "slide", "height_px")
-    size = f"{_fmt(width_px)} × {_fmt(height_px)} px"
-    if run.mpp is not None and isinstance(width_px, int) and isinstance(height_px, int):
-        size += f" ({width_px * run.mpp / 1000:.2f} × {height_px * run.mpp / 1000:.2f} mm)"
-    mpp = f"{run.mpp:g} µm/px ({_get(m, 'slide', 'mpp_source') or 'source unknown'})" if run.mpp is not None \
-        else "not recorded: areas and scale bars are omitted"
-    total = _get(m, "tiles", "total")
-    tile = f"{run.tile_um:g} µm" if run.tile_um is not None else f"{run.tile_size_px} px"
+    width_px, height_px = m.slide.width_px, m.slide.height_px
+    size = (f"{_fmt(width_px)} × {_fmt(height_px)} px ({width_px * run.mpp / 1000:.2f} × "
+            f"{height_px * run.mpp / 1000:.2f} mm)")
     info = [
-        ["Slide", run.slide_name, "Tool", f"tumls-qp {m.get('version', 'unknown')}"],
-        ["Analysed", str(m.get("created", "unknown")), "Report rendered",
-         datetime.now(timezone.utc).isoformat(timespec="seconds")],
-        ["Slide size", size, "Pixel size", mpp],
-        ["Tissue tiles", f"{_fmt(len(run.tissue))} of {_fmt(total)} tiles of {tile}", "Tissues (k)", str(k)],
+        ["Slide", run.slide_name, "Tool", f"tumls-qp {m.version}"],
+        ["Analysed", m.created, "Report rendered", datetime.now(timezone.utc).isoformat(timespec="seconds")],
+        ["Slide size", size, "Pixel size", f"{run.mpp:g} µm/px ({m.slide.mpp_source})"],
+        ["Tissue tiles", f"{_fmt(len(run.tiles.tissue))} of {_fmt(m.tiles.total)} tiles of {run.tile_um:g} µm",
+         "Tissues (k)", str(k)],
     ]
     story.append(_table(info, styles, widths=[58, 197, 70, 185], header=False,
                         extra=[("FONTNAME", (0, 0), (0, -1), styles.bold)]))
     story.append(_para(f"<b>How k was chosen.</b> {_k_explanation(run)}", styles.small))
 
-    labels = figures.tissue_grid(run.boxes, run.tissue, None, run.tile_size_px, _grid_shape(run))
-    unc = figures.tissue_grid(run.boxes, run.tissue, run.uncertainty, run.tile_size_px, _grid_shape(run))
+    tiles = run.tiles
+    labels = figures.tissue_grid(tiles.boxes, tiles.tissue, None, run.tile_size_px, _grid_shape(run))
+    unc = figures.tissue_grid(tiles.boxes, tiles.tissue, tiles.uncertainty, run.tile_size_px, _grid_shape(run))
     shares = _shares(run)
     png = figures.maps_figure(run.thumbnail, labels, unc, k, run.tile_px, run.thumbnail_mpp, shares)
     story.append(_image(png))
@@ -515,8 +507,8 @@ def _summary_page(styles: _Styles, run: RunFolder) -> list[Any]:
     extra: list[tuple] = []
     counts = run.tiles_per_tissue()
     for t in range(1, k + 1):
-        mask = run.tissue == t
-        area = counts[t - 1] * run.tile_area_um2 if run.tile_area_um2 is not None else None
+        mask = tiles.tissue == t
+        area = counts[t - 1] * run.tile_area_um2
         feature_row = run.feature_row(t)
         if not mask.any():
             text = "not on this slide (a tissue of the cohort)"
@@ -527,7 +519,7 @@ def _summary_page(styles: _Styles, run: RunFolder) -> list[Any]:
         else:
             text = "none in this run folder"
         rows.append([_swatch_cell(t, styles), tissue_class_name(t - 1), _fmt(int(counts[t - 1])), _area(area),
-                     f"{shares[t - 1]:.1f}", f"{run.uncertainty[mask].mean():.3f}" if mask.any() else "n/a", text])
+                     f"{shares[t - 1]:.1f}", f"{tiles.uncertainty[mask].mean():.3f}" if mask.any() else "n/a", text])
         extra += _swatch_commands(t, t)
     story.append(_table(rows, styles, widths=[16, 52, 38, 72, 44, 58, 230], extra=extra))
     story.append(_para(DISCLAIMER, styles.box))
@@ -537,9 +529,10 @@ def _summary_page(styles: _Styles, run: RunFolder) -> list[Any]:
 def _grid_shape(run: RunFolder) -> tuple[int, int]:
     h, w = run.thumbnail.shape[:2]
     rows, cols = h // run.tile_px, w // run.tile_px
-    if len(run.boxes):
-        rows = max(rows, int((run.boxes[:, 1] // run.tile_size_px).max()) + 1)
-        cols = max(cols, int((run.boxes[:, 0] // run.tile_size_px).max()) + 1)
+    boxes = run.tiles.boxes
+    if len(boxes):
+        rows = max(rows, int((boxes[:, 1] // run.tile_size_px).max()) + 1)
+        cols = max(cols, int((boxes[:, 0] // run.tile_size_px).max()) + 1)
     return rows, cols
 
 
@@ -556,10 +549,10 @@ def _load_patch(path: Path | None) -> np.ndarray | None:
 def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     from reportlab.platypus import KeepTogether
 
-    mask = run.tissue == t
+    mask = run.tiles.tissue == t
     count = int(mask.sum())
-    area = count * run.tile_area_um2 if run.tile_area_um2 is not None else None
-    values = run.uncertainty[mask]
+    area = count * run.tile_area_um2
+    values = run.tiles.uncertainty[mask]
     story = [_para(f"{tissue_class_name(t - 1)}", styles.title)]
     summary = (f"{_fmt(count)} tiles · area {_area(area)} µm² ({_shares(run)[t - 1]:.1f} % of the tissue) · "
                + (f"uncertainty mean {values.mean():.3f}, median {np.median(values):.3f}" if count else
@@ -578,7 +571,7 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
               "autoencoder saw them, at the tissue level. Bottom: the same regions at full resolution.", styles.small),
     ]))
 
-    png = figures.uncertainty_histogram(values, run.uncertainty, [r.uncertainty for r in reps], t)
+    png = figures.uncertainty_histogram(values, run.tiles.uncertainty, [r.uncertainty for r in reps], t)
     quantiles = [["", "uncertainty (unitless)"], ["Tiles", _fmt(count)]]
     if count:
         quantiles += [["Mean", f"{values.mean():.3f}"], ["Median", f"{np.median(values):.3f}"],
@@ -698,110 +691,95 @@ def _method_page(styles: _Styles, run: RunFolder) -> list[Any]:
     m = run.manifest
     story = [_para("Method and quality", styles.title)]
     story.append(_para("Number of tissues", styles.h2))
-    story.append(_image(figures.dendrogram_figure(run.linkage, run.gaps, run.k,
-                                                  str(_get(m, "clusters", "k_source") or "")), 504))
+    story.append(_image(figures.dendrogram_figure(run.linkage, m.clusters.gaps, run.k, m.clusters.k_source), 504))
     story.append(_para(_k_explanation(run), styles.small))
 
     story.append(_para("Autoencoder", styles.h2))
     left: Any = _para("training.csv is missing: no loss curve.", styles.small)
     if run.training is not None and run.training.rows:
-        best = _get(m, "embedding", "best_epoch")
         left = _image(figures.loss_figure(run.training.column("epoch"), run.training.column("train_mse"),
-                                          run.training.column("val_mse"), best if isinstance(best, int) else None), 250)
+                                          run.training.column("val_mse"), m.embedding.best_epoch), 250)
     right: Any = _para("reconstructions.npz is missing: no examples.", styles.small)
     if run.reconstructions is not None and len(run.reconstructions[0]):
         right = [_image(figures.reconstruction_figure(*run.reconstructions, run.thumbnail_mpp)),
                  _para("Tissue-level tiles (top) and the autoencoder's reconstructions (bottom).", styles.small)]
     story.append(_side_by_side(left, right, (255, 255)))
-    mse = _get(m, "embedding", "mse") or {}
-    n_tiles = _get(m, "embedding", "n_tiles") or {}
-    dropped = _get(m, "tiles", "dropped") or {}
+    embedding = m.embedding
     quality = [
         ["Quantity", "Value"],
-        ["Tiles in the grid", _fmt(_get(m, "tiles", "total"))],
-        ["Tissue tiles kept", _fmt(_get(m, "tiles", "kept"))],
-        ["Dropped as background", _fmt(dropped.get("background"))],
-        ["Dropped as artefact (near-black)", _fmt(dropped.get("artefact"))],
-        ["Autoencoder epochs (best)", f"{_fmt(_get(m, 'embedding', 'epochs'))} ({_fmt(_get(m, 'embedding', 'best_epoch'))})"],
-        ["Early stopping", _fmt(_get(m, "embedding", "early_stopped"))],
+        ["Tiles in the grid", _fmt(m.tiles.total)],
+        ["Tissue tiles kept", _fmt(m.tiles.kept)],
+        ["Dropped as background", _fmt(m.tiles.dropped.get("background"))],
+        ["Dropped as artefact (near-black)", _fmt(m.tiles.dropped.get("artefact"))],
+        ["Autoencoder epochs (best)", f"{_fmt(embedding.epochs)} ({_fmt(embedding.best_epoch)})"],
+        ["Early stopping", _fmt(embedding.early_stopped)],
         ["Reconstruction MSE train / val / test",
-         " / ".join(_fmt(mse.get(s)) for s in ("train", "val", "test")) + " (pixel values 0-1)"],
-        ["Tiles train / val / test", " / ".join(_fmt(n_tiles.get(s)) for s in ("train", "val", "test"))],
-        ["Embeddings", "reused from the cache" if _get(m, "embedding", "cache") == "hit" else "computed in this run"],
-        ["Encoder initialised from", str(_get(m, "embedding", "initialised_from") or "scratch (no pretrained weights)")],
-        ["Uncertainty scale (99th percentile distance)", _fmt(_get(m, "clusters", "uncertainty_scale"))],
+         " / ".join(_fmt(embedding.mse.get(s)) for s in ("train", "val", "test")) + " (pixel values 0-1)"],
+        ["Tiles train / val / test", " / ".join(_fmt(embedding.n_tiles.get(s)) for s in ("train", "val", "test"))],
+        ["Embeddings", "reused from the cache" if embedding.cache == "hit" else "computed in this run"],
+        ["Encoder initialised from", embedding.initialised_from or "scratch (no pretrained weights)"],
+        ["Uncertainty scale (99th percentile distance)", _fmt(m.clusters.uncertainty_scale)],
         ["Tiles per tissue (this slide)", ", ".join(_fmt(int(v)) for v in run.tiles_per_tissue())],
     ]
     story.append(_para("Background filtering and autoencoder quality", styles.h2))
     story.append(_table(quality, styles, widths=[200, 300]))
     story.append(_para("Warnings raised during the run", styles.h2))
-    warnings = m.get("warnings") or []
-    if warnings:
-        for w in warnings:
+    if m.warnings:
+        for w in m.warnings:
             story.append(_para(f"• {_escape(w)}", styles.body))
     else:
         story.append(_para("None.", styles.body))
-    if run.notes:
+    notes = run.notes
+    if notes:
         story.append(_para("Missing from the run folder", styles.h2))
-        for note in run.notes:
+        for note in notes:
             story.append(_para(f"• {_escape(note)}", styles.body))
-    if run.embedding_colours is not None:
+    colours = run.embedding_colours
+    if colours is not None:
+        names = [tissue_class_name(t) for t in range(run.k)]
+        png = figures.embedding_colours_figure(colours, boxes=run.tiles.boxes, labels=run.tiles.tissue - 1,
+                                               label_names=names)
         story.append(KeepTogether([
             _para("Embedding colours", styles.h2),
-            _image(_embedding_colours_figure(run), 504),
+            _image(png, 504),
             _para(f"Each tile coloured by its embedding reduced to three dimensions "
-                  f"({run.embedding_colours.method.upper()}; red, green, blue = dimensions 1, 2, 3): similar colours "
+                  f"({colours.method.upper()}; red, green, blue = dimensions 1, 2, 3): similar colours "
                   "mean similar embeddings. A view for people; the tissues come from the full embeddings. In QuPath: "
-                  "the tile layer embedding_colours.geojson.", styles.small),
+                  f"the tile layer {_escape(m.outputs.embedding_colours)}.", styles.small),
         ]))
     return story
-
-
-def _embedding_colours_figure(run: RunFolder) -> bytes:
-    """The embedding-colour figure (:func:`~tumls_qp.interactive.embedding_colours.draw_embedding_colours`) as PNG."""
-    import tempfile
-
-    from ..interactive.embedding_colours import draw_embedding_colours
-
-    names = [tissue_class_name(t) for t in range(run.k)]
-    with tempfile.TemporaryDirectory(prefix="tumls-report-") as folder:
-        path = draw_embedding_colours(run.embedding_colours, Path(folder) / "embedding_colours.png", boxes=run.boxes,
-                                      labels=run.tissue - 1, label_names=names)
-        return path.read_bytes()
 
 
 def _provenance_page(styles: _Styles, run: RunFolder) -> list[Any]:
     from reportlab.platypus import Preformatted, Table, TableStyle
 
     m = run.manifest
-    slide = m.get("slide") or {}
+    slide, environment = m.slide, m.environment
     story = [_para("Parameters and provenance", styles.title)]
-    levels = slide.get("levels") or []
     rows = [
         ["Item", "Value"],
-        ["Tool", f"tumls-qp {m.get('version', 'unknown')} (report by tumls-qp {__version__})"],
-        ["Analysed", str(m.get("created", "unknown"))],
-        ["Seed", _fmt(m.get("seed"))],
-        ["Device", str(m.get("device", "unknown"))],
-        ["Python, platform", f"{m.get('python', '?')}, {m.get('platform', '?')}"],
-        ["Slide file", str(slide.get("path", "unknown"))],
-        ["Slide quick hash (SHA-256)", str(slide.get("quickhash", "unknown"))],
-        ["Vendor, objective", f"{slide.get('vendor', '?')}, {_fmt(slide.get('objective_power'))}×"],
-        ["Pyramid levels (px)", "; ".join(f"{a} × {b}" for a, b in levels) if levels else "n/a"],
-        ["Pixel size", f"{_fmt(run.mpp)} µm/px ({slide.get('mpp_source', 'n/a')})"],
-        ["Cohort", ", ".join(m["cohort"]) if isinstance(m.get("cohort"), list) else "no (slide analysed alone)"],
-        ["Peak memory", f"{_fmt(m.get('peak_rss_mb'))} MB"],
+        ["Tool", f"tumls-qp {m.version} (report by tumls-qp {__version__})"],
+        ["Analysed", m.created],
+        ["Seed", _fmt(m.seed)],
+        ["Device", environment.device],
+        ["Python, platform", f"{environment.python}, {environment.platform}"],
+        ["Slide file", slide.path],
+        ["Slide quick hash (SHA-256)", slide.quickhash],
+        ["Vendor, objective", f"{slide.vendor}, {_fmt(slide.objective_power)}×"],
+        ["Pyramid levels (px)", "; ".join(f"{a} × {b}" for a, b in slide.levels) if slide.levels else "n/a"],
+        ["Pixel size", f"{_fmt(run.mpp)} µm/px ({slide.mpp_source})"],
+        ["Cohort", ", ".join(m.cohort) if m.cohort is not None else "no (slide analysed alone)"],
+        ["Peak memory", f"{_fmt(environment.peak_rss_mb)} MB"],
     ]
     story.append(_table(rows, styles, widths=[130, 380]))
-    timings = m.get("timings_s") or {}
+    timings = m.timings_s
     if timings:
         story.append(_para("Timings of the stages (seconds, from manifest.json when the report was rendered)",
                            styles.h2))
         story.append(_table([list(timings)] + [[_fmt(float(v), 3) for v in timings.values()]], styles))
-    dependencies = m.get("dependencies") or {}
-    if dependencies:
+    if environment.dependencies:
         story.append(_para("Versions", styles.h2))
-        items = list(dependencies.items())
+        items = list(environment.dependencies.items())
         half = math.ceil(len(items) / 2)
         rows = [["Package", "Version", "Package", "Version"]]
         for i in range(half):
@@ -855,10 +833,10 @@ def _compact_toml(text: str) -> str:
 
 def _one_cohort(runs: list[RunFolder]) -> bool:
     """True when the runs come from one ``--cohort`` analysis (same cohort list, same k)."""
-    cohorts = [r.manifest.get("cohort") for r in runs]
+    cohorts = [r.manifest.cohort for r in runs]
     first = cohorts[0]
-    return isinstance(first, list) and all(c == first for c in cohorts) and len({r.k for r in runs}) == 1 and \
-        {r.path.name for r in runs} <= set(map(str, first))
+    return first is not None and all(c == first for c in cohorts) and len({r.k for r in runs}) == 1 and \
+        {r.path.name for r in runs} <= set(first)
 
 
 def _cohort_story(styles: _Styles, runs: list[RunFolder]) -> list[Any]:
@@ -885,20 +863,18 @@ def _cohort_story(styles: _Styles, runs: list[RunFolder]) -> list[Any]:
                               "Mean uncertainty", "Warn­ings", "Quick hash"]]
     shares = np.zeros((len(runs), k))
     areas = np.zeros((len(runs), k))
-    unit = "area (mm²)" if all(r.tile_area_um2 is not None for r in runs) else "area (tiles)"
     for i, run in enumerate(runs):
         counts = np.zeros(k)
         counts[: run.k] = run.tiles_per_tissue()
         shares[i] = 100 * counts / counts.sum() if counts.sum() else 0
-        areas[i] = counts * (run.tile_area_um2 / 1e6) if unit == "area (mm²)" else counts
-        total_area = counts.sum() * run.tile_area_um2 if run.tile_area_um2 is not None else None
+        areas[i] = counts * (run.tile_area_um2 / 1e6)
+        total_area = counts.sum() * run.tile_area_um2
         largest = int(np.argmax(counts)) + 1
         present = [str(t) for t in range(1, k + 1) if counts[t - 1] > 0]
         rows.append([run.slide_name, _fmt(int(counts.sum())), _area(total_area), ", ".join(present),
                      f"{largest} ({shares[i, largest - 1]:.1f} %)",
-                     f"{run.uncertainty.mean():.3f}" if len(run.uncertainty) else "n/a",
-                     _fmt(len(run.manifest.get("warnings") or [])),
-                     str(_get(run.manifest, "slide", "quickhash") or "n/a")[:12]])
+                     f"{run.tiles.uncertainty.mean():.3f}" if len(run.tiles.uncertainty) else "n/a",
+                     _fmt(len(run.manifest.warnings)), run.manifest.slide.quickhash[:12]])
     story.append(_table(rows, styles, widths=[110, 40, 65, 48, 58, 52, 44, 93]))
 
     story.append(_para("Tissue distribution per slide", styles.h2))
@@ -910,7 +886,7 @@ def _cohort_story(styles: _Styles, runs: list[RunFolder]) -> list[Any]:
                         widths=[130] + [width] * k))
     story.append(KeepTogether([
         _para("Each tissue over the slides", styles.h2),
-        _image(figures.cohort_tissue_figure(names, areas, k, unit)),
+        _image(figures.cohort_tissue_figure(names, areas, k, "area (mm²)")),
         _para("The area of each tissue on each slide. The following pages hold each slide's case report.",
               styles.small),
     ]))

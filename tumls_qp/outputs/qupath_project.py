@@ -14,7 +14,6 @@ Never write into a project that QuPath has open: QuPath would overwrite the chan
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import InvalidInputError, TumlsQpError
 from .qupath import TAG_MEASUREMENT, file_uri_to_path, is_tagged
+from .run_folder import read_run
 
 __all__ = [
     "ProjectObject",
@@ -29,7 +29,6 @@ __all__ = [
     "RunWritten",
     "project_objects",
     "apply_objects",
-    "read_run",
     "load_paquo",
     "write_runs",
     "PAQUO_HINT",
@@ -170,24 +169,6 @@ def apply_objects(hierarchy: Any, objects: Sequence[ProjectObject], path_class: 
     return removed
 
 
-def read_run(run_dir: str | os.PathLike[str]) -> tuple[Path, int, int, list[dict[str, Any]]]:
-    """A run folder's slide path, level-0 width and height, and GeoJSON features."""
-    from .geojson import read_geojson
-
-    run_dir = Path(run_dir)
-    try:
-        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-        slide = manifest["slide"]
-        data = read_geojson(run_dir / manifest["outputs"]["geojson"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidInputError(
-            f"{str(run_dir)!r} is not a complete tumls-qp run folder ({exc}); give folders written by "
-            "`tumls-qp analyze`"
-        ) from exc
-    features = data["features"] if isinstance(data, dict) else data
-    return Path(slide["path"]), int(slide["width_px"]), int(slide["height_px"]), features
-
-
 def load_paquo() -> tuple[Any, Any, Any]:
     """``(QuPathProject, QuPathPathClass, QuPathImageType)``, or a :class:`QuPathUnavailableError` with the fix."""
     try:
@@ -233,7 +214,8 @@ def write_runs(project_path: str | os.PathLike[str], run_dirs: Sequence[str | os
         A run folder is incomplete, its slide is not in the project (without ``add_images``),
         or the entry's size differs from the slide's level 0.
     """
-    runs = [(Path(r), *read_run(r)) for r in run_dirs]
+    runs = [read_run(r) for r in run_dirs]
+    objects_of = {run.path: project_objects(run.geojson()) for run in runs}  # every run readable before QuPath starts
     QuPathProject, QuPathPathClass, QuPathImageType = load_paquo()
     written = []
     with QuPathProject(Path(project_path), mode="a") as project:
@@ -245,7 +227,9 @@ def write_runs(project_path: str | os.PathLike[str], run_dirs: Sequence[str | os
                 project.path_classes = [*project.path_classes, known[name]]
             return known[name]
 
-        for run_dir, slide, width, height, features in runs:
+        for run in runs:
+            run_dir, slide = run.path, run.manifest.slide.path
+            width, height = run.manifest.slide.width_px, run.manifest.slide.height_px
             real = Path(os.path.realpath(slide))
             entry = next((e for e in project.images if _entry_path(e) == real), None)
             added_image = False
@@ -262,7 +246,7 @@ def write_runs(project_path: str | os.PathLike[str], run_dirs: Sequence[str | os
                     f"image {entry.image_name!r} is {entry.width} x {entry.height} px in QuPath but the slide of "
                     f"{run_dir.name} is {width} x {height} px: the objects would not line up"
                 )
-            objects = project_objects(features)
+            objects = objects_of[run_dir]
             removed = apply_objects(entry.hierarchy, objects, path_class)
             written.append(RunWritten(run_dir=run_dir, image_name=entry.image_name, added_image=added_image,
                                       removed=removed, added=len(objects)))

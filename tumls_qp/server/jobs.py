@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import FormatVersionError, InvalidInputError
+from ..outputs.run_folder import REPORT_PDF, read_run
 from .errors import JobNotFoundError, JobStateError, QueueFullError, RequestError, ResultNotFoundError
 from .intake import admit, config_dict, slide_path
 from .runner import Runner
@@ -108,10 +109,10 @@ class JobService:
     def report_path(self, job_id: str) -> tuple[Path, str]:
         """The run's PDF report and a download name."""
         job = self._succeeded(job_id)
-        path = Path(job.run_dir or "") / "report.pdf"
+        path = Path(job.run_dir or "") / REPORT_PDF
         if not path.is_file():
             raise ResultNotFoundError(
-                f"job {job_id} has no PDF report: its run folder {job.run_dir} holds no report.pdf (this tumls-qp "
+                f"job {job_id} has no PDF report: its run folder {job.run_dir} holds no {REPORT_PDF} (this tumls-qp "
                 "version does not write one, or the report failed; see the job's warnings)"
             )
         stem = os.path.basename(job.run_dir or "report")
@@ -141,9 +142,14 @@ class JobService:
                 f"job {job_id} is a {job.kind} job; this needs an {kind} job of the image (POST /jobs), whose "
                 "run folder holds the encoder and its embeddings", field="job")
         run_dir = Path(job.run_dir or "")
-        if not (run_dir / "embeddings.npz").is_file():
-            raise ResultNotFoundError(f"the run folder of job {job_id} ({run_dir}) has no embeddings.npz; it was "
-                                      "removed by hand: run the job again")
+        try:
+            read_run(run_dir, kinds=(job.kind,))
+        except FormatVersionError as exc:
+            raise JobStateError(f"job {job_id} was run by an earlier tumls-qp: {exc} Submit the image again "
+                                "(POST /jobs) to analyse it with this version.") from exc
+        except InvalidInputError as exc:
+            raise ResultNotFoundError(f"the run folder of job {job_id} is incomplete ({exc}); it was changed by "
+                                      "hand: run the job again") from exc
         return job, run_dir
 
     def seeded(self, job_id: str, body: SeedRequest) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -182,10 +188,10 @@ class JobService:
         (k from the elbow rule unless given) and kept in the run folder (``prototypes/``), which
         ``POST /dictionaries`` then reads; a request with another ``k`` or ``t`` replaces them.
         """
-        from ..labelling import PROTOTYPES_DIR, load_overclustering, write_prototypes
-        from ..outputs.geojson import read_geojson, validate_geojson
-        from ..outputs.qupath import PROTOTYPES_TAG, tag_features
         from ..interactive.prototypes import DEFAULT_T
+        from ..labelling import load_overclustering, write_prototypes
+        from ..outputs.geojson import read_geojson, require_valid
+        from ..outputs.qupath import PROTOTYPES_TAG, tag_features
 
         job, run_dir = self.run_folder(job_id, kind="analysis")
         want_t = DEFAULT_T if t is None else t
@@ -194,26 +200,23 @@ class JobService:
                 _, manifest = load_overclustering(run_dir)
             except InvalidInputError:
                 manifest = None
-            stale = (manifest is None or manifest.get("t") != want_t
-                     or (manifest.get("k") != k if k is not None else manifest.get("k_source") != "elbow"))
+            stale = (manifest is None or manifest.t != want_t
+                     or (manifest.k != k if k is not None else manifest.k_source != "elbow"))
             if stale:
                 try:
                     write_prototypes(run_dir, k=k, t=want_t)
                 except InvalidInputError as exc:
                     raise RequestError(f"k: {exc}", field="k") from exc
                 _, manifest = load_overclustering(run_dir)
-            data = read_geojson(run_dir / PROTOTYPES_DIR / "prototypes.geojson")
+            data = read_geojson(read_run(run_dir).prototypes_geojson_path)
         features = data["features"]
         for feature in features:
             properties = feature["properties"]
             cluster = int(properties["measurements"]["Prototype"])
             properties["classification"] = {"name": f"Cluster {cluster}", "color": list(properties["color"])}
-            properties["measurements"]["Prototype clusters"] = float(manifest["k"])
+            properties["measurements"]["Prototype clusters"] = float(manifest.k)
         tag_features(features, job.number, PROTOTYPES_TAG)
-        problems = validate_geojson(data)
-        if problems:  # a bug upstream: never hand QuPath a file it would refuse
-            raise RuntimeError("the prototype GeoJSON breaks QuPath's rules: " + "; ".join(problems[:5]))
-        return data
+        return require_valid(data, "the prototype GeoJSON")
 
     def health(self) -> dict[str, Any]:
         alive = self.runner.workers_alive()

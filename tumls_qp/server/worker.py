@@ -104,16 +104,13 @@ def publish_geojson(run_dir: Path, geojson_name: str, job_number: int, target: P
         ``class_table`` of the objects.
     n_features : int
     """
-    from ..outputs.geojson import read_geojson, validate_geojson, write_geojson
+    from ..outputs.geojson import read_geojson, require_valid, write_geojson
     from ..outputs.qupath import TAG_MEASUREMENT, class_table, tag_features
 
     data = read_geojson(run_dir / geojson_name)
     features = data["features"] if isinstance(data, dict) else data
     tag_features(features, job_number, tag or TAG_MEASUREMENT)
-    problems = validate_geojson(data)
-    if problems:  # a bug upstream: never hand QuPath a file it would refuse
-        raise RuntimeError("the run's GeoJSON breaks QuPath's rules: " + "; ".join(problems[:5]))
-    write_geojson(data, target, compress=True)
+    write_geojson(require_valid(data, "the run's GeoJSON"), target, compress=True)
     return class_table(features), len(features)
 
 
@@ -121,6 +118,7 @@ def _run_analysis(store: JobStore, settings: ServerSettings, job: Job, slide: Pa
                   out_dir: Path) -> tuple[Path, Path, list[dict[str, Any]], dict[str, Any]]:
     """The pipeline on one image; returns (run folder, served GeoJSON, classes, summary)."""
     from ..config import config_from_dict
+    from ..outputs.run_folder import REPORT_PDF
     from ..pipeline import analyze
 
     config = config_from_dict(job.config)
@@ -130,17 +128,17 @@ def _run_analysis(store: JobStore, settings: ServerSettings, job: Job, slide: Pa
     manifest = run.manifest
     store.progress(job.id, job.attempt, 0.99, "publish", "preparing the GeoJSON for QuPath")
     served = out_dir / SERVED_GEOJSON
-    classes, n_features = publish_geojson(run.run_dir, manifest["outputs"]["geojson"], job.number, served)
-    colours_name = manifest["outputs"].get("embedding_colours")
+    classes, n_features = publish_geojson(run.run_dir, manifest.outputs.geojson, job.number, served)
+    colours_name = manifest.outputs.embedding_colours
     if colours_name:
         publish_geojson(run.run_dir, colours_name, job.number, out_dir / SERVED_EMBEDDING_COLOURS)
     summary = {
-        "k": manifest.get("clusters", {}).get("k"),
-        "tissue_tiles": manifest.get("tiles", {}).get("kept"),
+        "k": manifest.clusters.k,
+        "tissue_tiles": manifest.tiles.kept,
         "features": n_features,
-        "embedding_cache": manifest.get("embedding", {}).get("cache"),
-        "warnings": list(job.warnings) + list(manifest.get("warnings", [])),
-        "report": (run.run_dir / "report.pdf").is_file(),
+        "embedding_cache": manifest.embedding.cache,
+        "warnings": list(job.warnings) + list(manifest.warnings),
+        "report": (run.run_dir / REPORT_PDF).is_file(),
         "run_dir": str(run.run_dir),
         "embedding_colours": bool(colours_name),
     }
@@ -167,12 +165,12 @@ def _run_dictionary(store: JobStore, settings: ServerSettings, job: Job, slide: 
     manifest = result.manifest
     store.progress(job.id, job.attempt, 0.99, "publish", "preparing the GeoJSON for QuPath")
     served = out_dir / SERVED_GEOJSON
-    classes, n_features = publish_geojson(result.out_dir, manifest["outputs"]["geojson"], job.number, served,
+    classes, n_features = publish_geojson(result.out_dir, manifest.outputs.geojson, job.number, served,
                                           tag=DICTIONARY_TAG)
-    query = manifest["query"]
+    query = manifest.query
     summary = {
-        "k": len(manifest["dictionary"]["classes"]),
-        "tissue_tiles": manifest["tiles"]["kept"],
+        "k": len(manifest.dictionary.classes),
+        "tissue_tiles": manifest.tiles.kept,
         "features": n_features,
         "embedding_cache": None,
         "warnings": list(job.warnings),
@@ -180,10 +178,9 @@ def _run_dictionary(store: JobStore, settings: ServerSettings, job: Job, slide: 
         "run_dir": str(result.out_dir),
         "embedding_colours": False,
         "dictionary": {
-            "id": options["dictionary_id"], "name": options.get("dictionary_name"), "query": query["shown"],
-            "gamma": query["gamma"], "groups": query["groups"],
-            "tiles_per_class": query["tiles_per_class"][query["shown"]],
-            "agreement_dq_cq": round(float(query["agreement_dq_cq"]), 4),
+            "id": options["dictionary_id"], "name": options.get("dictionary_name"), "query": query.shown,
+            "gamma": query.gamma, "groups": query.groups, "tiles_per_class": query.tiles_per_class[query.shown],
+            "agreement_dq_cq": round(query.agreement_dq_cq, 4),
         },
     }
     return result.out_dir, served, classes, summary

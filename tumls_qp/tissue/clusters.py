@@ -160,10 +160,10 @@ class Clustering:
         return np.bincount(self.labels, minlength=self.k).tolist()
 
     def select(self, part: slice | np.ndarray) -> "Clustering":
-        """The same clustering restricted to some tiles (e.g. one slide of a cohort); no linkage."""
+        """The part that covers some tiles (e.g. one slide of a cohort); centroids, gaps and linkage stay the whole's."""
         return replace(self, labels=self.labels[part], distance=self.distance[part],
                        uncertainty=self.uncertainty[part], posterior=self.posterior[part],
-                       confidence=self.confidence[part], linkage=None, linkage_indices=None)
+                       confidence=self.confidence[part], linkage_indices=None)
 
 
 def dendrogram_gaps(heights: np.ndarray, k_lo: int, k_hi: int) -> dict[int, float]:

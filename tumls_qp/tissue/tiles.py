@@ -39,6 +39,8 @@ __all__ = [
     "select_tiles",
     "tile_pixels",
     "require_tissue",
+    "TissueTiles",
+    "tissue_tiles",
     "DROP_REASONS",
 ]
 
@@ -304,3 +306,64 @@ def require_tissue(selection: TileSelection, grid: TileGrid, cfg: TileConfig, sl
             f"needed to learn and cluster tissues). Use a smaller --tile-um, e.g. --tile-um "
             f"{max(1.0, grid.tile_um / 4):.0f}."
         )
+
+
+@dataclass(frozen=True)
+class TissueTiles:
+    """A slide's tissue level, read and filtered: what the embedding stage needs."""
+
+    grid: TileGrid
+    #: (rows * tile_px, columns * tile_px, 3) uint8: the tiled area at the tissue level.
+    thumbnail: np.ndarray
+    selection: TileSelection
+    #: (n, tile_px, tile_px, 3) uint8 pixels of the kept tiles, in the order of ``selection.kept``.
+    tiles: np.ndarray
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(n, 4) int64 boxes (x, y, width, height) in level-0 px of the kept tiles."""
+        return self.grid.boxes(self.selection.kept)
+
+
+def tissue_tiles(
+    slide: Slide,
+    cfg: TileConfig,
+    *,
+    allow_non_he: bool = False,
+    thumbnail: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TissueTiles:
+    """From a slide to its tissue tiles: grid, tissue-level image, H&E checks, tissue mask, selection, pixels.
+
+    Parameters
+    ----------
+    slide : Slide
+    cfg : TileConfig
+    allow_non_he : bool
+        Skip the brightfield H&E checks (``slide.allow_non_he``).
+    thumbnail : (rows * tile_px, columns * tile_px, 3) uint8 ndarray, optional
+        The tissue-level image when it is known already (from a cache); read from the slide otherwise.
+    progress : callable(done, total), optional
+        Tiles read so far, while the tissue-level image is read.
+
+    Raises
+    ------
+    InvalidInputError
+        The tile does not fit the slide (:func:`plan_grid`).
+    NotBrightfieldError
+        Unless ``allow_non_he``: the slide does not look like brightfield H&E.
+    NoTissueError
+        Fewer than ``cfg.min_tiles`` tissue tiles.
+    """
+    grid = plan_grid(slide, cfg)
+    if thumbnail is None:
+        thumbnail = read_thumbnail(slide, grid, progress=progress)
+    if not allow_non_he:
+        check_brightfield_he(thumbnail)
+    mask = tissue_mask(thumbnail, grid.lowres_mpp, cfg)
+    if not allow_non_he:
+        check_brightfield_he(thumbnail, mask)
+    selection = select_tiles(thumbnail, mask, grid, cfg)
+    require_tissue(selection, grid, cfg, slide.path.name)
+    return TissueTiles(grid=grid, thumbnail=thumbnail, selection=selection,
+                       tiles=tile_pixels(thumbnail, grid, selection.kept))

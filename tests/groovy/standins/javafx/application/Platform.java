@@ -1,13 +1,24 @@
 package javafx.application;
 
-/** Runs the task at once and counts it (QuPath's GUI thread is not there in the tests). */
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+
+/**
+ * The JavaFX application thread: runLater() queues the task and returns at once (it runs later, on that one
+ * thread), as in JavaFX.
+ */
 public final class Platform {
-    public static int runLaterCalls;
+    private static volatile Thread fxThread;
+    private static final ExecutorService FX = Executors.newSingleThreadExecutor(task -> {
+        Thread thread = new Thread(task, "JavaFX Application Thread");
+        thread.setDaemon(true);
+        fxThread = thread;
+        return thread;
+    });
 
     private Platform() {}
 
-    public static void runLater(Runnable task) {
-        runLaterCalls++;
-        task.run();
-    }
+    public static void runLater(Runnable runnable) { FX.execute(runnable); }
+
+    public static boolean isFxApplicationThread() { return Thread.currentThread() == fxThread; }
 }

@@ -1,6 +1,6 @@
 package qupath.lib.common;
 
-/** Packed RGB colours, as QuPath stores them. */
+/** Packed (A)RGB colours, as QuPath stores them. */
 public final class ColorTools {
     private ColorTools() {}
 

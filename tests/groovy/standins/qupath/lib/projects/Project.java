@@ -1,32 +1,20 @@
 package qupath.lib.projects;
 
 import java.nio.file.Path;
-import java.util.ArrayList;
 import java.util.Collection;
 import java.util.List;
+import qupath.lib.images.ImageData;
 import qupath.lib.objects.classes.PathClass;
 
-/** A project: its file and its class list (QuPath writes the list to classifiers/classes.json). */
-public class Project<T> {
-    private final Path path;
-    private final List<PathClass> pathClasses = new ArrayList<>();
-    public int setPathClassesCalls;
+/** A project (an interface in QuPath; its implementation, DefaultProject, is not public). */
+public interface Project<T> {
+    Path getPath();
 
-    public Project(Path path) { this.path = path; }
+    List<PathClass> getPathClasses();
 
-    public Path getPath() { return path; }
+    boolean setPathClasses(Collection<? extends PathClass> pathClasses);
 
-    public List<PathClass> getPathClasses() { return new ArrayList<>(pathClasses); }
+    ProjectImageEntry<T> getEntry(ImageData<T> imageData);
 
-    public boolean setPathClasses(Collection<? extends PathClass> classes) {
-        setPathClassesCalls++;
-        List<PathClass> next = new ArrayList<>(classes);
-        if (next.equals(pathClasses))
-            return false;
-        pathClasses.clear();
-        pathClasses.addAll(next);
-        return true;
-    }
-
-    public void syncChanges() {}
+    void syncChanges() throws java.io.IOException;
 }

@@ -1,9 +1,6 @@
 package qupath.lib.projects;
 
-public class ProjectImageEntry<T> {
-    private final String imageName;
-
-    public ProjectImageEntry(String imageName) { this.imageName = imageName; }
-
-    public String getImageName() { return imageName; }
+/** An image of a project (an interface in QuPath). */
+public interface ProjectImageEntry<T> {
+    String getImageName();
 }

@@ -1,8 +1,9 @@
 package qupath.lib.scripting;
 
-import java.util.ArrayList;
+import java.awt.image.BufferedImage;
 import java.util.Collection;
-import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
 import qupath.lib.images.ImageData;
 import qupath.lib.images.servers.ImageServer;
 import qupath.lib.objects.PathObject;
@@ -11,58 +12,64 @@ import qupath.lib.objects.hierarchy.PathObjectHierarchy;
 import qupath.lib.projects.Project;
 import qupath.lib.projects.ProjectImageEntry;
 
-/** The static scripting methods the script calls, acting on the "current" image the harness sets. */
+/**
+ * The static scripting methods, acting on the current image and project of the calling thread, as in QuPath:
+ * "Run for project" (and the harness) sets them with setBatchProjectAndImage on the thread that runs the script;
+ * another thread sees none. Only methods that QuPath 0.4-0.7 all have, none deprecated in any of them.
+ */
 public class QP {
-    private static ImageData<?> imageData;
-    private static Project<?> project;
-    private static ProjectImageEntry<?> entry;
-    /** Stand-in only: System.nanoTime() of the last addObjects call. */
-    public static volatile long lastAddNanos;
+    private static final Map<Thread, ImageData<BufferedImage>> BATCH_IMAGE = new ConcurrentHashMap<>();
+    private static final Map<Thread, Project<BufferedImage>> BATCH_PROJECT = new ConcurrentHashMap<>();
 
-    /** Stand-in only: what "Run for project" does before each image (fresh ImageData, nothing selected). */
-    public static synchronized void setCurrent(ImageData<?> data, Project<?> currentProject,
-                                               ProjectImageEntry<?> currentEntry) {
-        imageData = data;
-        project = currentProject;
-        entry = currentEntry;
+    public static void setBatchProjectAndImage(Project<BufferedImage> project, ImageData<BufferedImage> imageData) {
+        Thread thread = Thread.currentThread();
+        if (project == null)
+            BATCH_PROJECT.remove(thread);
+        else
+            BATCH_PROJECT.put(thread, project);
+        if (imageData == null)
+            BATCH_IMAGE.remove(thread);
+        else
+            BATCH_IMAGE.put(thread, imageData);
     }
 
-    public static ImageData<?> getCurrentImageData() { return imageData; }
+    public static void resetBatchProjectAndImage() { setBatchProjectAndImage(null, null); }
 
-    public static ImageServer<?> getCurrentServer() { return imageData == null ? null : imageData.getServer(); }
+    public static ImageData<BufferedImage> getCurrentImageData() { return BATCH_IMAGE.get(Thread.currentThread()); }
+
+    public static Project<BufferedImage> getProject() { return BATCH_PROJECT.get(Thread.currentThread()); }
+
+    public static ProjectImageEntry<BufferedImage> getProjectEntry() {
+        Project<BufferedImage> project = getProject();
+        ImageData<BufferedImage> imageData = getCurrentImageData();
+        if (project == null || imageData == null)
+            return null;
+        return project.getEntry(imageData);
+    }
 
     public static PathObjectHierarchy getCurrentHierarchy() {
+        ImageData<?> imageData = getCurrentImageData();
         return imageData == null ? null : imageData.getHierarchy();
     }
 
-    public static Project<?> getProject() { return project; }
+    public static ImageServer<?> getCurrentServer() {
+        ImageData<?> imageData = getCurrentImageData();
+        return imageData == null ? null : imageData.getServer();
+    }
 
-    public static ProjectImageEntry<?> getProjectEntry() { return entry; }
-
-    public static List<PathObject> getAnnotationObjects() {
-        List<PathObject> out = new ArrayList<>();
+    public static Collection<PathObject> getAnnotationObjects() {
         PathObjectHierarchy hierarchy = getCurrentHierarchy();
-        if (hierarchy != null)
-            for (PathObject object : hierarchy.getFlattenedObjectList(null))
-                if (object.isAnnotation())
-                    out.add(object);
-        return out;
+        return hierarchy == null ? java.util.List.of() : hierarchy.getAnnotationObjects();
     }
 
     public static PathClass getPathClass(String name) { return PathClass.fromString(name); }
 
-    public static void addObjects(Collection<? extends PathObject> objects) {
-        PathObjectHierarchy hierarchy = getCurrentHierarchy();
-        if (hierarchy == null)
-            return;
-        hierarchy.addObjects(objects);
-        lastAddNanos = System.nanoTime();
-    }
+    public static PathClass getPathClass(String name, Integer rgb) { return PathClass.fromString(name, rgb); }
 
-    public static void removeObjects(Collection<PathObject> objects, boolean keepChildren) {
+    public static void addObjects(Collection<PathObject> pathObjects) {
         PathObjectHierarchy hierarchy = getCurrentHierarchy();
         if (hierarchy != null)
-            hierarchy.removeObjects(objects, keepChildren);
+            hierarchy.addObjects(pathObjects);
     }
 
     public static void resolveHierarchy() {
@@ -74,6 +81,6 @@ public class QP {
     public static void fireHierarchyUpdate() {
         PathObjectHierarchy hierarchy = getCurrentHierarchy();
         if (hierarchy != null)
-            hierarchy.fireHierarchyChangedEvent(null);
+            hierarchy.fireHierarchyChangedEvent(QP.class);
     }
 }

@@ -1,9 +1,18 @@
 package qupath.lib.roi.interfaces;
 
-import com.google.gson.JsonElement;
+import org.locationtech.jts.geom.Geometry;
 
-/** A region of interest; here only the GeoJSON geometry it was made from. */
+/** A region of interest: here always backed by a JTS geometry, as QuPath's ROIs can be converted to one. */
 public interface ROI {
-    /** Stand-in only. */
-    JsonElement getGeometryJson();
+    Geometry getGeometry();
+
+    double getArea();
+
+    boolean isArea();
+
+    boolean isEmpty();
+
+    double getCentroidX();
+
+    double getCentroidY();
 }

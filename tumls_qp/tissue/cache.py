@@ -1,0 +1,129 @@
+"""The embedding cache: a slide group's tissue-level images, tile embeddings and trained autoencoder.
+
+Analysing the same slides with the same tiling, stain checks, embedding parameters and seed
+again (e.g. with another k) reuses them instead of training again. One entry per key
+(:func:`cache_key`), a folder ``<cache>/<key>/`` holding ``tiles.npz`` (``latents``,
+``n_slides``, ``thumbnail_0``, ...), ``history.json`` (the training history), the
+checkpoint (``model.pt``, ``model.json``) and an empty ``complete`` marker written last. An
+entry is built in a hidden staging folder and renamed into place, so a reader never sees
+half of one; a damaged entry is ignored with a warning. ``CACHE_FORMAT`` is part of the key:
+bump it when the entry's layout changes, and old entries are simply not found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..config import PipelineConfig
+from ..errors import TumlsQpError
+
+__all__ = ["CachedEmbeddings", "cache_key", "load_cached", "store_cached", "default_cache_dir", "CACHE_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+#: Layout version of a cache entry (part of the key).
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CachedEmbeddings:
+    """One cache entry: per slide its tissue-level image, and the group's embeddings and model.
+
+    Attributes
+    ----------
+    thumbnails : list of (H, W, 3) uint8 ndarrays
+        One per slide, in the order of the key.
+    latents : (n, d) float32 ndarray
+        The tissue tiles of all slides, slide after slide.
+    history : TrainingHistory
+    model : Autoencoder
+    """
+
+    thumbnails: list[np.ndarray]
+    latents: np.ndarray
+    history: Any
+    model: Any
+
+
+def default_cache_dir() -> Path:
+    """``$TUMLS_QP_CACHE``, else ``$XDG_CACHE_HOME/tumls-qp``, else ``~/.cache/tumls-qp``."""
+    if os.environ.get("TUMLS_QP_CACHE"):
+        return Path(os.environ["TUMLS_QP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tumls-qp"
+
+
+def cache_key(slides: Sequence[tuple[str, float, tuple[int, int]]], config: PipelineConfig) -> str:
+    """The key of a slide group's entry.
+
+    Parameters
+    ----------
+    slides : sequence of (quick hash, level-0 µm/px, (width, height) px)
+        One per slide, in analysis order.
+    config : PipelineConfig
+        Its tiling, stain check, embedding (but the CPU thread count) and seed enter the key.
+    """
+    embedding = {k: v for k, v in asdict(config.embedding).items() if k != "num_threads"}
+    payload = {
+        "format": CACHE_FORMAT,
+        "version": __version__,
+        "slides": [[h, round(mpp, 6), dims] for h, mpp, dims in slides],
+        "tiles": asdict(config.tiles),
+        "allow_non_he": config.slide.allow_non_he,
+        "embedding": embedding,
+        "seed": config.seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def load_cached(cache: Path, key: str) -> CachedEmbeddings | None:
+    """The entry ``key``, or None when there is none (or it is damaged: logged, then ignored)."""
+    folder = cache / key
+    if not (folder / "complete").exists():
+        return None
+    try:
+        from .embeddings import TrainingHistory, load_checkpoint
+
+        with np.load(folder / "tiles.npz") as npz:
+            latents = npz["latents"]
+            thumbnails = [npz[f"thumbnail_{i}"] for i in range(int(npz["n_slides"]))]
+        history = TrainingHistory(**json.loads((folder / "history.json").read_text()))
+        model, _ = load_checkpoint(folder)
+    except (OSError, ValueError, KeyError, TypeError, TumlsQpError) as exc:
+        log.warning("ignoring the damaged cache entry %s: %s", folder, exc)
+        return None
+    log.info("reusing cached embeddings %s", folder)
+    return CachedEmbeddings(thumbnails=thumbnails, latents=latents, history=history, model=model)
+
+
+def store_cached(cache: Path, key: str, entry: CachedEmbeddings) -> None:
+    """Store ``entry`` under ``key``, replacing an older one; a failure is logged, never raised (it is a cache)."""
+    from .embeddings import save_checkpoint
+
+    folder = cache / key
+    tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        tmp.mkdir(parents=True)
+        arrays = {f"thumbnail_{i}": t for i, t in enumerate(entry.thumbnails)}
+        np.savez_compressed(tmp / "tiles.npz", latents=entry.latents, n_slides=len(entry.thumbnails), **arrays)
+        (tmp / "history.json").write_text(json.dumps(asdict(entry.history)))
+        save_checkpoint(entry.model, tmp, {})
+        (tmp / "complete").write_text("")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except OSError as exc:
+        log.warning("could not store the embedding cache in %s: %s", cache, exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

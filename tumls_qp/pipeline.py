@@ -1,6 +1,6 @@
 """The only place where all stages meet: slides in, one run folder per slide out.
 
-The pipeline calls the stages in order (tiles, autoencoder, embeddings, clusters,
+The pipeline calls the stages in order (tiles, autoencoder, embeddings, clusters, regions,
 representatives, nuclei) and hands each slide's results, one :class:`SlideAnalysis`, to
 :mod:`tumls_qp.outputs.run_folder`, which writes the run folder (see the README's
 "Outputs"). Run folders are built in hidden staging folders and renamed into place at the
@@ -29,7 +29,8 @@ from .outputs.run_folder import AnalysisManifest, Patch, PatchNuclei, RunStaging
 from .slide import Slide, open_slide, slide_quickhash
 from .tissue.cache import CachedEmbeddings, cache_key, load_cached, store_cached
 from .tissue.clusters import Clustering, cluster_embeddings
-from .tissue.representatives import Representative, select_representatives
+from .tissue.regions import RegionMap, refine_regions
+from .tissue.representatives import Representative, patch_box, select_representatives
 from .tissue.tiles import TissueTiles, tissue_tiles
 
 __all__ = ["analyze", "RunResult", "ProgressFn", "STAGES", "PATCH_MAX_PX"]
@@ -37,7 +38,7 @@ __all__ = ["analyze", "RunResult", "ProgressFn", "STAGES", "PATCH_MAX_PX"]
 log = logging.getLogger(__name__)
 
 #: Stages in the order they run; progress callbacks name one of them.
-STAGES = ("tiles", "train", "embed", "cluster", "nuclei", "outputs")
+STAGES = ("tiles", "train", "embed", "cluster", "regions", "nuclei", "outputs")
 #: progress(stage, fraction of that stage done in [0, 1], message).
 ProgressFn = Callable[[str, float, str], None]
 #: Largest side in pixels of a saved representative patch (larger tiles are saved downsampled).
@@ -206,7 +207,11 @@ def _analyze_group(
 
         with timer.stage("cluster"):
             progress("cluster", 0.0, "clustering")
-            clustering = cluster_embeddings(latents, config.clusters, config.seed)
+            # Tile positions (grid column, row) for graph clustering; tiles of different slides are never joined.
+            positions = np.concatenate([np.column_stack(np.divmod(d.tiles.selection.kept, d.tiles.grid.shape[0])[::-1])
+                                        for d in data]).astype(np.float64)
+            groups = np.concatenate([np.full(len(d.tiles.tiles), i) for i, d in enumerate(data)])
+            clustering = cluster_embeddings(latents, config.clusters, config.seed, positions=positions, groups=groups)
             progress("cluster", 1.0, f"k = {clustering.k}")
 
         offsets = np.cumsum([0] + [len(d.tiles.tiles) for d in data])
@@ -214,7 +219,14 @@ def _analyze_group(
             for i, (d, name) in enumerate(zip(data, names)):
                 part = slice(int(offsets[i]), int(offsets[i + 1]))
                 local = clustering.select(part)
-                reps = select_representatives(local, config.representatives.n)
+                with timer.stage("regions"):
+                    progress("regions", i / len(data), f"{config.regions.method} regions of {name}")
+                    grid = d.tiles.grid
+                    regions = refine_regions(d.tiles.thumbnail, grid.shape, grid.tile_px, d.tiles.selection.kept,
+                                             local.labels, local.posterior, config.regions, tissue=d.tiles.mask,
+                                             downsample=grid.tile_size / grid.tile_px)
+                    progress("regions", (i + 1) / len(data), f"{regions.method} regions of {name}")
+                reps = select_representatives(local, config.representatives.n, config.representatives.min_confidence)
                 with timer.stage("nuclei"):
                     patches, tissue_features = _low_level(
                         d.slide, d.tiles.boxes, reps, config,
@@ -229,8 +241,9 @@ def _analyze_group(
                         cache_hit=cached is not None, model=model,
                         reconstructions=_reconstructions(model, d.tiles.tiles),
                         embedding_colours=_embedding_colours(latents[part], config),
-                        warnings=tuple(_warnings(d, config, clustering, local, history, cohort)),
-                        timings_s=dict(timer.seconds),
+                        warnings=tuple(_warnings(d, config, clustering, local, history, cohort, regions, reps,
+                                                 tissue_features)),
+                        timings_s=dict(timer.seconds), regions=regions,
                     )
                     staged = staging.write(name, analysis)
                     if config.output.report:
@@ -274,10 +287,25 @@ def _read_tiles(
 
 
 def _warnings(d: _SlideTiles, config: PipelineConfig, clustering: Clustering, local: Clustering, history: object,
-              cohort: bool) -> list[str]:
-    warnings = list(d.warnings)
+              cohort: bool, regions: RegionMap, reps: list[Representative],
+              tissue_features: dict[int, dict[str, float]]) -> list[str]:
+    from .cells.features import FEW_NUCLEI
+
+    warnings = list(d.warnings) + list(clustering.warnings) + list(regions.warnings)
     if clustering.k == 1:
         warnings.append(f"one tissue only (k = 1, {clustering.k_source})")
+    for t in range(clustering.k):
+        mine = [r for r in reps if r.tissue == t]
+        unsure = [r for r in mine if not r.confident]
+        if unsure:
+            warnings.append(f"tissue {t + 1}: {len(unsure)} of its {len(mine)} representatives have a confidence "
+                            f"below representatives.min_confidence ({config.representatives.min_confidence:g}): it "
+                            "has too few tiles the tool is sure of")
+    for t, values in tissue_features.items():
+        count = int(values["Nuclei"])
+        if count < FEW_NUCLEI:
+            warnings.append(f"tissue {t + 1}: its nucleus features rest on {count} nuclei (fewer than {FEW_NUCLEI}); "
+                            "read them as an anecdote, not a measurement")
     if not history.early_stopped:  # type: ignore[attr-defined]
         warnings.append(f"autoencoder training stopped at max_epochs ({config.embedding.max_epochs}) before "
                         "early stopping; the model may be under-trained")
@@ -313,8 +341,10 @@ def _low_level(
 ) -> tuple[tuple[Patch, ...], dict[int, dict[str, float]]]:
     """Read each representative at full resolution; segment and measure its nuclei (TUMLS's low level).
 
-    A patch is level 0 of the tile, downsampled only when its side exceeds ``PATCH_MAX_PX``.
-    Nuclei are segmented in the ``nuclei.representatives`` best representatives of each tissue.
+    A patch is level 0 over ``representatives.patch_um`` centred on the tile (whatever the tile size),
+    downsampled only when its side exceeds ``PATCH_MAX_PX``. Nuclei are segmented in the
+    ``nuclei.representatives`` best representatives of each tissue; the tissue features are
+    measured over the patch's tissue only (glass left out, ``cells.features.tissue_roi``).
 
     Returns
     -------
@@ -325,26 +355,27 @@ def _low_level(
     """
     cfg = config.nuclei
     if cfg.enabled:
-        from .cells.features import combine_rois, measure_nuclei, measure_tissue
+        from .cells.features import combine_rois, measure_nuclei, measure_tissue, tissue_roi
         from .cells.nuclei import labels_to_polygons, segment_nuclei
     patches = []
     per_tissue: dict[int, list[dict[str, float]]] = {}
     for j, rep in enumerate(reps):
         progress(j / max(len(reps), 1), f"tissue {rep.tissue + 1}, representative {rep.rank}")
-        box = tuple(int(v) for v in boxes[rep.tile])
+        box = patch_box(boxes[rep.tile], config.representatives.patch_um, slide.mpp, slide.dimensions)
         mpp = slide.mpp * max(1.0, max(box[2], box[3]) / PATCH_MAX_PX)
         rgb = slide.read_box(box, mpp)
         if not cfg.enabled or (cfg.representatives is not None and rep.rank > cfg.representatives):
-            patches.append(Patch(rgb=rgb, mpp=mpp, nuclei=None))
+            patches.append(Patch(rgb=rgb, mpp=mpp, nuclei=None, box=box))
             continue
         result = segment_nuclei(rgb, mpp, cfg)
         labels = result.mask2
         table = measure_nuclei(labels, rgb, mpp, haematoxylin=result.haematoxylin)
-        roi = measure_tissue(labels, rgb, mpp, haematoxylin=result.haematoxylin, nuclei=table)
+        roi = measure_tissue(labels, rgb, mpp, roi=tissue_roi(rgb, mpp, cfg.tissue_od),
+                             haematoxylin=result.haematoxylin, nuclei=table)
         per_tissue.setdefault(rep.tissue, []).append(roi)
         polygons = labels_to_polygons(labels, offset=(box[0], box[1]), scale=mpp / slide.mpp)
         patches.append(Patch(rgb=rgb, mpp=mpp, nuclei=PatchNuclei(labels=labels, table=table, roi=roi,
-                                                                  polygons=polygons)))
+                                                                  polygons=polygons), box=box))
     tissue_features = {t: combine_rois(rois) for t, rois in sorted(per_tissue.items())} if cfg.enabled else {}
     nuclei = sum(len(p.nuclei.table["Label"]) for p in patches if p.nuclei is not None)
     progress(1.0, f"{nuclei} nuclei in {sum(p.nuclei is not None for p in patches)} representatives")

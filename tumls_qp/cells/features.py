@@ -40,6 +40,7 @@ __all__ = [
     "measure_tissue",
     "tissue_roi",
     "combine_rois",
+    "FEW_NUCLEI",
     "POOLING",
 ]
 
@@ -443,6 +444,9 @@ def measure_tissue(labels: np.ndarray, rgb: np.ndarray, mpp: float, *, roi: np.n
     return {f.name: float(values[f.key]) for f in TISSUE_FEATURES}
 
 
+#: A tissue whose pooled features rest on fewer nuclei than this is flagged (manifest warning, report): its
+#: means and spread are too noisy to compare tissues by.
+FEW_NUCLEI = 30
 #: Glass-coloured gaps inside the tissue smaller than this (µm²) are tissue (spaces between cells, small
 #: vessels); larger ones are glass (e.g. an empty corner of the patch, the slide edge, a tear).
 TISSUE_HOLE_UM2 = 2000.0

@@ -91,6 +91,7 @@ from .geojson import feature_collection, make_feature, read_geojson, require_val
 if TYPE_CHECKING:
     from ..slide import Slide
     from ..tissue.clusters import Clustering
+    from ..tissue.regions import RegionMap
     from ..tissue.representatives import Representative
     from ..tissue.tiles import TissueTiles
 
@@ -100,14 +101,14 @@ __all__ = [
     # file names
     "MANIFEST", "TISSUE_GEOJSON", "TILES_CSV", "REPRESENTATIVES_CSV", "TRAINING_CSV", "NUCLEI_CSV",
     "PATCH_FEATURES_CSV", "FEATURES_CSV", "EMBEDDINGS_NPZ", "DENDROGRAM_NPZ", "RECONSTRUCTIONS_NPZ",
-    "THUMBNAIL_PNG", "CONFIG_TOML", "MODEL_FILES", "PATCHES_DIR", "REPORT_PDF", "EMBEDDING_COLOURS_GEOJSON",
+    "THUMBNAIL_PNG", "REGIONS_PNG", "CONFIG_TOML", "MODEL_FILES", "PATCHES_DIR", "REPORT_PDF", "EMBEDDING_COLOURS_GEOJSON",
     "EMBEDDING_COLOURS_NPZ", "EMBEDDING_COLOURS_PNG", "DICTIONARY_GEOJSON", "CLUSTERS_CSV", "PROTOTYPES_DIR",
     "PROTOTYPE_CLUSTERS_NPZ", "PROTOTYPES_GEOJSON", "NAMES_TOML",
     # columns
     "TILE_COLUMNS", "REPRESENTATIVE_COLUMNS", "TRAINING_COLUMNS", "NUCLEUS_ID_COLUMNS", "PATCH_ID_COLUMNS",
     "DICTIONARY_TILE_COLUMNS", "CLUSTER_COLUMNS", "TILE_REPRESENTATIVE_COLUMNS",
     # manifests
-    "SlideInfo", "TilesInfo", "EmbeddingInfo", "ClustersInfo", "RepresentativeInfo", "NucleiInfo", "OutputsInfo",
+    "SlideInfo", "TilesInfo", "EmbeddingInfo", "ClustersInfo", "RegionsInfo", "RepresentativeInfo", "NucleiInfo", "OutputsInfo",
     "Environment", "AnalysisManifest", "DictionaryInfo", "DictionaryTilesInfo", "QueryInfo", "DictionaryManifest",
     "TileFolderInfo", "TileClustersInfo", "TileClustersManifest", "ElbowInfo", "PrototypesManifest",
     # writing
@@ -138,6 +139,8 @@ EMBEDDINGS_NPZ = "embeddings.npz"
 DENDROGRAM_NPZ = "dendrogram.npz"
 RECONSTRUCTIONS_NPZ = "reconstructions.npz"
 THUMBNAIL_PNG = "thumbnail.png"
+#: The tissue regions at the tissue level (the thumbnail's size): 16-bit PNG, 0 = no region, t = tissue t.
+REGIONS_PNG = "regions.png"
 CONFIG_TOML = "config.toml"
 #: The encoder checkpoint (``tissue.embeddings.save_checkpoint``): weights, then configuration and history.
 MODEL_FILES = ("model.pt", "model.json")
@@ -168,10 +171,13 @@ def _patch_name(tissue: int, rank: int, suffix: str = ".jpg") -> str:
 # --- columns --------------------------------------------------------------------------------------------------------
 
 #: ``tiles.csv`` of an analysis: one row per tissue tile, in the order of ``embeddings.npz``; box in level-0 px,
-#: tissue 1..k, uncertainty 0-1, distance to the tissue's centroid in latent space, tissue fraction 0-1.
-TILE_COLUMNS = ("x", "y", "w", "h", "tissue", "uncertainty", "distance", "tissue_fraction")
-#: ``representatives.csv``: per tissue its best tiles; ``tile`` is the row in ``tiles.csv``.
-REPRESENTATIVE_COLUMNS = ("tissue", "rank", "tile", "x", "y", "w", "h", "uncertainty", "distance")
+#: tissue 1..k, uncertainty 0-1, distance to the tissue's centroid in latent space, tissue fraction 0-1,
+#: confidence 0-1 (``tissue.clusters.assignment_confidence``).
+TILE_COLUMNS = ("x", "y", "w", "h", "tissue", "uncertainty", "distance", "tissue_fraction", "confidence")
+#: ``representatives.csv``: per tissue its best tiles; ``tile`` is the row in ``tiles.csv``; the box is the tile's,
+#: ``patch_x .. patch_h`` the area read at full resolution (level-0 px).
+REPRESENTATIVE_COLUMNS = ("tissue", "rank", "tile", "x", "y", "w", "h", "uncertainty", "distance", "confidence",
+                          "patch_x", "patch_y", "patch_w", "patch_h")
 #: ``training.csv``: autoencoder MSE per epoch.
 TRAINING_COLUMNS = ("epoch", "train_mse", "val_mse")
 #: ``nuclei.csv`` starts with these, then one column per ``cells.features.NUCLEUS_FEATURES`` (but the label).
@@ -271,6 +277,20 @@ class ClustersInfo:
     tiles_per_tissue: tuple[int, ...]
     #: Tiles per tissue over the analysis (the cohort's, with ``--cohort``).
     cohort_tiles_per_tissue: tuple[int, ...]
+    #: ``kmeans`` or ``graph`` (``clusters.method``; k-means when graph clustering fell back, see the warnings).
+    method: str
+
+
+@dataclass(frozen=True)
+class RegionsInfo:
+    """The tissue regions (``tissue.regions``): the method that drew them (``felzenszwalb``, or ``blocks`` asked for
+    or fallen back to), segments per scale (finest first), each tissue's region area in µm² (1..k), and the share
+    of the tissue tiles' area whose tissue the refinement changed (glass left out included)."""
+
+    method: str
+    segments: tuple[int, ...]
+    area_um2: dict[int, float]
+    changed_fraction: float
 
 
 @dataclass(frozen=True)
@@ -284,6 +304,11 @@ class RepresentativeInfo:
     uncertainty: float
     patch: str
     patch_mpp: float
+    #: Confidence of the tile's assignment (0-1), and whether it reached ``representatives.min_confidence``.
+    confidence: float
+    confident: bool
+    #: The area read at full resolution, (x, y, width, height) in level-0 px.
+    patch_box: tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -348,6 +373,7 @@ class AnalysisManifest:
     warnings: tuple[str, ...]
     #: The effective configuration (also in ``config.toml``).
     config: PipelineConfig
+    regions: RegionsInfo
 
 
 @dataclass(frozen=True)
@@ -681,11 +707,13 @@ class PatchNuclei:
 
 @dataclass(frozen=True)
 class Patch:
-    """A representative read at full resolution: ``rgb`` (H, W, 3) uint8 at ``mpp`` µm/px; its nuclei, if segmented."""
+    """A representative read at full resolution: ``rgb`` (H, W, 3) uint8 at ``mpp`` µm/px; its nuclei, if segmented;
+    ``box`` the area read, (x, y, width, height) in level-0 px (None: the representative's tile)."""
 
     rgb: np.ndarray
     mpp: float
     nuclei: PatchNuclei | None
+    box: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -724,6 +752,8 @@ class SlideAnalysis:
     warnings : tuple of str
     timings_s : dict of str to float
         Seconds per stage so far (:meth:`RunStaging.commit` records the final ones).
+    regions : RegionMap or None
+        The tissue regions at the tissue level (:func:`tumls_qp.tissue.regions.refine_regions`); None: whole tiles.
     """
 
     config: PipelineConfig
@@ -744,6 +774,7 @@ class SlideAnalysis:
     embedding_colours: EmbeddingColours | None
     warnings: tuple[str, ...]
     timings_s: dict[str, float] = field(default_factory=dict)
+    regions: RegionMap | None = None
 
 
 @dataclass(frozen=True)
@@ -917,13 +948,33 @@ def _geojson_name(base: str, gzip: bool) -> str:
     return f"{base}.gz" if gzip else base
 
 
+def _regions(a: SlideAnalysis) -> RegionMap:
+    """The analysis's regions; whole tiles when it has none."""
+    from ..tissue.regions import RegionMap, block_regions
+
+    if a.regions is not None:
+        return a.regions
+    grid = a.tiles.grid
+    labels = block_regions(grid.shape, grid.tile_px, a.tiles.selection.kept, a.clustering.labels)
+    return RegionMap(labels=labels, downsample=grid.tile_size / grid.tile_px, method="blocks")
+
+
+def _patch_box(a: SlideAnalysis, rep: Representative, patch: Patch) -> tuple[int, int, int, int]:
+    return patch.box if patch.box is not None else tuple(int(v) for v in a.tiles.boxes[rep.tile])  # type: ignore
+
+
 def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
     from ..tissue.embeddings import save_checkpoint
+    from ..tissue.regions import region_geometries
 
     config, clustering = a.config, a.clustering
     boxes = a.tiles.boxes
+    regions = _regions(a)
     detections, nuclei = _write_patches(folder, a)
     features = tissue_features(boxes, clustering.labels, clustering.uncertainty, a.slide.mpp, a.representatives,
+                               confidence=clustering.confidence,
+                               regions=region_geometries(regions.labels, regions.downsample),
+                               representative_boxes=[_patch_box(a, r, p) for r, p in zip(a.representatives, a.patches)],
                                tile_objects=config.output.tile_objects,
                                tissue_measurements=a.tissue_features) + detections
     geojson = _geojson_name(TISSUE_GEOJSON, config.output.gzip)
@@ -931,14 +982,17 @@ def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
     _write_tiles(folder, a)
     write_csv(folder / REPRESENTATIVES_CSV, REPRESENTATIVE_COLUMNS,
               [[r.tissue + 1, r.rank, r.tile, *map(int, boxes[r.tile]), _fmt("uncertainty", r.uncertainty),
-                _fmt("distance", r.distance)] for r in a.representatives])
+                _fmt("distance", r.distance), _fmt("confidence", r.confidence), *_patch_box(a, r, p)]
+               for r, p in zip(a.representatives, a.patches)])
     _write_training(folder, a.history)
+    Image.fromarray((regions.labels + 1).astype(np.uint16)).save(folder / REGIONS_PNG, optimize=True)
 
     # Arrays for re-rendering and for the label-efficient methods (seeded clustering, dictionaries).
     np.savez_compressed(folder / EMBEDDINGS_NPZ, latents=a.latents.astype(np.float32), boxes=boxes.astype(np.int64),
                         tile_index=a.tiles.selection.kept, labels=clustering.labels,
                         uncertainty=clustering.uncertainty, distance=clustering.distance,
-                        centroids=clustering.centroids)
+                        centroids=clustering.centroids, confidence=clustering.confidence,
+                        posterior=clustering.posterior)
     colours = None
     if a.embedding_colours is not None:
         colours = _write_colours(folder, boxes, a.embedding_colours, config.output.gzip)
@@ -955,7 +1009,7 @@ def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
     (folder / CONFIG_TOML).write_text(dump_config(config), encoding="utf-8")
 
     manifest = _analysis_manifest(a, OutputsInfo(geojson=geojson, geojson_features=len(features),
-                                                 embedding_colours=colours), nuclei)
+                                                 embedding_colours=colours), nuclei, regions)
     _write_manifest(folder, manifest)
     return manifest
 
@@ -1000,12 +1054,16 @@ def _write_tiles(folder: Path, a: SlideAnalysis) -> None:
     c, selection = a.clustering, a.tiles.selection
     fraction = selection.tissue_fraction.ravel()[selection.kept]
     write_csv(folder / TILES_CSV, TILE_COLUMNS,
-              [[*map(int, b), int(t) + 1, _fmt("uncertainty", u), _fmt("distance", d), _fmt("tissue_fraction", f)]
-               for b, t, u, d, f in zip(a.tiles.boxes, c.labels, c.uncertainty, c.distance, fraction)])
+              [[*map(int, b), int(t) + 1, _fmt("uncertainty", u), _fmt("distance", d), _fmt("tissue_fraction", f),
+                _fmt("confidence", q)]
+               for b, t, u, d, f, q in zip(a.tiles.boxes, c.labels, c.uncertainty, c.distance, fraction,
+                                           c.confidence)])
 
 
-def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int) -> AnalysisManifest:
+def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int, regions: RegionMap) -> AnalysisManifest:
     config, clustering, grid = a.config, a.clustering, a.tiles.grid
+    px_um2 = (regions.downsample * a.slide.mpp) ** 2
+    areas = regions.areas_px(clustering.k)
     counts = a.tiles.selection.counts()
     return AnalysisManifest(
         version=__version__,
@@ -1020,10 +1078,11 @@ def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int) -> A
                               split_statistic=clustering.split_statistic,
                               uncertainty_scale=clustering.uncertainty_scale,
                               tiles_per_tissue=tuple(np.bincount(clustering.labels, minlength=clustering.k).tolist()),
-                              cohort_tiles_per_tissue=tuple(a.cohort_tiles_per_tissue)),
+                              cohort_tiles_per_tissue=tuple(a.cohort_tiles_per_tissue), method=clustering.method),
         representatives=tuple(
             RepresentativeInfo(tissue=r.tissue + 1, rank=r.rank, tile=r.tile, distance=r.distance,
-                               uncertainty=r.uncertainty, patch=_patch_name(r.tissue + 1, r.rank), patch_mpp=p.mpp)
+                               uncertainty=r.uncertainty, patch=_patch_name(r.tissue + 1, r.rank), patch_mpp=p.mpp,
+                               confidence=r.confidence, confident=r.confident, patch_box=_patch_box(a, r, p))
             for r, p in zip(a.representatives, a.patches)),
         nuclei=NucleiInfo(enabled=config.nuclei.enabled,
                           representatives_segmented=sum(p.nuclei is not None for p in a.patches), nuclei=nuclei,
@@ -1034,6 +1093,9 @@ def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int) -> A
         environment=Environment.now(a.history.device),
         warnings=tuple(a.warnings),
         config=config,
+        regions=RegionsInfo(method=regions.method, segments=tuple(regions.segments),
+                            area_um2={t + 1: round(float(areas[t]) * px_um2, 3) for t in range(clustering.k)},
+                            changed_fraction=round(float(regions.changed_fraction), 4)),
     )
 
 
@@ -1278,6 +1340,8 @@ class TileTable:
     distance : (n,) float64 ndarray
         To the tissue's centroid in latent space.
     tissue_fraction : (n,) float64 ndarray
+    confidence : (n,) float64 ndarray
+        0-1.
     """
 
     boxes: np.ndarray
@@ -1285,12 +1349,14 @@ class TileTable:
     uncertainty: np.ndarray
     distance: np.ndarray
     tissue_fraction: np.ndarray
+    confidence: np.ndarray
 
 
 @dataclass(frozen=True)
 class AnalysisEmbeddings:
     """``embeddings.npz`` of an analysis: ``latents`` (n, d) float32, ``boxes`` (n, 4) int64, ``tile_index`` (row-major
-    index in the grid), ``labels`` (0-based tissue), ``uncertainty``, ``distance`` (n,), ``centroids`` (k, d)."""
+    index in the grid), ``labels`` (0-based tissue), ``uncertainty``, ``distance`` (n,), ``centroids`` (k, d),
+    ``confidence`` (n,), ``posterior`` (n, k) (each tile's soft assignment, ``Clustering.posterior``)."""
 
     latents: np.ndarray
     boxes: np.ndarray
@@ -1299,6 +1365,8 @@ class AnalysisEmbeddings:
     uncertainty: np.ndarray
     distance: np.ndarray
     centroids: np.ndarray
+    confidence: np.ndarray
+    posterior: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -1326,6 +1394,10 @@ class RepresentativeFiles:
     patch: Path | None
     patch_mpp: float
     labels: Path | None
+    confidence: float
+    confident: bool
+    #: The area the patch was read over, (x, y, width, height) in level-0 px.
+    patch_box: tuple[int, int, int, int]
 
 
 def _damaged(folder: Path, name: str, problem: Any) -> InvalidInputError:
@@ -1426,7 +1498,7 @@ class RunFolder:
             raise _damaged(self.path, TILES_CSV, "a box or tissue value is missing or not positive")
         return TileTable(boxes=boxes.astype(np.int64), tissue=tissue.astype(np.int64),
                          uncertainty=table.column("uncertainty"), distance=table.column("distance"),
-                         tissue_fraction=table.column("tissue_fraction"))
+                         tissue_fraction=table.column("tissue_fraction"), confidence=table.column("confidence"))
 
     @cached_property
     def embeddings(self) -> AnalysisEmbeddings | DictionaryEmbeddings:
@@ -1462,7 +1534,8 @@ class RunFolder:
             out.append(RepresentativeFiles(
                 tissue=r.tissue, rank=r.rank, tile=r.tile, box=tuple(int(v) for v in boxes[r.tile]),  # type: ignore
                 uncertainty=r.uncertainty, distance=r.distance, patch=patch if patch.is_file() else None,
-                patch_mpp=r.patch_mpp, labels=labels if labels.is_file() else None))
+                patch_mpp=r.patch_mpp, labels=labels if labels.is_file() else None, confidence=r.confidence,
+                confident=r.confident, patch_box=r.patch_box))
         return tuple(out)
 
     @cached_property
@@ -1473,6 +1546,20 @@ class RunFolder:
                 return np.asarray(image.convert("RGB"))
         except (OSError, ValueError) as exc:
             raise _damaged(self.path, THUMBNAIL_PNG, exc) from exc
+
+    @cached_property
+    def regions(self) -> np.ndarray:
+        """(H, W) int64 of the thumbnail's size: the tissue (1..k) of each pixel's region, 0 outside every region."""
+        self._analysis()
+        try:
+            with Image.open(self.path / REGIONS_PNG) as image:
+                regions = np.asarray(image).astype(np.int64)
+        except (OSError, ValueError) as exc:
+            raise _damaged(self.path, REGIONS_PNG, exc) from exc
+        if regions.shape != self.thumbnail.shape[:2] or regions.max(initial=0) > self.k:
+            raise _damaged(self.path, REGIONS_PNG, f"shape {regions.shape} or tissue {regions.max(initial=0)} does "
+                           f"not fit the thumbnail {self.thumbnail.shape[:2]} and k = {self.k}")
+        return regions
 
     @cached_property
     def training(self) -> Table | None:
@@ -1611,7 +1698,7 @@ class RunFolder:
 
 
 #: Files without which a folder is not an analysis run folder.
-_REQUIRED = (MANIFEST, TILES_CSV, REPRESENTATIVES_CSV, THUMBNAIL_PNG)
+_REQUIRED = (MANIFEST, TILES_CSV, REPRESENTATIVES_CSV, THUMBNAIL_PNG, REGIONS_PNG)
 
 
 def read_run(path: str | Path, kinds: Sequence[str] = ("analysis",)) -> RunFolder:

@@ -115,6 +115,8 @@ class RegionMap:
         Why refinement fell back to blocks, or what it changed that a reader should know.
     segments : tuple of int
         Number of segments at each scale, finest first (empty for blocks).
+    changed_fraction : float
+        Share of the tiles' pixels whose tissue differs from whole tiles (glass left out included).
     """
 
     labels: np.ndarray
@@ -122,6 +124,7 @@ class RegionMap:
     method: str
     warnings: tuple[str, ...] = ()
     segments: tuple[int, ...] = ()
+    changed_fraction: float = 0.0
 
     def areas_px(self, k: int) -> np.ndarray:
         """(k,) pixels per tissue."""
@@ -434,8 +437,9 @@ def refine_regions(
             nearest = ndi.distance_transform_edt(out < 0, return_distances=False, return_indices=True)
             out[gaps] = out[nearest[0][gaps], nearest[1][gaps]]
     out[~full_domain] = -1
+    changed = float((out != blocks)[blocks >= 0].mean())
     return RegionMap(labels=out, downsample=float(downsample), method="felzenszwalb", warnings=tuple(warnings),
-                     segments=tuple(reversed(answers)))
+                     segments=tuple(reversed(answers)), changed_fraction=changed)
 
 
 def region_geometries(labels: np.ndarray, downsample: float = 1.0,

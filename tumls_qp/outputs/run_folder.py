@@ -1680,6 +1680,11 @@ class RunFolder:
         """Tissue tiles per tissue, index 0 = tissue 1."""
         return np.bincount(self.tiles.tissue - 1, minlength=self.k)[: self.k]
 
+    def tissue_areas_um2(self) -> np.ndarray:
+        """Area of each tissue's region in µm² (``manifest.regions``), index 0 = tissue 1."""
+        areas = self._analysis().regions.area_um2
+        return np.array([areas.get(t, 0.0) for t in range(1, self.k + 1)], dtype=np.float64)
+
     def representatives_of(self, tissue: int) -> list[RepresentativeFiles]:
         """Representatives of tissue ``tissue`` (1..k), best first."""
         return sorted((r for r in self.representatives if r.tissue == tissue), key=lambda r: r.rank)

@@ -330,7 +330,7 @@ def test_a_failed_render_leaves_no_run_folder(slides, synthetic_run, cache, tmp_
     def broken(*args, **kwargs):
         raise RuntimeError("renderer broke")
 
-    monkeypatch.setattr(pdf_report, "render_report", broken)
+    monkeypatch.setattr(pdf_report, "_write_pdf", broken)
     with pytest.raises(RuntimeError, match="renderer broke"):
         analyze([slides["two-tissues"]], tmp_path, _config(**{"clusters.k": 2}), cache_dir=cache)
     assert list(tmp_path.iterdir()) == []

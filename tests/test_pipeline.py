@@ -220,10 +220,10 @@ def test_embedding_colours_option(slides, fast_config, tmp_path, monkeypatch):
     [result] = analyze([slides["two-tissues"]], tmp_path, replace_in(fast_config, **{"output.embedding_colours": "none"}))
     assert result.manifest.outputs.embedding_colours is None
     assert not list(result.run_dir.glob("embedding_colours*"))
-    import tumls_qp.interactive.embedding_colours as colours
+    import tumls_qp.pipeline as pipeline
     from tumls_qp.errors import ConfigError
 
-    monkeypatch.setattr(colours, "umap_available", lambda: False)
+    monkeypatch.setattr(pipeline, "umap_available", lambda: False)
     with pytest.raises(ConfigError, match="output.embedding_colours = 'umap' needs umap-learn"):
         analyze([slides["two-tissues"]], tmp_path / "u", replace_in(fast_config, **{"output.embedding_colours": "umap"}))
     assert not (tmp_path / "u" / "two-tissues").exists()

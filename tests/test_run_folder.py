@@ -197,9 +197,15 @@ def test_a_folder_of_the_previous_format_gets_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "run-folder format 1" in err and "tumls-qp analyze" in err
     assert sorted(p.name for p in old.iterdir()) == sorted(p.name for p in FORMAT1_RUN.iterdir())
-    assert main(["seeded", str(old), "--seeds", str(tmp_path / "none.geojson")]) == 3  # the seeds are read first
-    assert main(["prototypes", str(old)]) == 3
-    assert "run-folder format 1" in capsys.readouterr().err
+    seeds = tmp_path / "seeds.geojson"
+    seeds.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, 100]},
+         "properties": {"classification": {"name": name, "color": [1, 2, 3]}}}
+        for name, x in (("A", 100), ("B", 2000))]}))
+    for argv in (["seeded", str(old), "--seeds", str(seeds)], ["prototypes", str(old)],
+                 ["embedding-colours", str(old)], ["qupath-project", str(tmp_path / "p.qpproj"), str(old)]):
+        assert main(argv) == 3, argv
+        assert "run-folder format 1" in capsys.readouterr().err, argv
 
 
 def test_a_newer_format_asks_for_an_upgrade(written, tmp_path):

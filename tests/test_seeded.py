@@ -179,3 +179,23 @@ def test_seeds_outside_the_tissue_tiles_name_the_seed():
         seeds_to_tiles(boxes, [("", Point(50, 50))])
     with pytest.raises(InvalidInputError, match="has no geometry"):
         seeds_to_tiles(boxes, [("Tumor", Point())])
+
+
+def test_seed_f1_is_sklearns():
+    """The seed F1 is scikit-learn's F1; written out because SIC scores every candidate split, and f1_score's
+    input checks cost about 40 times the arithmetic."""
+    from sklearn.metrics import f1_score
+
+    from tumls_qp.interactive.seeded import binary_f1, macro_f1
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, classes = int(rng.integers(1, 30)), int(rng.integers(1, 5))
+        truth, predicted = rng.integers(0, classes, n), rng.integers(0, classes, n)
+        expected = f1_score(truth, predicted, labels=list(range(classes)), average="macro", zero_division=0)
+        assert macro_f1(truth, predicted, classes) == pytest.approx(expected, abs=1e-12)
+        positive = int(rng.integers(0, classes))
+        expected = f1_score(truth, predicted, labels=[positive], average="macro", zero_division=0)
+        assert binary_f1(truth, predicted, positive) == pytest.approx(expected, abs=1e-12)
+    # A class with no true and no predicted member scores 0, as with zero_division=0.
+    assert macro_f1(np.array([0, 0]), np.array([0, 0]), 2) == 0.5

@@ -32,6 +32,23 @@ from shapely.geometry.base import BaseGeometry
 from .classes import check_class_names, check_colour, class_colour
 from .errors import ConfigError, InvalidInputError, TumlsQpError
 from .files import run_folder_names, writable_dir
+from .interactive.embedding_colours import embedding_colours
+from .interactive.prototypes import (
+    DEFAULT_GAMMA,
+    DEFAULT_T,
+    K_RANGE,
+    ClusterNaming,
+    build_prototypes,
+    central_tiles,
+    cluster_then_query,
+    direct_query,
+    load_dictionary,
+    load_names,
+    names_template,
+    over_cluster,
+    save_dictionary,
+)
+from .interactive.seeded import seeded_iterative_clustering, seeds_to_tiles
 from .outputs.classified import SIC_SCORE, classified_features
 from .outputs.geojson import feature_collection, require_valid
 from .outputs.run_folder import (
@@ -46,6 +63,7 @@ from .outputs.run_folder import (
     write_prototype_clusters,
     write_run,
 )
+from .outputs.run_folder import write_embedding_colours as write_colour_layer
 from .slide import open_slide, slide_quickhash
 from .tissue.tiles import tissue_tiles
 
@@ -161,8 +179,6 @@ def seeded_classification(
         Not a run folder; no seeds; seeds of one class only; a seed outside the analysed tissue
         (named in the message); bad class names or colours.
     """
-    from .interactive.seeded import seeded_iterative_clustering, seeds_to_tiles
-
     started = time.perf_counter()
     run = read_run(run_dir, kinds=_EMBEDDING_KINDS)
     embeddings = run.embeddings
@@ -301,8 +317,6 @@ def write_prototypes(
     seed : int, optional
         Default: the run's seed.
     """
-    from .interactive.prototypes import DEFAULT_T, K_RANGE, central_tiles, names_template, over_cluster
-
     run = read_run(run_dir)
     t = DEFAULT_T if t is None else t
     seed = run.config.seed if seed is None else seed
@@ -345,8 +359,6 @@ def make_dictionary(
     extra_provenance : mapping, optional
         More provenance entries (JSON-safe), e.g. the server job and a name the user gave.
     """
-    from .interactive.prototypes import ClusterNaming, build_prototypes, load_names, save_dictionary
-
     run = read_run(run_dir)
     over, proto_manifest = read_prototype_clusters(run)
     if not isinstance(naming, ClusterNaming):
@@ -428,7 +440,6 @@ def apply_dictionary(
         In the order of ``slides``; when a slide fails, the others are still labelled and the
         first error is raised at the end.
     """
-    from .interactive.prototypes import DEFAULT_GAMMA, cluster_then_query, direct_query, load_dictionary
     from .tissue.embeddings import embed_tiles, resolve_device
 
     if query not in ("cq", "dq"):
@@ -496,11 +507,8 @@ def write_embedding_colours(
     -------
     (GeoJSON path, PNG path, method used)
     """
-    from .interactive.embedding_colours import embedding_colours
-    from .outputs.run_folder import write_embedding_colours as write_layer
-
     run = read_run(run_dir, kinds=_EMBEDDING_KINDS)
     seed = run.config.seed if seed is None else seed
     colours = embedding_colours(run.embeddings.latents, method, seed)
-    geojson, png = write_layer(run, colours, title=f"{run.slide_name}: embedding colours ({colours.method.upper()})")
+    geojson, png = write_colour_layer(run, colours, title=f"{run.slide_name}: embedding colours ({colours.method.upper()})")
     return geojson, png, colours.method

@@ -22,9 +22,13 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .cells.features import FEW_NUCLEI, combine_rois, measure_nuclei, measure_tissue, tissue_roi
+from .cells.nuclei import labels_to_polygons, segment_nuclei
 from .config import PipelineConfig
 from .errors import ConfigError, TumlsQpError
 from .files import run_folder_names, writable_dir
+from .interactive.embedding_colours import EmbeddingColours, embedding_colours, umap_available
+from .outputs.pdf_report import COHORT_REPORT_NAME, REPORT_NAME, render_report
 from .outputs.run_folder import AnalysisManifest, Patch, PatchNuclei, RunStaging, SlideAnalysis, SlideInfo
 from .slide import Slide, open_slide, slide_quickhash
 from .tissue.cache import CachedEmbeddings, cache_key, load_cached, store_cached
@@ -124,8 +128,6 @@ def analyze(
     config = config or PipelineConfig()
     progress = progress or _no_progress
     if config.output.embedding_colours == "umap":
-        from .interactive.embedding_colours import umap_available
-
         if not umap_available():  # say so now rather than after the training
             raise ConfigError("output.embedding_colours = 'umap' needs umap-learn: pip install 'tumls-qp[umap]' "
                               "(or use 'auto' or 'pca')")
@@ -140,8 +142,6 @@ def analyze(
     if cohort:
         results = _analyze_group(slides, names, out, config, cache, progress, cohort=True)
         if config.output.report and len(results) > 1:
-            from .outputs.pdf_report import COHORT_REPORT_NAME, render_report
-
             render_report([r.run_dir for r in results], out / COHORT_REPORT_NAME)
         return results
     results, first_error = [], None
@@ -248,8 +248,6 @@ def _analyze_group(
                     staged = staging.write(name, analysis)
                     if config.output.report:
                         # From the staging folder's own files: a report that fails to render leaves no run folder.
-                        from .outputs.pdf_report import REPORT_NAME, render_report
-
                         render_report(staged, staged / REPORT_NAME)
             progress("outputs", 1.0, "run folders written")
             written = staging.commit(timer.seconds)
@@ -289,8 +287,6 @@ def _read_tiles(
 def _warnings(d: _SlideTiles, config: PipelineConfig, clustering: Clustering, local: Clustering, history: object,
               cohort: bool, regions: RegionMap, reps: list[Representative],
               tissue_features: dict[int, dict[str, float]]) -> list[str]:
-    from .cells.features import FEW_NUCLEI
-
     warnings = list(d.warnings) + list(clustering.warnings) + list(regions.warnings)
     if clustering.k == 1:
         warnings.append(f"one tissue only (k = 1, {clustering.k_source})")
@@ -324,11 +320,9 @@ def _reconstructions(model: object, tiles: np.ndarray) -> tuple[np.ndarray, np.n
     return examples, reconstruct(model, examples)
 
 
-def _embedding_colours(latents: np.ndarray, config: PipelineConfig) -> object:
+def _embedding_colours(latents: np.ndarray, config: PipelineConfig) -> EmbeddingColours | None:
     if config.output.embedding_colours == "none":
         return None
-    from .interactive.embedding_colours import embedding_colours
-
     return embedding_colours(latents, config.output.embedding_colours, config.seed)
 
 
@@ -354,9 +348,6 @@ def _low_level(
         The features of each tissue (0-based) with segmented nuclei, pooled over its representatives.
     """
     cfg = config.nuclei
-    if cfg.enabled:
-        from .cells.features import combine_rois, measure_nuclei, measure_tissue, tissue_roi
-        from .cells.nuclei import labels_to_polygons, segment_nuclei
     patches = []
     per_tissue: dict[int, list[dict[str, float]]] = {}
     for j, rep in enumerate(reps):

@@ -125,7 +125,6 @@ TISSUE_FEATURES: tuple[Feature, ...] = (
 )
 
 _NUCLEUS = {f.key: f.name for f in NUCLEUS_FEATURES}
-_TISSUE = {f.key: f.name for f in TISSUE_FEATURES}
 
 
 def _table(features: tuple[Feature, ...]) -> str:

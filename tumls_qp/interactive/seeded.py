@@ -210,7 +210,12 @@ def seeded_kmeans(
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Mean over ``n_classes`` classes of the F1 score (a class with no true and no predicted member scores 0)."""
+    """Mean over ``n_classes`` classes of the F1 score (a class with no true and no predicted member scores 0).
+
+    The value of ``sklearn.metrics.f1_score(y_true, y_pred, labels=range(n_classes), average="macro",
+    zero_division=0)`` (a test compares them); written out because SIC scores every candidate split
+    and f1_score's input checks cost about 40 times the arithmetic.
+    """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     scores = []
     for c in range(n_classes):
@@ -222,7 +227,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
 
 
 def binary_f1(y_true: np.ndarray, y_pred: np.ndarray, positive: int) -> float:
-    """F1 score of class ``positive``."""
+    """F1 score of class ``positive`` (``sklearn.metrics.f1_score(..., labels=[positive])``; see :func:`macro_f1`)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     tp = float(np.sum((y_true == positive) & (y_pred == positive)))
     fp = float(np.sum((y_true != positive) & (y_pred == positive)))

@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
+from ..cells.features import FEW_NUCLEI
 from ..classes import class_colour, tissue_class_name
 from ..errors import InvalidInputError, OutputError
 from ..files import atomic_write
@@ -624,8 +625,6 @@ def _patch_size(run: RunFolder, rep: Any) -> str:
 
 def _few_nuclei(run: RunFolder, t: int) -> str | None:
     """A warning in words when a tissue's features rest on fewer than FEW_NUCLEI nuclei; None otherwise."""
-    from ..cells.features import FEW_NUCLEI
-
     row = run.feature_row(t)
     if row is None or not math.isfinite(row.get("Nuclei", math.nan)):
         return None

@@ -31,11 +31,11 @@ version with a :class:`~tumls_qp.errors.FormatVersionError` that names the versi
 what to do (re-run the analysis, or upgrade tumls-qp); it never guesses. Folders written before
 format versions existed (tumls-qp 0.1, no ``format_version``) are format 1.
 
-Bump ``FORMAT_VERSION`` whenever a folder written by the new code could be misread by the old
-code or the other way round: a file, column or manifest field added, removed or renamed, or a
-change of its meaning, unit or dtype. Readers are strict (a manifest with a missing or unknown
-field is an error), so every change to the layout is a bump; several changes made together
-share one bump.
+``FORMAT_VERSION`` is the layout of a release. Once a release has written folders in it, any
+change to the layout needs the next number: a file, column or manifest field added, removed or
+renamed, or a change of its meaning, unit or dtype (readers are strict: a manifest with a
+missing or unknown field is an error, so no change is too small). Changes made before the next
+release share its one bump; format 2 is not released yet, so additions to it stay format 2.
 
 Adding to a run folder
 ----------------------
@@ -50,8 +50,8 @@ All in this module, plus the stage that computes the value:
   its writer in ``_write_analysis``, and a lazy reader on :class:`RunFolder`; and a row in the
   README's table ("Outputs: the run folder").
 
-Then bump ``FORMAT_VERSION`` and extend the round-trip test (``tests/test_run_folder.py``),
-which writes every field and reads it back.
+Then extend the round-trip test (``tests/test_run_folder.py``), which writes every field and
+reads it back, and bump ``FORMAT_VERSION`` if the release it goes into needs it (see above).
 """
 
 from __future__ import annotations
@@ -72,28 +72,28 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence, Union
+from typing import Any, ClassVar, Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
 from .. import __version__
+from ..cells.features import NUCLEUS_FEATURES, TISSUE_FEATURES
 from ..classes import NUCLEUS_CLASS, NUCLEUS_COLOUR
 from ..config import PipelineConfig, config_from_dict, config_to_dict, dump_config
 from ..errors import ConfigError, FormatVersionError, InvalidInputError
 from ..files import atomic_write, replace_dir, staging_dir, write_csv, write_json
 from ..interactive.embedding_colours import EmbeddingColours
+from ..interactive.prototypes import Overclustering
 from ..provenance import package_versions
+from ..slide import Slide
+from ..tissue.clusters import Clustering
+from ..tissue.regions import RegionMap, block_regions, region_geometries
+from ..tissue.representatives import Representative
+from ..tissue.tiles import TissueTiles
 from . import _report_figures as figures
 from .classified import DICTIONARY_SCORE, classified_features, embedding_colour_features, prototype_features
 from .geojson import feature_collection, make_feature, read_geojson, require_valid, tissue_features, write_geojson
-
-if TYPE_CHECKING:
-    from ..slide import Slide
-    from ..tissue.clusters import Clustering
-    from ..tissue.regions import RegionMap
-    from ..tissue.representatives import Representative
-    from ..tissue.tiles import TissueTiles
 
 __all__ = [
     "FORMAT_VERSION",
@@ -659,12 +659,12 @@ def read_manifest(folder: str | Path, kinds: Sequence[str] = KINDS) -> Any:
             command = _command(kind if kind in KINDS else "analysis")
             raise FormatVersionError(
                 f"{str(folder)!r} was written by {written_by} in run-folder format {version}; this tumls-qp "
-                f"{__version__} reads format {FORMAT_VERSION} only. Write it again with this version "
-                f"(`{command}`), or read it with {written_by}."
+                f"({__version__}) reads format {FORMAT_VERSION} only. Write it again in format {FORMAT_VERSION} "
+                f"(`{command}`), or open it with the tumls-qp release that wrote it."
             )
         raise FormatVersionError(
             f"{str(folder)!r} was written by {written_by} in run-folder format {version!r}; this tumls-qp "
-            f"{__version__} reads format {FORMAT_VERSION} only. Upgrade tumls-qp (pip install -U tumls-qp) to read it."
+            f"({__version__}) reads format {FORMAT_VERSION} only. Upgrade tumls-qp (pip install -U tumls-qp) to read it."
         )
     kind = data.get("kind")
     if kind not in _MANIFESTS:
@@ -950,8 +950,6 @@ def _geojson_name(base: str, gzip: bool) -> str:
 
 def _regions(a: SlideAnalysis) -> RegionMap:
     """The analysis's regions; whole tiles when it has none."""
-    from ..tissue.regions import RegionMap, block_regions
-
     if a.regions is not None:
         return a.regions
     grid = a.tiles.grid
@@ -965,7 +963,6 @@ def _patch_box(a: SlideAnalysis, rep: Representative, patch: Patch) -> tuple[int
 
 def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
     from ..tissue.embeddings import save_checkpoint
-    from ..tissue.regions import region_geometries
 
     config, clustering = a.config, a.clustering
     boxes = a.tiles.boxes
@@ -1016,8 +1013,6 @@ def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
 
 def _write_patches(folder: Path, a: SlideAnalysis) -> tuple[list[dict[str, Any]], int]:
     """``patches/`` and the nucleus tables; returns the nuclei as QuPath detections, and how many there are."""
-    from ..cells.features import NUCLEUS_FEATURES, TISSUE_FEATURES
-
     (folder / PATCHES_DIR).mkdir()
     detections, nucleus_rows, roi_rows = [], [], []
     measured = [f.name for f in NUCLEUS_FEATURES if f.key not in ("label", "x", "y")]
@@ -1232,7 +1227,7 @@ class PrototypeClusters:
         ``names.toml`` to fill in.
     """
 
-    clusters: Any
+    clusters: Overclustering
     central: list[np.ndarray]
     t: int
     seed: int
@@ -1277,7 +1272,7 @@ def write_prototype_clusters(run: RunFolder, prototypes: PrototypeClusters) -> P
     return run.path / PROTOTYPES_DIR
 
 
-def read_prototype_clusters(run: RunFolder) -> tuple[Any, PrototypesManifest]:
+def read_prototype_clusters(run: RunFolder) -> tuple[Overclustering, PrototypesManifest]:
     """The prototype clusters of a run (:func:`write_prototype_clusters`) and their manifest.
 
     Returns
@@ -1290,8 +1285,6 @@ def read_prototype_clusters(run: RunFolder) -> tuple[Any, PrototypesManifest]:
     InvalidInputError
         There are none, they are damaged, or they were made from other embeddings than the run's.
     """
-    from ..interactive.prototypes import Overclustering
-
     folder = run.path / PROTOTYPES_DIR
     if not (folder / PROTOTYPE_CLUSTERS_NPZ).is_file():
         raise InvalidInputError(f"{str(run.path)!r} has no prototype clusters yet: run `tumls-qp prototypes "

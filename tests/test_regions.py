@@ -196,3 +196,64 @@ def test_simplex_projection():
     assert np.allclose(p.sum(axis=1), 1) and (p >= 0).all()
     assert np.allclose(p[0], v[0]) and np.allclose(p[1], [1, 0, 0]) and np.allclose(p[2], [0, 0.45, 0.55])
     assert np.allclose(p[3], 1 / 3)
+
+
+# --- through the pipeline --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def focus_slide(tmp_path_factory):
+    """A 1 x 1 mm slide of stroma (0.5 µm/px, 64 µm tiles: 16 x 16) with an epithelium focus of 1.5 x 1.5 tiles
+    straddling 4 tiles (its corner half a tile off the grid). Returns the slide and the focus box in level-0 px."""
+    from tumls_qp.testing import render_scene, write_pyramidal_tiff
+
+    size, mpp = 2048, 0.5
+    rgb = render_scene("homogeneous", 0.0, 0.0, size, size, mpp, (size * mpp, size * mpp))
+    x0, y0, side = 704, 704, 192  # 5.5 tiles from the corner, 1.5 tiles wide
+    rgb[y0:y0 + side, x0:x0 + side] = render_scene("two-tissues", 1900.0, 1400.0, side, side, mpp, (3000.0, 3000.0))
+    path = tmp_path_factory.mktemp("focus") / "focus.tif"
+    write_pyramidal_tiff(path, rgb, mpp)
+    return path, (x0, y0, side, side)
+
+
+def _focus_config(**changes):
+    from tumls_qp.config import PipelineConfig, replace_in
+
+    return replace_in(PipelineConfig(), **{"tiles.tile_um": 64.0, "embedding.max_epochs": 4, "embedding.device": "cpu",
+                                           "output.report": False, "nuclei.enabled": False, "clusters.k": 2,
+                                           "output.embedding_colours": "none", **changes})
+
+
+def test_a_focus_of_one_and_a_half_tiles_survives_the_pipeline(focus_slide, tmp_path):
+    from tumls_qp.outputs.geojson import validate_geojson_file
+    from tumls_qp.outputs.run_folder import read_run
+    from tumls_qp.pipeline import analyze
+
+    slide, (x0, y0, w, h) = focus_slide
+    [result] = analyze([slide], tmp_path, _focus_config())
+    run = read_run(result.run_dir)
+    assert validate_geojson_file(run.geojson_path) == [] and run.manifest.regions.method == "felzenszwalb"
+    scale = run.thumbnail_scale  # thumbnail px per level-0 px
+    regions = run.regions
+    truth = np.zeros(regions.shape, bool)
+    truth[int(y0 * scale):int((y0 + h) * scale), int(x0 * scale):int((x0 + w) * scale)] = True
+    focus = int(np.bincount(regions[truth]).argmax())
+    parts, _ = ndi.label(regions == focus)
+    part = parts == np.bincount(parts[truth]).argmax()
+    # The focus is a region of its own, where it is: most of it found, little beyond it.
+    assert (part & truth).sum() / truth.sum() > 0.8 and (part & ~truth).sum() / truth.sum() < 0.5
+    assert part.sum() < 0.1 * (regions > 0).sum()
+    annotation = next(f for f in run.geojson() if f["properties"].get("name") == f"Tissue {focus}")
+    area_um2 = (w * h) * run.mpp ** 2
+    assert 0.7 * area_um2 < annotation["properties"]["measurements"]["Area um^2"] < 1.6 * area_um2
+    # Whole tiles would have made it 4 tiles (the 4 it straddles) or nothing.
+    assert run.manifest.regions.changed_fraction > 0
+
+
+def test_graph_clustering_without_edges_falls_back_in_the_manifest(focus_slide, tmp_path):
+    from tumls_qp.pipeline import analyze
+
+    slide, _ = focus_slide
+    [result] = analyze([slide], tmp_path, _focus_config(**{"clusters.method": "graph", "clusters.graph_similarity": 0.999}))
+    m = result.manifest
+    assert m.clusters.method == "kmeans" and m.config.clusters.method == "graph"
+    assert any("graph clustering fell back to k-means" in w for w in m.warnings)

@@ -10,7 +10,9 @@
 
    - ``blocks / kmeans``: whole tiles, k-means (TUMLS as published; the tool before refinement);
    - ``felzenszwalb / kmeans``: the default;
-   - ``blocks / graph`` and ``felzenszwalb / graph``: graph clustering instead of k-means.
+   - ``blocks / graph`` and ``felzenszwalb / graph``: graph clustering instead of k-means;
+   - the k-means pair again with k known (``clusters.k`` = the classes), to tell the borders
+     apart from the choice of k.
 
    The lung mosaic of seed 0 is the design set (region parameters were chosen on it); the
    other seeds and colon check them.
@@ -47,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 MOSAICS = [("lung", ("lung_aca", "lung_n", "lung_scc"), seed) for seed in (0, 1, 2)] + \
           [("colon", ("colon_aca", "colon_n"), seed) for seed in (0, 1, 2)]
-VARIANTS = [("blocks", "kmeans"), ("felzenszwalb", "kmeans"), ("blocks", "graph"), ("felzenszwalb", "graph")]
+VARIANTS = [("blocks", "kmeans", False), ("felzenszwalb", "kmeans", False), ("blocks", "graph", False),
+            ("felzenszwalb", "graph", False), ("blocks", "kmeans", True), ("felzenszwalb", "kmeans", True)]
 SWEEP = {"regions.scales": [[0.25, 2.0, 8.0], [0.5, 4.0, 16.0], [1.0, 8.0, 32.0], [0.5, 8.0], [0.5]],
          "regions.prior_weight": [0.25, 0.5, 1.0, 2.0]}
 REAL = [("CMU-1-Small-Region.svs", {"tiles.tile_um": 32.0}),
@@ -71,7 +74,9 @@ def mosaic_rows(work: Path, cache: Path, mosaics: list, sweep: bool) -> tuple[li
         truth, _ = read_truth(mosaic.slide)
         base = _quiet(replace_in(PipelineConfig(), **{"tiles.tile_um": mosaic.cell_um, "embedding.device": "cpu"}))
         role = "design" if (organ, seed) == ("lung", 0) else "check"
-        variants = [({"regions.method": r, "clusters.method": c}, f"{r} / {c}") for r, c in VARIANTS]
+        variants = [({"regions.method": r, "clusters.method": c, "clusters.k": len(classes) if known else None},
+                     f"{r} / {c}" + (", k known" if known else "")) for r, c, known in VARIANTS]
+        main_names = {name for _, name in variants}
         if sweep and role == "design":
             variants += [({key: value}, f"{key} = {value}") for key, values in SWEEP.items() for value in values]
         for changes, name in variants:
@@ -85,7 +90,7 @@ def mosaic_rows(work: Path, cache: Path, mosaics: list, sweep: bool) -> tuple[li
             line = (f"| {organ} | {seed} ({role}) | {name} | {score.ari:.3f} | {score.boundary_f:.3f} | "
                     f"{score.n_tissues} / {score.n_classes} | {m.clusters.k} ({m.clusters.method}) | "
                     f"{score.coverage:.3f} | {m.timings_s.get('cluster', 0):.2f} | {m.timings_s.get('regions', 0):.2f} |")
-            (sweep_rows if name not in {f"{r} / {c}" for r, c in VARIANTS} else rows).append(line)
+            (rows if name in main_names else sweep_rows).append(line)
             print(line, flush=True)
     return rows, sweep_rows
 

@@ -16,9 +16,10 @@ Pages of a case report, in order:
    in words when the features rest on fewer than ``FEW_NUCLEI`` nuclei); the distribution of
    its tiles' uncertainty.
 3. Comparison across tissues: normalised features; the tissue distribution.
-4. Method and quality: dendrogram with the chosen cut, autoencoder losses and
-   reconstructions, the embedding colours (when the run folder has ``embedding_colours.npz``),
-   background filtering counts, MSE, warnings.
+4. Method and quality: dendrogram with the chosen cut and how the resamples voted on k, the
+   embedding method (for the autoencoder its losses and reconstructions), the embedding
+   colours (when the run folder has ``embedding_colours.npz``), background filtering
+   counts, MSE, warnings.
 5. Parameters and provenance: versions, seed, device, timings, slide hash, the effective
    configuration.
 
@@ -390,6 +391,20 @@ def _headline_columns(run: RunFolder) -> list[str]:
     return chosen[:_HEADLINE_COUNT]
 
 
+#: What each embedding method other than the autoencoder is, in one sentence for the report.
+_METHOD_TEXT = {
+    "contrastive": "Self-supervised contrastive learning (SimCLR) on the slide's own tiles: two views of each tile, "
+                   "differing in stain (jitter in optical density), orientation, crop and focus, are pulled "
+                   "together and other tiles pushed away, so that the vectors describe tissue architecture rather "
+                   "than colour.",
+    "vade": "Variational deep embedding (VaDE): a variational autoencoder whose latent prior is a Gaussian mixture, "
+            "so that it clusters as it embeds.",
+    "handcrafted": "Hand-crafted descriptors, no training: haematoxylin and eosin statistics, texture at a cell "
+                   "and a tissue scale, small lumina and nucleus density, standardised over the slide's tiles.",
+}
+_LOSS_LABEL = {"contrastive": "contrastive loss (NT-Xent)", "vade": "negative ELBO"}
+
+
 def _k_explanation(run: RunFolder) -> str:
     k = run.k
     source = run.manifest.clusters.k_source
@@ -408,7 +423,29 @@ def _k_explanation(run: RunFolder) -> str:
                 f"a single cloud, so no split is supported.{test}")
     if source == "user":
         return f"k = {k}, set by the user (--k or clusters.k); the dendrogram rule was not used."
+    if source.startswith("VaDE"):
+        bic = run.manifest.embedding.bic
+        listed = ", ".join(f"k = {kk}: {v:.0f}" for kk, v in sorted(bic.items()))
+        assigned = ("each tile goes to its most probable component" if run.manifest.clusters.method == "mixture"
+                    else f"graph clustering partitioned the tiles into {k} tissues")
+        return (f"k = {k}, chosen by the embedding itself: VaDE's Gaussian mixture has the lowest BIC with {k} "
+                f"components ({listed}); {assigned}.")
     return f"k = {k} ({_escape(source)})."
+
+
+def _vote_explanation(run: RunFolder) -> str:
+    """How the resamples voted on k, and how close the runner-up came ("" when k was not voted on)."""
+    votes = run.manifest.clusters.k_votes
+    if not votes:
+        return ""
+    total = sum(votes.values())
+    runner = run.manifest.clusters.runner_up
+    won = votes.get(run.k, 0)
+    if runner is None:
+        return f" All {total} resamples of 80 % of the tiles chose k = {run.k}."
+    close = " The runner-up came close: consider trying it with --k." if 2 * runner[1] >= won else ""
+    return (f" Over {total} resamples of 80 % of the tiles, k = {run.k} was chosen {won} times and the runner-up, "
+            f"k = {runner[0]}, {runner[1]} times.{close}")
 
 
 def _tile_luminance(run: RunFolder) -> np.ndarray:
@@ -583,7 +620,7 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     story.append(KeepTogether([
         _para(f"The {len(reps)} best representatives", styles.h2), _image(png),
         _para("The confident tiles closest to the tissue's centre in the embedding, best first (u: uncertainty, c: "
-              "confidence). Top: the tile as the autoencoder saw it, at the tissue level. Bottom: "
+              "confidence). Top: the tile as the tissue level shows it. Bottom: "
               f"{_patch_size(run, reps[0])} centred on the tile, at full resolution.", styles.small),
     ]))
 
@@ -725,36 +762,52 @@ def _method_page(styles: _Styles, run: RunFolder) -> list[Any]:
     story = [_para("Method and quality", styles.title)]
     story.append(_para("Number of tissues", styles.h2))
     story.append(_image(figures.dendrogram_figure(run.linkage, m.clusters.gaps, run.k, m.clusters.k_source), 504))
-    story.append(_para(_k_explanation(run), styles.small))
+    story.append(_para(_k_explanation(run) + _vote_explanation(run), styles.small))
 
-    story.append(_para("Autoencoder", styles.h2))
-    left: Any = _para("training.csv is missing: no loss curve.", styles.small)
-    if run.training is not None and run.training.rows:
-        left = _image(figures.loss_figure(run.training.column("epoch"), run.training.column("train_mse"),
-                                          run.training.column("val_mse"), m.embedding.best_epoch), 250)
-    right: Any = _para("reconstructions.npz is missing: no examples.", styles.small)
-    if run.reconstructions is not None and len(run.reconstructions[0]):
-        right = [_image(figures.reconstruction_figure(*run.reconstructions, run.thumbnail_mpp)),
-                 _para("Tissue-level tiles (top) and the autoencoder's reconstructions (bottom).", styles.small)]
-    story.append(_side_by_side(left, right, (255, 255)))
     embedding = m.embedding
+    if embedding.method == "tumls-ae":
+        story.append(_para("Embedding: the TUMLS autoencoder", styles.h2))
+        left: Any = _para("training.csv is missing: no loss curve.", styles.small)
+        if run.training is not None and run.training.rows:
+            left = _image(figures.loss_figure(run.training.column("epoch"), run.training.column("train_mse"),
+                                              run.training.column("val_mse"), m.embedding.best_epoch), 250)
+        right: Any = _para("reconstructions.npz is missing: no examples.", styles.small)
+        if run.reconstructions is not None and len(run.reconstructions[0]):
+            right = [_image(figures.reconstruction_figure(*run.reconstructions, run.thumbnail_mpp)),
+                     _para("Tissue-level tiles (top) and the autoencoder's reconstructions (bottom).", styles.small)]
+        story.append(_side_by_side(left, right, (255, 255)))
+    else:
+        story.append(_para(f"Embedding: {_escape(embedding.method)}", styles.h2))
+        story.append(_para(_METHOD_TEXT.get(embedding.method, "") + (
+            f" Each tile was seen in a field of {_fmt(embedding.view_um)} µm at {_fmt(embedding.view_mpp)} µm/px; "
+            f"{_fmt(embedding.epochs)} training epochs, {_fmt(embedding.train_seconds)} s; vectors of "
+            f"{_fmt(embedding.dim)} values.") , styles.small))
+        if run.training is not None and run.training.rows and "loss" in run.training.columns:
+            loss = run.training.column("loss")
+            keep = np.isfinite(loss)
+            if keep.any():
+                story.append(_image(figures.loss_figure(run.training.column("epoch")[keep], loss[keep], None,
+                                                        None, ylabel=_LOSS_LABEL.get(embedding.method, "loss")), 250))
     quality = [
         ["Quantity", "Value"],
         ["Tiles in the grid", _fmt(m.tiles.total)],
         ["Tissue tiles kept", _fmt(m.tiles.kept)],
         ["Dropped as background", _fmt(m.tiles.dropped.get("background"))],
         ["Dropped as artefact (near-black)", _fmt(m.tiles.dropped.get("artefact"))],
-        ["Autoencoder epochs (best)", f"{_fmt(embedding.epochs)} ({_fmt(embedding.best_epoch)})"],
-        ["Early stopping", _fmt(embedding.early_stopped)],
-        ["Reconstruction MSE train / val / test",
-         " / ".join(_fmt(embedding.mse.get(s)) for s in ("train", "val", "test")) + " (pixel values 0-1)"],
-        ["Tiles train / val / test", " / ".join(_fmt(embedding.n_tiles.get(s)) for s in ("train", "val", "test"))],
+        ["Embedding method (embedding.method)", embedding.method],
+        *([["Autoencoder epochs (best)", f"{_fmt(embedding.epochs)} ({_fmt(embedding.best_epoch)})"],
+           ["Early stopping", _fmt(embedding.early_stopped)],
+           ["Reconstruction MSE train / val / test",
+            " / ".join(_fmt(embedding.mse.get(s)) for s in ("train", "val", "test")) + " (pixel values 0-1)"],
+           ["Tiles train / val / test", " / ".join(_fmt(embedding.n_tiles.get(s)) for s in ("train", "val", "test"))],
+           ["Encoder initialised from", embedding.initialised_from or "scratch (no pretrained weights)"]]
+          if embedding.method == "tumls-ae" else
+          [["Training epochs, final loss", f"{_fmt(embedding.epochs)}, {_fmt(embedding.final_loss)}"]]),
         ["Embeddings", "reused from the cache" if embedding.cache == "hit" else "computed in this run"],
-        ["Encoder initialised from", embedding.initialised_from or "scratch (no pretrained weights)"],
         ["Uncertainty scale (99th percentile distance)", _fmt(m.clusters.uncertainty_scale)],
         ["Tiles per tissue (this slide)", ", ".join(_fmt(int(v)) for v in run.tiles_per_tissue())],
     ]
-    story.append(_para("Background filtering and autoencoder quality", styles.h2))
+    story.append(_para("Background filtering and embedding quality", styles.h2))
     story.append(_table(quality, styles, widths=[200, 300]))
     story.append(_para("Warnings raised during the run", styles.h2))
     if m.warnings:
@@ -882,7 +935,7 @@ def _cohort_story(styles: _Styles, runs: list[RunFolder]) -> list[Any]:
                         _para(f"Cohort report: {len(runs)} slides", styles.title)]
     if same:
         story.append(_para(
-            f"The slides were analysed together (one autoencoder and one clustering, k = {k}): a tissue number means "
+            f"The slides were analysed together (one embedding and one clustering, k = {k}): a tissue number means "
             "the same tissue on every slide.", styles.body))
     else:
         story.append(_para(

@@ -19,7 +19,13 @@ How k is chosen (TUMLS's "optimal tree cut", plus a rule for one tissue)
    cloud with the same covariance. Cross-fitting matters in 256 dimensions: the
    2-means axis of a half fits its noise, so projecting that same half would make a
    single Gaussian look bimodal.)
-4. A user-given k skips all of this.
+4. **Votes over resamples.** Steps 1-3 are repeated on ``resamples`` random subsets of
+   80 % of the tiles (at most ``linkage_max_tiles``); k is the value most of them choose
+   (a tie goes to the choice on all tiles). The runner-up is the second most chosen k:
+   ``k_votes`` says how close it came, so that a pathologist knows when another k is
+   nearly as well supported (the demo slide's k = 2 and k = 3 gaps are almost equal).
+   With ``resamples = 0`` only the tiles' own choice counts.
+5. A user-given k skips all of this.
 
 Methods (``clusters.method``)
 -----------------------------
@@ -35,10 +41,14 @@ Methods (``clusters.method``)
     tissue is the largest. Clusters left empty are dropped (with a warning). A graph with
     no edge (no two neighbouring tiles similar enough, or every tile alone on its tissue
     fragment) cannot be partitioned by modularity: the tiles are clustered with k-means
-    instead, and a warning says so.
+    (or the mixture, below) instead, and a warning says so.
 
-Both methods use the same k (from the dendrogram or the user). Centroids are the mean
-latent of each tissue's tiles (for k-means, its centres).
+When the embedding has its own mixture (``embedding.method = 'vade'``), the mixture
+chooses k (or ``clusters.k`` sets it) and, with ``kmeans``, assigns each tile to its most
+probable component (``Clustering.method`` is then ``mixture``); ``graph`` partitions the
+tiles into the mixture's k. Otherwise both methods use the same k (from the dendrogram
+or the user). Centroids are the mean latent of each tissue's tiles (for k-means, its
+centres).
 
 Typicality and confidence: two questions about a tile
 ------------------------------------------------------
@@ -57,13 +67,15 @@ near (or nearer), 1 on the centroid itself; 1 when k = 1. For k-means d₁ is th
 centroid, so this is the margin between the nearest and the second-nearest. It equals
 p₁ − p₂ for the two-way posterior p ∝ 1/d between the two tissues
 (:func:`distance_posterior`). Seeded clustering and the prototype dictionary use the same
-function with their own centres (classes, prototypes). The graph network's own softmax is
-not used for confidence: it saturates (on the lung mosaic of ``reports/regions.md`` most
+function with their own centres (classes, prototypes). The graph network's softmax and
+the mixture's posterior are not used for confidence, so that it means one thing whatever
+the method; the softmax also saturates (on the lung mosaic of ``reports/regions.md`` most
 tiles have a softmax margin of 1.0, straddling tiles included).
 
 *Posterior* (``Clustering.posterior``): each tile's soft assignment, the evidence the
 region refinement (:mod:`tumls_qp.tissue.regions`) shares out below the tile: the
-two-way posterior for k-means, the network's softmax for graph clustering.
+two-way posterior for k-means, the network's softmax for graph clustering, the
+embedding's p(tissue | tile) for a mixture.
 
 Tissues are numbered by size: tissue 0 ("Tissue 1") has the most tiles.
 """
@@ -71,7 +83,8 @@ Tissues are numbered by size: tissue 0 ("Tissue 1") has the most tiles.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.cluster.hierarchy import linkage
@@ -86,6 +99,7 @@ __all__ = [
     "distance_posterior",
     "tile_graph",
     "choose_k",
+    "vote_k",
     "dendrogram_gaps",
     "split_statistic",
     "SPLIT_CRITICAL_VALUE",
@@ -98,6 +112,8 @@ log = logging.getLogger(__name__)
 SPLIT_CRITICAL_VALUE = 1.8692
 #: Percentile of the centroid distances that maps to uncertainty 1.
 UNCERTAINTY_PERCENTILE = 99.0
+#: Fraction of the tiles in each resample of the k vote.
+RESAMPLE_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
@@ -130,13 +146,17 @@ class Clustering:
         Tiles in the linkage, in its leaf numbering.
     method : str
         ``"kmeans"`` or ``"graph"``: the method that made ``labels`` (k-means when graph
-        clustering had to fall back; see ``warnings``).
+        clustering had to fall back; see ``warnings``), or ``"mixture"`` when the embedding's
+        own mixture (``vade``) assigned the tiles.
     posterior : (n, k) float32 ndarray
-        Soft assignment of each tile (rows sum to 1).
+        Soft assignment of each tile (rows sum to 1): the embedding's mixture p(tissue | tile)
+        when it has one, the graph network's softmax, or else the two-way distance posterior.
     confidence : (n,) float32 ndarray
         :func:`assignment_confidence` of each tile, in [0, 1].
     warnings : tuple of str
         What a reader of the result should know (e.g. a fallback).
+    k_votes : dict of int to int
+        How many resamples chose each k (empty when k was given or not voted on).
     """
 
     k: int
@@ -154,6 +174,7 @@ class Clustering:
     posterior: np.ndarray
     confidence: np.ndarray
     warnings: tuple[str, ...] = ()
+    k_votes: dict[int, int] = field(default_factory=dict)
 
     def sizes(self) -> list[int]:
         """Tiles per tissue."""
@@ -164,6 +185,14 @@ class Clustering:
         return replace(self, labels=self.labels[part], distance=self.distance[part],
                        uncertainty=self.uncertainty[part], posterior=self.posterior[part],
                        confidence=self.confidence[part], linkage_indices=None)
+    @property
+    def runner_up(self) -> tuple[int, int] | None:
+        """(k, votes) of the second most chosen k, or None when every resample chose the same k."""
+        others = [(v, -k) for k, v in self.k_votes.items() if k != self.k]
+        if not others:
+            return None
+        votes, neg_k = max(others)
+        return -neg_k, votes
 
 
 def dendrogram_gaps(heights: np.ndarray, k_lo: int, k_hi: int) -> dict[int, float]:
@@ -354,8 +383,28 @@ def _graph_labels(x: np.ndarray, k: int, cfg: ClusterConfig, seed: int, position
     return posterior.argmax(axis=1).astype(np.int64), posterior
 
 
+def vote_k(x: np.ndarray, cfg: ClusterConfig, seed: int, n_distinct: int | None = None) -> dict[int, int]:
+    """How many of ``cfg.resamples`` random subsets of the tiles choose each k (dendrogram gap and split test).
+
+    Each subset holds ``RESAMPLE_FRACTION`` of the tiles, at most ``cfg.linkage_max_tiles``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if n_distinct is None:
+        n_distinct = len(np.unique(x.round(6), axis=0))
+    rng = np.random.default_rng([seed, 1])
+    size = max(3, min(int(round(RESAMPLE_FRACTION * len(x))), cfg.linkage_max_tiles))
+    votes: Counter[int] = Counter()
+    for r in range(cfg.resamples):
+        sub = x[np.sort(rng.choice(len(x), size, replace=False))]
+        gaps = dendrogram_gaps(linkage(sub, method="ward")[:, 2], cfg.k_min, min(cfg.k_max, n_distinct))
+        statistic = split_statistic(sub, seed + 1 + r) if cfg.k_min <= 1 and gaps else None
+        votes[choose_k(gaps, statistic, cfg.k_min)[0]] += 1
+    return dict(sorted(votes.items()))
+
+
 def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *, positions: np.ndarray | None = None,
-                       groups: np.ndarray | None = None) -> Clustering:
+                       groups: np.ndarray | None = None, posterior: np.ndarray | None = None,
+                       posterior_source: str = "VaDE mixture (lowest BIC)") -> Clustering:
     """Group tiles into tissues.
 
     Parameters
@@ -369,12 +418,20 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *, po
         Tile centres in tile sides (grid column, row); needed by graph clustering.
     groups : (n,) int ndarray, optional
         Slide of each tile in a cohort: graph clustering joins no tiles of different slides.
+    posterior : (n, m) float ndarray, optional
+        The embedding's own mixture posteriors p(component | tile) (``vade``): k is the
+        number of components that receive tiles (the mixture chose it, or ``cfg.k`` set it)
+        and ``k_source`` is ``posterior_source``; with ``clusters.method = 'kmeans'`` each
+        tile goes to its most probable component (``method`` is then ``"mixture"``), with
+        ``'graph'`` the graph network partitions the tiles into that k. The dendrogram is
+        still computed for the report. Unless k is given, the one-tissue split test still
+        applies: one Gaussian cloud is one tissue.
 
     Raises
     ------
     InvalidInputError
         Latents that are not an (n >= 2, d) finite array; a k larger than the distinct tiles;
-        graph clustering without positions.
+        a posterior of the wrong shape; graph clustering without positions.
     """
     from sklearn.cluster import KMeans
 
@@ -387,13 +444,26 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *, po
     n_distinct = len(np.unique(x.round(6), axis=0))
 
     gaps: dict[int, float] = {}
+    votes: dict[int, int] = {}
     statistic = None
     z = sub = None
     if len(x) >= 3:
         sub = np.sort(rng.choice(len(x), cfg.linkage_max_tiles, replace=False)) if len(x) > cfg.linkage_max_tiles \
             else np.arange(len(x))
         z = linkage(x[sub], method="ward")
-    if cfg.k is not None:
+    if posterior is not None:
+        post = np.asarray(posterior, dtype=np.float64)
+        if post.shape[0] != len(x) or post.ndim != 2 or not np.isfinite(post).all():
+            raise InvalidInputError(f"posterior must be a finite (n, m) array with n = {len(x)}; got {post.shape}")
+        used = np.unique(post.argmax(axis=1))
+        post = post[:, used] / np.maximum(post[:, used].sum(axis=1, keepdims=True), 1e-12)
+        k, source = len(used), ("user" if cfg.k is not None else posterior_source)
+        if cfg.k is None and cfg.k_min <= 1 and k > 1 and sub is not None:
+            # The one-tissue test holds for a mixture too: one Gaussian cloud is one tissue.
+            statistic = split_statistic(x[sub], seed)
+            if statistic <= SPLIT_CRITICAL_VALUE:
+                k, source, post = 1, "split test: one tissue", np.ones((len(x), 1))
+    elif cfg.k is not None:
         k, source = cfg.k, "user"
         if k > n_distinct:
             raise InvalidInputError(
@@ -405,27 +475,37 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *, po
         if cfg.k_min <= 1 and gaps:
             statistic = split_statistic(x[sub], seed)
         k, source = choose_k(gaps, statistic, cfg.k_min)
+        if cfg.resamples and len(x) >= 10:
+            votes = vote_k(x, cfg, seed, n_distinct)
+            top = max(votes.values())
+            if votes.get(k, 0) < top:
+                k = min(kk for kk, v in votes.items() if v == top)
+                source = "split test: one tissue" if k == 1 else "dendrogram"
 
-    method, warnings = cfg.method, []
-    softmax = None
+    mixture = posterior is not None and k > 1
+    method, warnings = ("mixture" if mixture and cfg.method == "kmeans" else cfg.method), []
+    soft = None  # the method's own soft assignment (graph network or mixture), one column per tissue
     if k == 1:
         labels = np.zeros(len(x), dtype=np.int64)
         centroids = x.mean(axis=0, keepdims=True)
     else:
         graph = _graph_labels(x, k, cfg, seed, positions, groups) if cfg.method == "graph" else None
         if isinstance(graph, str):
-            warnings.append(f"graph clustering fell back to k-means: {graph}")
+            method = "mixture" if mixture else "kmeans"
+            warnings.append(f"graph clustering fell back to {'the mixture' if mixture else 'k-means'}: {graph}")
             log.warning("%s", warnings[-1])
-            method = "kmeans"
         if isinstance(graph, tuple):
-            labels, softmax = graph
+            labels, soft = graph
             present = np.flatnonzero(np.bincount(labels, minlength=k))
             if len(present) < k:
                 warnings.append(f"graph clustering left {k - len(present)} of the k = {k} tissues empty; "
                                 f"{len(present)} remain")
-            softmax = softmax[:, present]
+            soft = soft[:, present]
             labels = np.searchsorted(present, labels)
             k = len(present)
+        elif mixture:
+            labels, soft = post.argmax(axis=1).astype(np.int64), post
+        if soft is not None:
             centroids = np.stack([x[labels == j].mean(axis=0) for j in range(k)])
         else:
             km = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=seed).fit(x)
@@ -437,8 +517,8 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *, po
         remap = np.empty(k, dtype=np.int64)
         remap[order] = np.arange(k)
         labels, centroids = remap[labels], centroids[order]
-        if softmax is not None:
-            softmax = softmax[:, order]
+        if soft is not None:
+            soft = soft[:, order]
 
     all_distances = np.sqrt(np.maximum(
         (x * x).sum(axis=1)[:, None] - 2.0 * x @ centroids.T + (centroids * centroids).sum(axis=1)[None, :], 0.0))
@@ -446,7 +526,7 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *, po
     scale = float(np.percentile(distance, UNCERTAINTY_PERCENTILE))
     uncertainty = np.clip(distance / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(distance)
     confidence = assignment_confidence(all_distances, labels)
-    posterior = softmax / softmax.sum(axis=1, keepdims=True) if softmax is not None \
+    assignment = soft / soft.sum(axis=1, keepdims=True) if soft is not None \
         else distance_posterior(all_distances, labels)
     log.info("k = %d (%s, %s); tiles per tissue %s", k, source, method, np.bincount(labels).tolist())
     return Clustering(
@@ -462,7 +542,9 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *, po
         linkage=z,
         linkage_indices=sub,
         method=method,
-        posterior=posterior.astype(np.float32),
+        posterior=assignment.astype(np.float32),
         confidence=confidence.astype(np.float32),
         warnings=tuple(warnings),
+        k_votes=votes,
     )
+

@@ -331,6 +331,7 @@ def test_pipeline_glands_on_a_glas_mosaic(shared_data: Path, tmp_path: Path) -> 
     features = json.loads(run.geojson_path.read_text())["features"]
     glands = [f for f in features if f["properties"].get("classification", {}).get("name") == "Gland"]
     assert len(glands) == info.glands
-    boxes = [box(*r.box[:2], r.box[0] + r.box[2], r.box[1] + r.box[3]) for r in run.representatives]
+    boxes = [box(*r.patch_box[:2], r.patch_box[0] + r.patch_box[2], r.patch_box[1] + r.patch_box[3])
+             for r in run.representatives]
     assert all(any(b.buffer(0.01).contains(shape(f["geometry"])) for b in boxes) for f in glands)
     assert all(f["properties"]["measurements"]["Area um^2"] >= GlandConfig().min_gland_um2 * 0.8 for f in glands)

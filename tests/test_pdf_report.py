@@ -135,12 +135,13 @@ def test_pipeline_report_has_every_section_and_the_manifest_numbers(demo_run):
     ]
     for value in numbers:
         assert value in text, value
-    # Areas in µm² and shares in %, computed here from the manifest alone.
-    tile_um2 = m["tiles"]["tile_um"] ** 2
-    counts = m["clusters"]["tiles_per_tissue"]
-    for n in counts:
-        assert f"{n * tile_um2:,.0f}" in text
-        assert f"{100 * n / sum(counts):.1f}" in text
+    # Region areas in µm² and shares in %, computed here from the manifest alone.
+    areas = list(m["regions"]["area_um2"].values())
+    for area in areas:
+        assert f"{area:,.0f}" in text
+        assert f"{100 * area / sum(areas):.1f}" in text
+    # The confidence map's caption (figure text is not extracted).
+    assert "each tile's confidence, how sure its assignment is" in text
     # The nuclei of the real run: each tissue's count, from the manifest, on its headline line.
     assert m["nuclei"]["nuclei"] > 0
     for count in m["nuclei"]["per_tissue"].values():
@@ -177,13 +178,15 @@ def test_report_command_rerenders_from_the_run_folder_alone(demo_run, tmp_path, 
 
 # --- edge cases on the synthetic slide -----------------------------------------------------------------------------
 
-def _write_nuclei(run, radius_px=6, per_patch=3, features=True, empty=False):
-    """Nucleus files in the run-folder contract: disks drawn in each representative's label image."""
+def _write_nuclei(run, per_patch=3, features=True, empty=False):
+    """Nucleus files in the run-folder contract: disks drawn in each representative's label image (radius 1/21 of
+    the patch, so that their outlines are visible however large the patch)."""
     rows = []
     for patch in sorted((run / "patches").glob("tissue*-rank*.jpg")):
         t, r = (int(v) for v in patch.stem.replace("tissue", "").split("-rank"))
         with Image.open(patch) as image:
             w, h = image.size
+        radius_px = max(6, w // 21)
         labels = np.zeros((h, w), np.uint16)
         if not empty:
             yy, xx = np.mgrid[:h, :w]
@@ -213,7 +216,7 @@ def _write_nuclei(run, radius_px=6, per_patch=3, features=True, empty=False):
 def _nucleus_pixels(path):
     """Pixels in the nucleus class colour on the pages after the summary (whose uncertainty map has yellows)."""
     colour = np.array(NUCLEUS_COLOUR, dtype=int)
-    return [int((np.abs(img.astype(int) - colour).max(axis=2) < 40).sum()) for img in _page_images(path, 1.5)[1:]]
+    return [int((np.abs(img.astype(int) - colour).max(axis=2) < 40).sum()) for img in _page_images(path, 3.0)[1:]]
 
 
 def test_nuclei_files_give_outlines_and_feature_listings(synthetic_run, tmp_path):
@@ -289,9 +292,9 @@ def test_cohort_report(slides, tmp_path, capsys):
     for value in ("Cohort report: 2 slides", "analysed together", "Per-slide summary", "Tissue distribution per slide",
                   "Each tissue over the slides", "two-tissues.tif", "homogeneous.tif", "Case summary"):
         assert value in text, value
-    for r in results:
-        counts = r.manifest.clusters.tiles_per_tissue
-        assert " ".join(f"{100 * n / sum(counts):.1f}" for n in counts) in text
+    for r in results:  # shares of the regions' area
+        areas = list(r.manifest.regions.area_um2.values())
+        assert " ".join(f"{100 * a / sum(areas):.1f}" for a in areas) in text
     assert text.count("Parameters and provenance") == 2  # each slide's case report follows
     _assert_pages_not_blank(cohort_pdf)
     # Re-rendered from one member with --cohort: the same cohort, the same pages.

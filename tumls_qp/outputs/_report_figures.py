@@ -196,18 +196,18 @@ def _label_positions(labels: np.ndarray, k: int) -> dict[int, tuple[float, float
     return out
 
 
-def maps_figure(thumbnail: np.ndarray, labels: np.ndarray, uncertainty: np.ndarray, k: int, tile_px: int,
-                mpp: float | None, shares: Sequence[float]) -> bytes:
-    """The tissue map and the uncertainty map over the thumbnail, side by side.
+def maps_figure(thumbnail: np.ndarray, regions: np.ndarray, uncertainty: np.ndarray, confidence: np.ndarray, k: int,
+                tile_px: int, mpp: float | None, shares: Sequence[float]) -> bytes:
+    """The tissue map, the uncertainty map and the confidence map over the thumbnail, side by side.
 
     Parameters
     ----------
     thumbnail : (H, W, 3) uint8 ndarray
         The tissue level; one tile is ``tile_px`` pixels.
-    labels : (rows, cols) ndarray
-        Tissue 1..k per tile, 0 where no tissue tile.
-    uncertainty : (rows, cols) ndarray
-        Uncertainty per tile in [0, 1], NaN where no tissue tile.
+    regions : (H, W) ndarray
+        Tissue 1..k of each thumbnail pixel's region, 0 outside every region (the run's ``regions.png``).
+    uncertainty, confidence : (rows, cols) ndarray
+        Per tile in [0, 1], NaN where no tissue tile.
     k : int
     tile_px : int
     mpp : float or None
@@ -221,39 +221,39 @@ def maps_figure(thumbnail: np.ndarray, labels: np.ndarray, uncertainty: np.ndarr
     from matplotlib.patches import Patch
 
     h, w = thumbnail.shape[:2]
-    label_px = _upsample(labels.astype(np.int64), tile_px, (h, w))
+    label_px = np.zeros((h, w), dtype=np.int64)
+    label_px[: regions.shape[0], : regions.shape[1]] = regions[:h, :w]
     base = thumbnail.astype(np.float64) / 255
-    # Outside the tissue tiles the slide is faded, so the tiles that were analysed stand out.
+    # Outside the regions the slide is faded, so the tissue that was mapped stands out.
     tinted = 0.45 * base + 0.55
     for t in range(1, k + 1):
         mask = label_px == t
         tinted[mask] = 0.5 * base[mask] + 0.5 * np.array(tissue_rgb(t))
     grey = base @ np.array([0.299, 0.587, 0.114])
-    grey_rgb = np.repeat((0.35 * grey + 0.65)[..., None], 3, axis=2)
     cmap = matplotlib.colormaps["viridis"]
-    unc_px = _upsample(uncertainty, tile_px, (h, w))
-    has = np.isfinite(unc_px)
-    grey_rgb[has] = cmap(np.clip(unc_px[has], 0, 1))[:, :3]
+    maps = []
+    for values in (uncertainty, confidence):
+        rgb = np.repeat((0.35 * grey + 0.65)[..., None], 3, axis=2)
+        px = _upsample(values, tile_px, (h, w))
+        has = np.isfinite(px)
+        rgb[has] = cmap(np.clip(px[has], 0, 1))[:, :3]
+        maps.append(rgb)
 
     aspect = h / w
-    panel_w = 3.05  # each panel's width in inches, once the colour bar has its share of the 7 in
-    with _figure(7.0, min(panel_w * aspect + 0.6, 6.2), layout="constrained") as fig:
-        left, right = fig.subplots(1, 2)
-        _image_axis(left, tinted, mpp, "Tissue map")
-        # Outlines at tile resolution (upsampled 4×, so lines follow tile edges), numbers inside each tissue.
-        fine = _upsample(labels.astype(np.int64), 4, (labels.shape[0] * 4, labels.shape[1] * 4))
-        extent = (-0.5, labels.shape[1] * tile_px - 0.5, labels.shape[0] * tile_px - 0.5, -0.5)
+    panel_w = 2.1  # each panel's width in inches, once the colour bar has its share of the 7 in
+    with _figure(7.0, min(panel_w * aspect + 0.8, 6.2), layout="constrained") as fig:
+        left, middle, right = fig.subplots(1, 3)
+        _image_axis(left, tinted, mpp, "Tissue regions")
         for t in range(1, k + 1):
-            if (fine == t).any():
-                mask = (fine == t).astype(float)
+            mask = (label_px == t).astype(float)
+            if mask.any():
                 # The tissue's hatch pattern (as in the bar charts) tells tissues apart in grey print.
                 if _hatch(t):
-                    left.contourf(mask, levels=[0.5, 1.5], colors="none", hatches=[_hatch(t)], extent=extent,
-                                  origin="upper")
-                left.contour(mask, levels=[0.5], colors=[(0.1, 0.1, 0.1)], linewidths=0.5, extent=extent,
-                             origin="upper")
-        for t, (r, c) in _label_positions(labels, k).items():
-            left.text(c * tile_px, r * tile_px, str(t), ha="center", va="center", fontsize=7, fontweight="bold",
+                    left.contourf(mask, levels=[0.5, 1.5], colors="none", hatches=[_hatch(t)], origin="upper")
+                left.contour(mask, levels=[0.5], colors=[(0.1, 0.1, 0.1)], linewidths=0.4, origin="upper")
+        step = max(1, tile_px // 4)  # label positions on a coarser grid: fast, and a quarter tile is precise enough
+        for t, (r, c) in _label_positions(label_px[::step, ::step], k).items():
+            left.text(c * step, r * step, str(t), ha="center", va="center", fontsize=6, fontweight="bold",
                       color="black", zorder=8,
                       bbox={"boxstyle": "circle,pad=0.2", "facecolor": "white", "edgecolor": "black", "linewidth": 0.5})
         left.set_xlim(-0.5, w - 0.5)
@@ -262,9 +262,11 @@ def maps_figure(thumbnail: np.ndarray, labels: np.ndarray, uncertainty: np.ndarr
                          label=f"{t}: {tissue_class_name(t - 1)} ({shares[t - 1]:.1f} %)") for t in range(1, k + 1)]
         fig.legend(handles=handles, loc="outside lower left", ncols=min(k, 3), frameon=False,
                    handlelength=1.2, columnspacing=1.0)
-        _image_axis(right, grey_rgb, mpp, "Uncertainty per tile")
-        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=right, fraction=0.05, pad=0.02, shrink=0.8)
-        bar.set_label("uncertainty (unitless; 0 typical, 1 atypical)")
+        _image_axis(middle, maps[0], mpp, "Uncertainty per tile")
+        _image_axis(right, maps[1], mpp, "Confidence per tile")
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=[middle, right], fraction=0.05, pad=0.02,
+                           shrink=0.8)
+        bar.set_label("0 to 1 (uncertainty: 0 typical; confidence: 1 sure)")
         bar.outline.set_linewidth(0.4)
         return _encode(fig, photo=True)
 
@@ -286,7 +288,8 @@ def representatives_figure(thumbnail: np.ndarray, scale: float, thumb_mpp: float
         axes = np.atleast_2d(fig.subplots(2, n, squeeze=False))
         for i, rep in enumerate(reps):
             low = _crop(thumbnail, rep.box, scale)
-            _image_axis(axes[0, i], low, thumb_mpp, f"rank {rep.rank} · u = {rep.uncertainty:.2f}", "nearest")
+            _image_axis(axes[0, i], low, thumb_mpp, f"rank {rep.rank} · u {rep.uncertainty:.2f} · "
+                        f"c {rep.confidence:.2f}", "nearest")
             patch = patches[i]
             if patch is None:
                 axes[1, i].text(0.5, 0.5, "patch missing", ha="center", va="center", transform=axes[1, i].transAxes)
@@ -309,7 +312,7 @@ def nucleus_overlay_figure(patch: np.ndarray, labels: np.ndarray | None, mpp: fl
     if labels is not None:
         edges = find_boundaries(labels, mode="inner")
         # Thicken the outline with the patch size so it stays visible once the patch is shrunk on the page.
-        width = max(1, int(round(max(patch.shape[:2]) / 350)))
+        width = max(1, int(round(max(patch.shape[:2]) / 250)))
         if width > 1:
             from scipy import ndimage
 

@@ -7,13 +7,14 @@ is rendered.
 
 Pages of a case report, in order:
 
-1. Case summary: slide, dates, tool version; the tissue map and the uncertainty map over
-   the slide thumbnail; k and how it was chosen; one line per tissue (tiles, area in µm²
-   and %, mean uncertainty, headline features); a statement that these are pre-decision
-   insights, not a diagnosis.
+1. Case summary: slide, dates, tool version; the tissue regions, the uncertainty map and the
+   confidence map over the slide thumbnail; k and how it was chosen; one line per tissue
+   (tiles, region area in µm² and %, mean uncertainty and confidence, headline features); a
+   statement that these are pre-decision insights, not a diagnosis.
 2. One page per tissue: its best representatives at the tissue level and at full
-   resolution; the best one with its nucleus outlines and feature listing; the
-   distribution of its tiles' uncertainty.
+   resolution; the best one with its nucleus outlines and feature listing (with a warning
+   in words when the features rest on fewer than ``FEW_NUCLEI`` nuclei); the distribution of
+   its tiles' uncertainty.
 3. Comparison across tissues: normalised features; the tissue distribution.
 4. Method and quality: dendrogram with the chosen cut and how the resamples voted on k, the
    embedding method (for the autoencoder its losses and reconstructions), the embedding
@@ -48,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
+from ..cells.features import FEW_NUCLEI
 from ..classes import class_colour, tissue_class_name
 from ..errors import InvalidInputError, OutputError
 from ..files import atomic_write
@@ -366,8 +368,9 @@ def _area(um2: float) -> str:
 
 
 def _shares(run: RunFolder) -> np.ndarray:
-    counts = run.tiles_per_tissue().astype(np.float64)
-    return 100 * counts / counts.sum() if counts.sum() else counts
+    """Share of the mapped tissue area in each tissue's region, %."""
+    areas = run.tissue_areas_um2()
+    return 100 * areas / areas.sum() if areas.sum() else areas
 
 
 def _feature_columns(run: RunFolder) -> list[str]:
@@ -423,8 +426,10 @@ def _k_explanation(run: RunFolder) -> str:
     if source.startswith("VaDE"):
         bic = run.manifest.embedding.bic
         listed = ", ".join(f"k = {kk}: {v:.0f}" for kk, v in sorted(bic.items()))
+        assigned = ("each tile goes to its most probable component" if run.manifest.clusters.method == "mixture"
+                    else f"graph clustering partitioned the tiles into {k} tissues")
         return (f"k = {k}, chosen by the embedding itself: VaDE's Gaussian mixture has the lowest BIC with {k} "
-                f"components ({listed}); each tile goes to its most probable component.")
+                f"components ({listed}); {assigned}.")
     return f"k = {k} ({_escape(source)})."
 
 
@@ -524,26 +529,32 @@ def _summary_page(styles: _Styles, run: RunFolder) -> list[Any]:
     story.append(_para(f"<b>How k was chosen.</b> {_k_explanation(run)}", styles.small))
 
     tiles = run.tiles
-    labels = figures.tissue_grid(tiles.boxes, tiles.tissue, None, run.tile_size_px, _grid_shape(run))
     unc = figures.tissue_grid(tiles.boxes, tiles.tissue, tiles.uncertainty, run.tile_size_px, _grid_shape(run))
+    conf = figures.tissue_grid(tiles.boxes, tiles.tissue, tiles.confidence, run.tile_size_px, _grid_shape(run))
     shares = _shares(run)
-    png = figures.maps_figure(run.thumbnail, labels, unc, k, run.tile_px, run.thumbnail_mpp, shares)
+    png = figures.maps_figure(run.thumbnail, run.regions, unc, conf, k, run.tile_px, run.thumbnail_mpp, shares)
     story.append(_image(png))
+    regions = run.manifest.regions
+    drawn = ("borders drawn within the tiles from the image (multi-scale segmentation)"
+             if regions.method == "felzenszwalb" else "whole tiles")
     story.append(_para(
-        "Left: each analysed tile coloured by its tissue (QuPath class colours; the number marks the tissue's largest "
-        "region). Right: each tile's uncertainty, its distance to its tissue's centre in the embedding, scaled so that "
-        "1 is as atypical as the most atypical 1 % of tiles. Faded areas were not analysed (background or artefact).",
+        f"Left: the tissue regions, {drawn}, in QuPath class colours; the number marks each tissue's largest region. "
+        "Middle: each tile's uncertainty, how atypical it is of its tissue (its distance to the tissue's centre in the "
+        "embedding; 1 is as atypical as the most atypical 1 % of tiles). Right: each tile's confidence, how sure its "
+        "assignment is (1: far nearer its own tissue's centre than any other; 0: as near another tissue). A tile "
+        "between two tissues can be typical enough yet unsure. Faded areas were not mapped (background, artefact).",
         styles.small))
 
     headline = _headline_columns(run)
-    header = ["", "Tissue", "Tiles", "Area (µm²)", "Share (%)", "Mean uncertainty",
+    header = ["", "Tissue", "Tiles", "Area (µm²)", "Share (%)", "Mean uncer­tainty", "Mean confi­dence",
               "Headline features" if headline else "Nucleus features"]
     rows: list[list[Any]] = [header]
     extra: list[tuple] = []
     counts = run.tiles_per_tissue()
+    areas = run.tissue_areas_um2()
     for t in range(1, k + 1):
         mask = tiles.tissue == t
-        area = counts[t - 1] * run.tile_area_um2
+        area = areas[t - 1]
         feature_row = run.feature_row(t)
         if not mask.any():
             text = "not on this slide (a tissue of the cohort)"
@@ -554,9 +565,10 @@ def _summary_page(styles: _Styles, run: RunFolder) -> list[Any]:
         else:
             text = "none in this run folder"
         rows.append([_swatch_cell(t, styles), tissue_class_name(t - 1), _fmt(int(counts[t - 1])), _area(area),
-                     f"{shares[t - 1]:.1f}", f"{tiles.uncertainty[mask].mean():.3f}" if mask.any() else "n/a", text])
+                     f"{shares[t - 1]:.1f}", f"{tiles.uncertainty[mask].mean():.3f}" if mask.any() else "n/a",
+                     f"{tiles.confidence[mask].mean():.3f}" if mask.any() else "n/a", text])
         extra += _swatch_commands(t, t)
-    story.append(_table(rows, styles, widths=[16, 52, 38, 72, 44, 58, 230], extra=extra))
+    story.append(_table(rows, styles, widths=[16, 50, 34, 64, 40, 46, 46, 214], extra=extra))
     story.append(_para(DISCLAIMER, styles.box))
     return story
 
@@ -586,13 +598,18 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
 
     mask = run.tiles.tissue == t
     count = int(mask.sum())
-    area = count * run.tile_area_um2
+    area = run.tissue_areas_um2()[t - 1]
     values = run.tiles.uncertainty[mask]
     story = [_para(f"{tissue_class_name(t - 1)}", styles.title)]
-    summary = (f"{_fmt(count)} tiles · area {_area(area)} µm² ({_shares(run)[t - 1]:.1f} % of the tissue) · "
-               + (f"uncertainty mean {values.mean():.3f}, median {np.median(values):.3f}" if count else
-                  "no tile of this tissue on this slide"))
-    story.append(_para(summary, styles.body))
+    summary = (f"{_fmt(count)} tiles · region area {_area(area)} µm² ({_shares(run)[t - 1]:.1f} % of the tissue) · "
+               + (f"uncertainty mean {values.mean():.3f}, median {np.median(values):.3f} · confidence mean "
+                  f"{run.tiles.confidence[mask].mean():.3f}" if count else "no tile of this tissue on this slide"))
+    few = _few_nuclei(run, t)
+    story.append(_para(summary + (f" <b>Few nuclei:</b> {few}" if few else ""), styles.body))
+    if count and area == 0:
+        story.append(_para("<b>No region.</b> Every tile of this tissue lies on a border between other tissues; "
+                           "the border refinement gave its area to them. It stays in QuPath's tile layer.",
+                           styles.box))
 
     reps = run.representatives_of(t)
     if not reps:
@@ -602,8 +619,9 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     png = figures.representatives_figure(run.thumbnail, run.thumbnail_scale, run.thumbnail_mpp, reps, patches)
     story.append(KeepTogether([
         _para(f"The {len(reps)} best representatives", styles.h2), _image(png),
-        _para("The tiles closest to the tissue's centre in the embedding, best first (u: uncertainty). Top: as the "
-              "tissue level shows them. Bottom: the same regions at full resolution.", styles.small),
+        _para("The confident tiles closest to the tissue's centre in the embedding, best first (u: uncertainty, c: "
+              "confidence). Top: the tile as the tissue level shows it. Bottom: "
+              f"{_patch_size(run, reps[0])} centred on the tile, at full resolution.", styles.small),
     ]))
 
     png = figures.uncertainty_histogram(values, run.tiles.uncertainty, [r.uncertainty for r in reps], t)
@@ -624,6 +642,7 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     patch = patches[0]
     labels, note = _best_labels(run, best, patch)
     block: list[Any] = [_para("The best representative: nuclei and features", styles.h2)]
+
     if patch is not None:
         picture = _image(figures.nucleus_overlay_figure(patch, labels, best.patch_mpp))
         rest = _FRAME_WIDTH - picture.drawWidth - 6
@@ -635,6 +654,22 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
         block.append(_para(note, styles.small))
     story.append(KeepTogether(block))
     return story
+
+
+def _patch_size(run: RunFolder, rep: Any) -> str:
+    return f"a {rep.patch_box[2] * run.mpp:.0f} µm square"
+
+
+def _few_nuclei(run: RunFolder, t: int) -> str | None:
+    """A warning in words when a tissue's features rest on fewer than FEW_NUCLEI nuclei; None otherwise."""
+    row = run.feature_row(t)
+    if row is None or not math.isfinite(row.get("Nuclei", math.nan)):
+        return None
+    count = int(row["Nuclei"])
+    if count >= FEW_NUCLEI:
+        return None
+    return (f"its nucleus features rest on {count} nuclei, fewer than {FEW_NUCLEI}; a few nuclei more or less could "
+            "change them a lot. Read them as an example, not a measurement.")
 
 
 def _best_labels(run: RunFolder, best: Any, patch: np.ndarray | None) -> tuple[np.ndarray | None, str | None]:
@@ -917,10 +952,10 @@ def _cohort_story(styles: _Styles, runs: list[RunFolder]) -> list[Any]:
     for i, run in enumerate(runs):
         counts = np.zeros(k)
         counts[: run.k] = run.tiles_per_tissue()
-        shares[i] = 100 * counts / counts.sum() if counts.sum() else 0
-        areas[i] = counts * (run.tile_area_um2 / 1e6)
-        total_area = counts.sum() * run.tile_area_um2
-        largest = int(np.argmax(counts)) + 1
+        areas[i, : run.k] = run.tissue_areas_um2() / 1e6
+        shares[i] = 100 * areas[i] / areas[i].sum() if areas[i].sum() else 0
+        total_area = areas[i].sum() * 1e6
+        largest = int(np.argmax(areas[i])) + 1
         present = [str(t) for t in range(1, k + 1) if counts[t - 1] > 0]
         rows.append([run.slide_name, _fmt(int(counts.sum())), _area(total_area), ", ".join(present),
                      f"{largest} ({shares[i, largest - 1]:.1f} %)",

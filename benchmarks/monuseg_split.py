@@ -1,24 +1,29 @@
 """MoNuSeg with a development / held-out split: the protocol for changing the nucleus segmentation.
 
-The 14 MoNuSeg test images are a public benchmark, so they are split by a fixed rule
-before any change is looked at:
+The development set is ``../shared/data/monuseg_train`` (13 MoNuSeg training images). It is
+split by a fixed rule before any change is looked at:
 
-* **dev** (development half): the first image of each organ, image ids in sorted order
-  (one per organ, 7 images). Diagnosis and design decisions use these only.
-* **held** (held-out half): the other 7 images. They are scored rarely: once per idea that
-  was kept on the development half.
+* **dev** (development part): the first image of each organ, image ids in sorted order
+  (one per organ: 5 images). Diagnosis and design decisions use these only.
+* **held** (held-out part): the other 8 images. They are scored rarely: once per idea that
+  was kept on the development part, to check the decision.
+
+The 14 test images (``../shared/data/monuseg_test``) are scored with the method frozen,
+once per design change: ``--folder ../shared/data/monuseg_test --half all``.
 
 Scores are those of ``tumls_qp.evaluation.monuseg.image_metrics`` (mask 2 unless told), means over
-the images of a half. Timing as in the benchmark: one thread, the fastest of ``--repeats``
+the images of a part. Timing as in the benchmark: one thread, the fastest of ``--repeats``
 runs of ``segment_nuclei`` alone, wall and CPU time of the calling thread.
 
-    python benchmarks/monuseg_split.py                      # dev half, the working tree's code
-    python benchmarks/monuseg_split.py --half held          # held-out half
-    python benchmarks/monuseg_split.py --half all --compare 57db3bb --repeats 3
+    python benchmarks/monuseg_split.py                      # dev part, the working tree's code
+    python benchmarks/monuseg_split.py --half held          # held-out part
+    python benchmarks/monuseg_split.py --half all --compare main --repeats 3
+    python benchmarks/monuseg_split.py --folder ../shared/data/monuseg_test --half all --compare main
 
-``--compare REV`` scores the code of a git revision too (exported to a temporary folder and
-run in its own process, one after the other in the same run) and prints both side by side,
-for the dev half, the held-out half and all images.
+``--compare REV`` segments with the code of a git revision too (exported to a temporary
+folder and run in its own process, one after the other in the same run) and prints both side
+by side, for the dev part, the held-out part and all images. Reading the images and scoring
+always use the working tree's code, so that two revisions differ by their segmentation only.
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_FOLDER = ROOT.parent / "shared" / "data" / "monuseg_test"
-METRICS = ("dice", "iou", "aji", "f1_object")
+DEFAULT_FOLDER = ROOT.parent / "shared" / "data" / "monuseg_train"
+METRICS = ("dice", "iou", "aji", "aji_challenge", "f1_object")
+MASKS = ("mask1", "mask2", "mask3")
 
 
 def split_halves(items: list) -> tuple[list[str], list[str]]:
@@ -48,28 +56,21 @@ def split_halves(items: list) -> tuple[list[str], list[str]]:
     return dev, held
 
 
-def _worker(folder: str, ids: list[str], repeats: int) -> list[dict]:
-    """Segment and score the given images with the tumls_qp on sys.path; one dict per image."""
+def _worker(inputs: list[str], out_dir: str, repeats: int) -> list[dict]:
+    """Segment each input (``.npz`` with ``rgb`` and ``mpp``) with the tumls_qp on sys.path.
+
+    Writes the three masks to ``out_dir/<input name>``; returns the timing of each input.
+    """
     import time
 
-    import numpy as np
-
-    from tumls_qp.evaluation.monuseg import _OneThread, image_metrics, list_monuseg, read_monuseg_image
     from tumls_qp.cells.nuclei import segment_nuclei
+    from tumls_qp.evaluation.monuseg import _OneThread
 
-    items = [it for it in list_monuseg(folder) if it.image_id in set(ids)]
-    out = []
-    cache = Path(tempfile.gettempdir()) / "monuseg_split_cache"
-    cache.mkdir(exist_ok=True)
+    timings = []
     with _OneThread():
-        for k, item in enumerate(items):
-            cached = cache / f"{item.image_id}.npz"
-            if cached.is_file():
-                data = np.load(cached)
-                rgb, truth, mpp = data["rgb"], data["truth"], float(data["mpp"])
-            else:
-                rgb, truth, mpp = read_monuseg_image(item)
-                np.savez(cached, rgb=rgb, truth=truth, mpp=mpp)
+        for k, path in enumerate(inputs):
+            with np.load(path) as data:
+                rgb, mpp = data["rgb"], float(data["mpp"])
             if k == 0:
                 segment_nuclei(rgb, mpp)  # warm-up
             wall = cpu = math.inf
@@ -77,23 +78,14 @@ def _worker(folder: str, ids: list[str], repeats: int) -> list[dict]:
                 t0, c0 = time.perf_counter(), time.thread_time()
                 seg = segment_nuclei(rgb, mpp)
                 wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.thread_time() - c0)
-            out.append({"image_id": item.image_id, "organ": item.organ, "seconds": wall, "cpu": cpu,
-                        **{m: image_metrics(truth, getattr(seg, m)) for m in ("mask1", "mask2", "mask3")}})
-    return out
+            np.savez_compressed(Path(out_dir) / Path(path).name, **{m: getattr(seg, m) for m in MASKS})
+            timings.append({"input": Path(path).name, "seconds": wall, "cpu": cpu})
+    return timings
 
 
-def _run_code(code_dir: Path | None, folder: str, ids: list[str], repeats: int) -> list[dict]:
-    """Run the worker in a fresh process with ``code_dir`` (or the working tree) first on sys.path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(code_dir if code_dir is not None else ROOT)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--folder", str(Path(folder).resolve()),
-           "--repeats", str(repeats), "--ids", ",".join(ids)]
-    proc = subprocess.run(cmd, env=env, cwd=str(code_dir or ROOT), check=True, capture_output=True, text=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _export(rev: str, dest: Path) -> Path:
-    """Export ``tumls_qp`` of a git revision into ``dest``; returns ``dest``."""
+def export_revision(rev: str, dest: Path) -> Path:
+    """Export ``tumls_qp`` of a git revision into ``dest`` (created); returns ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "tumls_qp"],
                              check=True, capture_output=True).stdout
     tar_path = dest / "code.tar"
@@ -103,6 +95,39 @@ def _export(rev: str, dest: Path) -> Path:
     return dest
 
 
+def segment_with(code_dir: Path | None, inputs: list[Path], out_dir: Path, repeats: int) -> dict[str, dict]:
+    """Segment the inputs in a fresh process with ``code_dir`` (or the working tree) first on sys.path.
+
+    Returns ``{input name: {"mask1", "mask2", "mask3", "seconds", "cpu"}}``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    listing = out_dir / "inputs.json"
+    listing.write_text(json.dumps([str(p) for p in inputs]), encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(code_dir if code_dir is not None else ROOT)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(listing), str(out_dir),
+           "--repeats", str(repeats)]
+    proc = subprocess.run(cmd, env=env, cwd=str(code_dir or ROOT), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"segmentation worker failed:\n{proc.stderr}")
+    results = {}
+    for timing in json.loads(proc.stdout.strip().splitlines()[-1]):
+        with np.load(out_dir / timing["input"]) as masks:
+            results[timing["input"]] = {**{m: masks[m] for m in MASKS}, "seconds": timing["seconds"],
+                                        "cpu": timing["cpu"]}
+    return results
+
+
+def compare_revisions(compare: str | None, inputs: list[Path], work: Path, repeats: int) -> dict[str, dict]:
+    """``{code name: segment_with(...)}`` for the revision ``compare`` (if any), then the working tree."""
+    runs = {}
+    if compare:
+        code = export_revision(compare, work / "code")
+        runs[compare] = segment_with(code, inputs, work / "masks-rev", repeats)
+    runs["working tree"] = segment_with(None, inputs, work / "masks-tree", repeats)
+    return runs
+
+
 def _mean(rows: list[dict], ids: list[str], mask: str, key: str) -> float:
     values = [r[mask][key] if key in r.get(mask, {}) else r[key] for r in rows if r["image_id"] in ids]
     values = [v for v in values if not math.isnan(v)]
@@ -110,8 +135,8 @@ def _mean(rows: list[dict], ids: list[str], mask: str, key: str) -> float:
 
 
 def _table(runs: dict[str, list[dict]], halves: dict[str, list[str]], mask: str) -> str:
-    lines = ["| code | half | images | Dice | IoU | AJI | F1 obj | s/image wall | s/image CPU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| code | part | images | Dice | IoU | AJI | AJI (challenge) | F1 obj | s/image wall | s/image CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for half, ids in halves.items():
         for name, rows in runs.items():
             present = [i for i in ids if any(r["image_id"] == i for r in rows)]
@@ -127,30 +152,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", default=str(DEFAULT_FOLDER))
     parser.add_argument("--half", choices=("dev", "held", "all"), default="dev")
-    parser.add_argument("--compare", metavar="REV", help="also score the code of this git revision")
+    parser.add_argument("--compare", metavar="REV", help="also segment with the code of this git revision")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--mask", default="mask2")
+    parser.add_argument("--mask", default="mask2", choices=MASKS)
     parser.add_argument("--per-image", action="store_true")
     parser.add_argument("--json", metavar="PATH", help="write the per-image results as JSON")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--ids", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, metavar=("INPUTS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(_worker(args.folder, args.ids.split(","), args.repeats)))
+        inputs = json.loads(Path(args.worker[0]).read_text(encoding="utf-8"))
+        print(json.dumps(_worker(inputs, args.worker[1], args.repeats)))
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from tumls_qp.evaluation.monuseg import list_monuseg
+    from tumls_qp.evaluation.monuseg import image_metrics, list_monuseg, read_monuseg_image
 
     items = list_monuseg(args.folder)
     dev, held = split_halves(items)
     ids = {"dev": dev, "held": held, "all": dev + held}[args.half]
     halves = {"dev": dev, "held": held, "all": sorted(dev + held)} if args.half == "all" else {args.half: ids}
-    runs: dict[str, list[dict]] = {}
+    chosen = [it for it in items if it.image_id in set(ids)]
     with tempfile.TemporaryDirectory() as tmp:
-        if args.compare:
-            runs[args.compare] = _run_code(_export(args.compare, Path(tmp)), args.folder, ids, args.repeats)
-        runs["working tree"] = _run_code(None, args.folder, ids, args.repeats)
+        work = Path(tmp)
+        truths, inputs = {}, []
+        for item in chosen:
+            rgb, truths[item.image_id], mpp = read_monuseg_image(item)
+            inputs.append(work / f"{item.image_id}.npz")
+            np.savez(inputs[-1], rgb=rgb, mpp=mpp)
+        segmented = compare_revisions(args.compare, inputs, work, args.repeats)
+        runs = {name: [{"image_id": it.image_id, "organ": it.organ,
+                        "seconds": masks[f"{it.image_id}.npz"]["seconds"], "cpu": masks[f"{it.image_id}.npz"]["cpu"],
+                        **{m: image_metrics(truths[it.image_id], masks[f"{it.image_id}.npz"][m]) for m in MASKS}}
+                       for it in chosen]
+                for name, masks in segmented.items()}
     print(f"dev: {', '.join(dev)}\nheld-out: {', '.join(held)}\n")
     print(_table(runs, halves, args.mask))
     if args.per_image:

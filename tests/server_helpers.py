@@ -62,6 +62,31 @@ class IdleRunner:
     def workers_alive(self) -> int:
         return 0
 
+    def workers_stalled(self) -> int:
+        return 0
+
+
+def api_client(app: Any, **kwargs: Any) -> Any:
+    """A TestClient that talks to the app under one of its own host names (the Host check refuses others)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://127.0.0.1:8765", **kwargs)
+
+
+def run_queued(settings: Any) -> list[str]:
+    """Run every queued job in this process, as a worker would; returns their final states."""
+    from tumls_qp.server.store import JobStore
+    from tumls_qp.server.worker import run_job
+
+    store = JobStore(settings.db_path)
+    states = []
+    try:
+        while (job := store.claim(os.getpid())) is not None:
+            states.append(run_job(store, settings, job))
+    finally:
+        store.close()
+    return states
+
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
@@ -89,13 +114,13 @@ class LiveServer:
     """``python -m tumls_qp.cli serve --port 0`` in a subprocess that imports this checkout's package."""
 
     def __init__(self, data_dir: Path, roots: list[Path], *, workers: int = 1, token: str | None = None,
-                 config: Path | None = None) -> None:
-        self.args = [sys.executable, "-m", "tumls_qp.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-                     "--workers", str(workers)]
+                 config: Path | None = None, extra: list[str] | None = None, prefix: list[str] | None = None) -> None:
+        """``extra``: more ``serve`` options; ``prefix``: a command that runs the server (e.g. ``unshare ...``)."""
+        self.args = [*(prefix or []), sys.executable, "-m", "tumls_qp.cli", "serve", "--port", "0", "--data-dir",
+                     str(data_dir), "--workers", str(workers), *(extra or [])]
         for root in roots:
             self.args += ["--root", str(root)]
-        if token:
-            self.args += ["--token", token]
+        self.token = token
         if config:
             self.args += ["--config", str(config)]
         self.proc: subprocess.Popen[str] | None = None
@@ -104,6 +129,8 @@ class LiveServer:
 
     def start(self, timeout: float = 60) -> "LiveServer":
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        if self.token:  # as the README says: the environment, not the command line (ps shows that)
+            env["TUMLS_QP_TOKEN"] = self.token
         self.proc = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         assert self.proc.stdout is not None
@@ -137,6 +164,8 @@ class LiveServer:
             return False
 
     def client(self, **kwargs: Any) -> httpx.Client:
+        if self.token:
+            kwargs["headers"] = {"Authorization": f"Bearer {self.token}", **kwargs.get("headers", {})}
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
     def worker_pids(self) -> list[int]:
@@ -258,3 +287,127 @@ def bench_out(name: str, data: Any) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"{name}.json").write_text(json.dumps(data, indent=2))
+
+
+class SmallFilesystem:
+    """A tmpfs of ``size_mb`` mounted on ``path`` for the duration of a ``with`` block (needs root).
+
+    ``SmallFilesystem.unavailable()`` says why none can be mounted here (None when one can).
+    """
+
+    def __init__(self, path: Path, size_mb: int) -> None:
+        self.path, self.size_mb = path, size_mb
+
+    @staticmethod
+    def unavailable() -> str | None:
+        import shutil as _shutil
+
+        if not sys.platform.startswith("linux"):
+            return "a small tmpfs needs Linux"
+        if os.geteuid() != 0:
+            return "mounting a small tmpfs needs root (the fault-injection tests cover a full disk without)"
+        if _shutil.which("mount") is None:
+            return "no mount command"
+        return None
+
+    def __enter__(self) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m", "tmpfs", str(self.path)], check=True,
+                       capture_output=True, text=True)
+        return self.path
+
+    def __exit__(self, *exc: Any) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False, capture_output=True)
+
+
+def fill_disk(folder: Path, leave_bytes: int, name: str = "ballast.bin") -> Path:
+    """Write a file into ``folder`` until its file system has at most ``leave_bytes`` free."""
+    import shutil as _shutil
+
+    path = folder / name
+    with open(path, "ab") as fh:
+        block = b"\0" * (1 << 16)
+        while _shutil.disk_usage(folder).free > leave_bytes:
+            want = _shutil.disk_usage(folder).free - leave_bytes
+            try:
+                fh.write(block[: max(1, min(len(block), want))])
+                fh.flush()
+            except OSError:
+                break
+    return path
+
+
+def disk_full_run(work: Path, slide: Path, parameters: dict[str, Any], size_mb: int = 20) -> dict[str, Any]:
+    """A live server whose data folder is a ``size_mb`` tmpfs, driven into a full disk and back.
+
+    1. A job succeeds (and prototype clusters are computed) on the empty file system.
+    2. The file system is filled up to 300 KB: jobs are submitted, prototypes and a dictionary asked for.
+    3. It is filled to the last byte: the same again.
+    4. The ballast goes: a job succeeds again, and the first job's result is unchanged.
+
+    Returns every status seen, the jobs' final states and errors, and what is left on the file system
+    (staging folders, attempt folders of failed jobs), for the caller to check.
+    """
+    import hashlib
+    import shutil as _shutil
+
+    data = work / "data"
+    statuses: dict[str, int] = {}
+    seen: list[tuple[str, int, str]] = []
+
+    def note(what: str, response: Any) -> Any:
+        key = f"{what}: {response.status_code}"
+        statuses[key] = statuses.get(key, 0) + 1
+        seen.append((what, response.status_code, response.text[:300]))
+        return response
+
+    with SmallFilesystem(data, size_mb), LiveServer(data, [slide.parent], extra=["--min-free-mb", "0"]) as server, \
+            server.client() as http:
+        def run(name: str) -> dict[str, Any]:
+            response = note("POST /jobs", http.post("/jobs", json=job_body(slide, image_name=name,
+                                                                           parameters=parameters)))
+            if response.status_code != 202:
+                return {"submit": response.status_code, "detail": response.json()["detail"]}
+            final = wait_job(http, response.json()["id"], timeout=300)
+            note("GET /jobs/{id}", http.get(f"/jobs/{final['id']}"))
+            return final
+
+        first = run("first.tif")
+        assert first.get("state") == "succeeded", first
+        digest = hashlib.sha256(http.get(f"/jobs/{first['id']}/geojson",
+                                         headers={"Accept-Encoding": "identity"}).content).hexdigest()
+        note("GET prototypes", http.get(f"/jobs/{first['id']}/prototypes", params={"k": 3, "t": 2}))
+        used_by_one_job = _shutil.disk_usage(data).used
+        phases = {}
+        for phase, leave in (("300 KB free", 300 * 1024), ("0 B free", 0)):
+            ballast = fill_disk(data, leave, f"ballast-{leave}.bin")
+            free_before = _shutil.disk_usage(data).free
+            jobs = [run(f"{phase}-{i}.tif") for i in range(2)]
+            note("GET prototypes", http.get(f"/jobs/{first['id']}/prototypes", params={"k": 4, "t": 2}))
+            named = {"job": first["id"], "k": 4, "names": {"1": "A", "2": "B", "3": "mixed", "4": None}}
+            note("POST /dictionaries", http.post("/dictionaries", json=named))
+            note("GET /jobs", http.get("/jobs"))
+            note("GET /health", http.get("/health"))
+            phases[phase] = {"free_bytes_before": free_before,
+                             "jobs": [{k: j.get(k) for k in ("state", "error", "submit", "detail")} for j in jobs]}
+        for ballast in data.glob("ballast-*.bin"):
+            ballast.unlink()
+        after = run("after.tif")
+        again = hashlib.sha256(http.get(f"/jobs/{first['id']}/geojson",
+                                        headers={"Accept-Encoding": "identity"}).content).hexdigest()
+        from tumls_qp.outputs.geojson import validate_geojson
+
+        succeeded = [j for j in http.get("/jobs", params={"limit": 100}).json()["jobs"] if j["state"] == "succeeded"]
+        invalid = [j["id"] for j in succeeded if validate_geojson(http.get(f"/jobs/{j['id']}/geojson").json())]
+        failed_with_outputs = [j["id"] for j in http.get("/jobs", params={"state": "failed", "limit": 100}).json()
+                               ["jobs"] if list((data / "jobs" / j["id"]).glob("attempt-*"))]
+        leftovers = [str(p.relative_to(data)) for p in data.rglob("*") if p.name.endswith((".partial", ".old"))
+                     or (p.name.startswith(".") and p.parent.name == "dictionaries")]
+        server_errors = [s for s in seen if s[1] >= 500 and s[1] != 507]  # 507 is the answer for a full disk
+        return {
+            "filesystem_mb": size_mb, "bytes_used_after_one_job": used_by_one_job, "statuses": statuses,
+            "phases": phases, "after_freeing": {k: after.get(k) for k in ("state", "error")},
+            "first_result_unchanged": digest == again, "succeeded_jobs": len(succeeded),
+            "succeeded_with_invalid_geojson": invalid, "failed_jobs_with_outputs_left": failed_with_outputs,
+            "staging_leftovers": leftovers, "server_errors": server_errors,
+        }

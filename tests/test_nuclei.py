@@ -95,6 +95,36 @@ def test_two_touching_disks_are_split():
     np.testing.assert_allclose(areas_um2(result.mask2, mpp), math.pi * radius ** 2, rtol=0.2)
 
 
+def _draw(labels: np.ndarray, label: int, centre: tuple[int, int], axes: tuple[int, int]) -> None:
+    """Paint a filled ellipse of ``label`` (OpenCV's centre (x, y) and half axes) where the labels are 0."""
+    canvas = np.zeros(labels.shape, np.uint8)
+    cv2.ellipse(canvas, centre, axes, 0, 0, 360, 1, -1)
+    labels[(canvas > 0) & (labels == 0)] = label
+
+
+def test_oversized_waisted_object_is_split_and_a_large_ellipse_is_not():
+    from tumls_qp.cells.nuclei import _split_oversized
+
+    labels = np.zeros((200, 260), np.int32)
+    for i in range(24):  # the tile's typical nuclei: disks of radius 5 px (about 80 px)
+        _draw(labels, i + 1, (12 + 20 * (i % 12), 12 + 20 * (i // 12)), (5, 5))
+    _draw(labels, 25, (60, 120), (6, 6))  # two touching nuclei: one object, waisted
+    _draw(labels, 25, (71, 120), (6, 6))
+    _draw(labels, 26, (180, 130), (16, 8))  # one large elongated nucleus: an ellipse
+    area = np.bincount(labels.ravel())
+    assert area[25] >= 2 * np.median(area[1:]) and area[26] >= 2 * np.median(area[1:])
+    out = _split_oversized(labels, area, min_px=20)
+    assert out.max() == 27  # one new label, right after the last
+    assert set(np.unique(out[labels == 25])) == {25, 27}
+    assert (out[120, 55] == 25) != (out[120, 76] == 25)  # the two disks are apart
+    assert np.array_equal(out[labels == 26], labels[labels == 26])  # the ellipse stays whole
+    assert np.array_equal(out > 0, labels > 0)  # pixels are relabelled, none added or lost
+    # Parts smaller than min_px: no cut. Too few nuclei for a typical size: nothing changes.
+    assert np.array_equal(_split_oversized(labels, area, min_px=500), labels)
+    few = np.where(labels > 20, labels - 20, 0)
+    assert np.array_equal(_split_oversized(few, np.bincount(few.ravel()), min_px=20), few)
+
+
 def test_result_fields_and_types():
     mpp = 0.5
     rgb = he_image((80, 100), [(15.0, 15.0, 3.0), (35.0, 25.0, 4.0)], mpp)

@@ -232,8 +232,7 @@ def test_staged_runs_appear_together_or_not_at_all(analysis, written, tmp_path):
 
 def test_the_server_reports_a_previous_format_for_a_job(tmp_path):
     pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
-    from server_helpers import IdleRunner, job_body, small_slide
+    from server_helpers import IdleRunner, api_client, job_body, small_slide
 
     from tumls_qp.server.app import create_app
     from tumls_qp.server.settings import ServerSettings
@@ -242,7 +241,7 @@ def test_the_server_reports_a_previous_format_for_a_job(tmp_path):
     slide = small_slide(tmp_path / "slides")
     settings = ServerSettings(data_dir=tmp_path / "data", roots=(tmp_path / "slides",))
     old = shutil.copytree(FORMAT1_RUN, tmp_path / "old-run")
-    with TestClient(create_app(settings, IdleRunner())) as client:
+    with api_client(create_app(settings, IdleRunner())) as client:
         job = client.post("/jobs", json=job_body(slide)).json()
         store = JobStore(settings.db_path)
         try:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import gzip
 import json
 import os
 import re
+import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +17,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
 
-from server_helpers import REPO, IdleRunner, job_body, small_slide  # noqa: E402
+from server_helpers import REPO, IdleRunner, api_client, job_body, small_slide  # noqa: E402
 from tumls_qp.cli import main  # noqa: E402
 from tumls_qp.errors import ConfigError  # noqa: E402
 from tumls_qp.outputs.qupath import file_uri_to_path, path_to_file_uri  # noqa: E402
@@ -47,7 +50,7 @@ def settings(roots, tmp_path):
 @pytest.fixture()
 def client(settings):
     runner = IdleRunner()
-    with TestClient(create_app(settings, runner)) as c:
+    with api_client(create_app(settings, runner)) as c:
         c.runner = runner  # type: ignore[attr-defined]
         yield c
     assert runner.started and runner.stopped
@@ -64,7 +67,8 @@ def _error(response, status, field=None, fragment=""):
 
 
 def test_health_version_docs(client):
-    assert client.get("/health").json() == {"status": "degraded", "workers_alive": 0, "workers": 1}
+    assert client.get("/health").json() == {"status": "degraded", "workers_alive": 0, "workers": 1,
+                                            "workers_stalled": 0}
     version = client.get("/version").json()
     assert version["tool"] == "tumls-qp" and version["api"] == 1
     assert client.get("/docs").status_code == 200
@@ -205,12 +209,20 @@ def test_unknown_jobs_are_404_and_results_wait_for_success(client, roots):
         _error(client.get(f"/jobs/{job['id']}/{suffix}"), 409, None, "is queued")
 
 
-def test_cancel_a_queued_job(client, roots):
+def test_cancel_a_queued_job_then_delete_it(client, roots):
     job = client.post("/jobs", json=job_body(roots["slide"])).json()
     cancelled = client.delete(f"/jobs/{job['id']}")
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     assert client.runner.cancelled == [job["id"]]
-    _error(client.delete(f"/jobs/{job['id']}"), 409, None, "already cancelled")
+    # Once it has ended, DELETE deletes it: its record and its folder.
+    job_dir = client.app.state.settings.jobs_dir / job["id"]
+    job_dir.mkdir(parents=True)
+    (job_dir / "job.log").write_text("log")
+    deleted = client.delete(f"/jobs/{job['id']}")
+    assert deleted.status_code == 204 and not deleted.content
+    assert not job_dir.exists()
+    _error(client.get(f"/jobs/{job['id']}"), 404, None, "no job")
+    _error(client.delete(f"/jobs/{job['id']}"), 404)
 
 
 def test_list_jobs_filters(client, roots):
@@ -252,7 +264,7 @@ def test_body_size_limit(client, roots):
 
 def test_token(roots, tmp_path):
     settings = ServerSettings(data_dir=tmp_path / "data", roots=(roots["inside"],), token=TOKEN)
-    with TestClient(create_app(settings, IdleRunner())) as c:
+    with api_client(create_app(settings, IdleRunner())) as c:
         assert c.get("/health").status_code == 200  # liveness needs no token
         response = c.get("/version")
         _error(response, 401, None, "token")
@@ -263,6 +275,36 @@ def test_token(roots, tmp_path):
         good = {"Authorization": f"Bearer {TOKEN}"}
         assert c.get("/version", headers=good).status_code == 200
         assert c.post("/jobs", json=job_body(roots["slide"]), headers=good).status_code == 202
+        # The docs need it too, and the token is checked before the body is read.
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            _error(c.get(path), 401, None, "token")
+        assert c.get("/openapi.json", headers=good).status_code == 200
+        _error(c.post("/jobs", content=b'{"uris": [', headers={"content-type": "application/json"}), 401)
+        _error(c.post("/jobs", content=b"x" * 50_000, headers={"content-type": "application/json"}), 401)
+        assert c.post("/jobs", content=b'{"uris": [', headers={"content-type": "application/json", **good}
+                      ).status_code == 422
+
+
+def test_host_header_must_name_the_server(roots, tmp_path):
+    """DNS rebinding: a page of attacker.example whose name now points at 127.0.0.1 sends Host: attacker.example."""
+    settings = ServerSettings(data_dir=tmp_path / "data", roots=(roots["inside"],))
+    with api_client(create_app(settings, IdleRunner())) as c:
+        job = c.post("/jobs", json=job_body(roots["slide"])).json()
+        for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765", "localhost", "192.168.1.10:8765", "[fe80::1]"):
+            assert c.get("/jobs", headers={"Host": host}).status_code == 200, host  # a name, or an IP address
+        foreign = {"Host": "attacker.example:8765", "Origin": "http://attacker.example:8765"}
+        for method, path in (("GET", "/jobs"), ("GET", f"/jobs/{job['id']}"), ("DELETE", f"/jobs/{job['id']}"),
+                             ("POST", "/jobs"), ("GET", "/health"), ("GET", "/openapi.json")):
+            response = c.request(method, path, headers=foreign, json=job_body(roots["slide"]))
+            _error(response, 400, "Host", "--allowed-host")
+        assert c.get(f"/jobs/{job['id']}").json()["state"] == "queued"  # the DELETE did nothing
+        assert len(c.get("/jobs").json()["jobs"]) == 1  # nor the POST
+    named = ServerSettings(data_dir=tmp_path / "data2", roots=(roots["inside"],), allowed_hosts=("Slides.Lab",))
+    with api_client(create_app(named, IdleRunner())) as c:
+        assert c.get("/version", headers={"Host": "slides.lab:8765"}).status_code == 200
+        _error(c.get("/version", headers={"Host": "attacker.example"}), 400)
+    elsewhere = ServerSettings(host="192.168.1.10", token=TOKEN, data_dir=tmp_path / "data3", roots=(roots["inside"],))
+    assert {"192.168.1.10", "localhost", "127.0.0.1", "::1", socket.gethostname().lower()} <= elsewhere.trusted_hosts
 
 
 def test_settings_rules(tmp_path, roots):
@@ -279,6 +321,16 @@ def test_settings_rules(tmp_path, roots):
         ServerSettings(data_dir=tmp_path, roots=(roots["inside"],), workers=0)
     with pytest.raises(ConfigError, match="clusters.k"):
         ServerSettings(data_dir=tmp_path, roots=(roots["inside"],), base_parameters={"clusters": {"k": 0}})
+    with pytest.raises(ConfigError, match="--allowed-host"):
+        ServerSettings(data_dir=tmp_path, roots=(roots["inside"],), allowed_hosts=("http://x.org:80",))
+    with pytest.raises(ConfigError, match="--stall-timeout"):
+        ServerSettings(data_dir=tmp_path, roots=(roots["inside"],), stall_timeout_s=1)
+    with pytest.raises(ConfigError, match="--keep-days"):
+        ServerSettings(data_dir=tmp_path, roots=(roots["inside"],), keep_days=-1)
+    with pytest.raises(ConfigError, match="--max-data-gb"):
+        ServerSettings(data_dir=tmp_path, roots=(roots["inside"],), max_data_gb=0)
+    with pytest.raises(ConfigError, match="--min-free-mb"):
+        ServerSettings(data_dir=tmp_path, roots=(roots["inside"],), min_free_mb=-5)
     # Roots are stored resolved, so a symlinked root still confines reads to its target.
     link = tmp_path / "root-link"
     link.symlink_to(roots["inside"])
@@ -292,9 +344,18 @@ def test_serve_command_refuses_bad_settings(capsys, roots, tmp_path):
     assert "not an existing folder" in capsys.readouterr().err
 
 
-def test_serve_command_refuses_a_busy_port_and_a_busy_data_folder(roots, tmp_path):
-    import socket
+def test_serve_command_warns_about_a_token_on_the_command_line(capsys, roots, tmp_path, monkeypatch):
+    """A token given with --token shows in ps: the command says to use TUMLS_QP_TOKEN instead."""
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # stop right after the settings are checked
+    args = ["serve", "--root", str(roots["inside"]), "--data-dir", str(tmp_path)]
+    assert main([*args, "--token", TOKEN]) == 1
+    assert "TUMLS_QP_TOKEN" in capsys.readouterr().err
+    monkeypatch.setenv("TUMLS_QP_TOKEN", TOKEN)
+    assert main(args) == 1
+    assert "TUMLS_QP_TOKEN instead" not in capsys.readouterr().err
 
+
+def test_serve_command_refuses_a_busy_port_and_a_busy_data_folder(roots, tmp_path):
     from server_helpers import LiveServer
 
     with LiveServer(tmp_path / "data", [roots["inside"]]) as server:
@@ -311,6 +372,14 @@ def test_serve_command_refuses_a_busy_port_and_a_busy_data_folder(roots, tmp_pat
                                  str(tmp_path / "data"), "--root", str(roots["inside"])],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
         assert shared.returncode == 1 and "another tumls-qp server" in shared.stderr, shared.stderr
+        # The lock is on the folder, held by the running server: deleting server.lock lets nobody in.
+        (tmp_path / "data" / "server.lock").unlink()
+        again = subprocess.run([sys.executable, "-m", "tumls_qp.cli", "serve", "--port", free, "--data-dir",
+                                str(tmp_path / "data"), "--root", str(roots["inside"])],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and "another tumls-qp server" in again.stderr, again.stderr
+        with server.client() as http:
+            assert http.get("/health").json()["status"] == "ok"
 
 
 def test_accept_encoding_parsing():
@@ -362,10 +431,121 @@ def test_geojson_is_served_gzipped_or_plain(client, roots, tmp_path):
     (tmp_path / "report.pdf").write_bytes(b"%PDF-1.4\n%%EOF\n")
     report = client.get(f"/jobs/{job['id']}/report")
     assert report.status_code == 200 and report.headers["content-type"] == "application/pdf"
-    _error(client.delete(f"/jobs/{job['id']}"), 409, None, "already succeeded")
+    assert client.delete(f"/jobs/{job['id']}").status_code == 204  # a finished job is deleted
+    _error(client.get(f"/jobs/{job['id']}/geojson"), 404, None, "no job")
+    assert report.status_code == 200 and (tmp_path / "report.pdf").is_file()  # outside the job's folder: kept
 
 
 def test_serve_without_the_server_extra(monkeypatch, capsys, roots, tmp_path):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if uvicorn were not installed
     assert main(["serve", "--root", str(roots["inside"]), "--data-dir", str(tmp_path)]) == 1
     assert "pip install 'tumls-qp[server]'" in capsys.readouterr().err
+
+
+# --- storage: retention, limits, a full disk ---------------------------------------------------------------------
+
+def _finished_job(store, jobs_dir, finished_at: float, size: int, state: str = "succeeded") -> str:
+    """A job that ended at ``finished_at`` with ``size`` bytes of results in its folder."""
+    job = store.add(image_path="/x.tif", image_name="x.tif", request={}, config={}, warnings=[])
+    claimed = store.claim(os.getpid())
+    assert claimed.id == job.id
+    store.finish(job.id, claimed.attempt, "failed" if state == "failed" else "succeeded", error="e")
+    store._conn.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (finished_at, job.id))
+    folder = jobs_dir / job.id / "attempt-1"
+    folder.mkdir(parents=True)
+    (folder / "results.bin").write_bytes(os.urandom(size))
+    return job.id
+
+
+def _cache_entry(cache_dir, made: float, size: int) -> str:
+    key = os.urandom(16).hex()
+    (cache_dir / key).mkdir(parents=True)
+    (cache_dir / key / "tiles.npz").write_bytes(os.urandom(size))
+    os.utime(cache_dir / key, (made, made))
+    return key
+
+
+def test_retention_deletes_old_finished_jobs_and_cache_entries(roots, tmp_path):
+    now, day, mb = 1_900_000_000.0, 86_400.0, 2**20
+    settings = ServerSettings(data_dir=tmp_path / "data", roots=(roots["inside"],), keep_days=7)
+    with api_client(create_app(settings, IdleRunner())) as c:
+        jobs = c.app.state.jobs
+        store = jobs.store
+        old = _finished_job(store, settings.jobs_dir, now - 30 * day, mb)
+        old_failed = _finished_job(store, settings.jobs_dir, now - 8 * day, mb, state="failed")
+        recent = _finished_job(store, settings.jobs_dir, now - 1 * day, mb)
+        queued = c.post("/jobs", json=job_body(roots["slide"])).json()["id"]
+        stale_cache = _cache_entry(settings.cache_dir, now - 10 * day, mb)
+        fresh_cache = _cache_entry(settings.cache_dir, now - 1 * day, mb)
+        staging = settings.cache_dir / f".{'0' * 32}.abcd1234.partial"  # a cache entry being written: never
+        staging.mkdir()
+        os.utime(staging, (now - 20 * day, now - 20 * day))
+        (settings.dictionaries_dir).mkdir(parents=True)
+        (settings.dictionaries_dir / f"{'a' * 32}.tumlsdict").write_bytes(b"z")
+        os.utime(settings.dictionaries_dir / f"{'a' * 32}.tumlsdict", (now - 300 * day, now - 300 * day))
+
+        deleted = jobs.enforce_retention(now=now)
+        assert sorted((e.kind, e.key) for e in deleted) == sorted(
+            [("job", old), ("job", old_failed), ("cache", stale_cache)])
+        assert all(e.size >= mb for e in deleted)
+        for job_id in (old, old_failed):
+            _error(c.get(f"/jobs/{job_id}"), 404, None, "deleted 7 days after")
+            assert not (settings.jobs_dir / job_id).exists()
+        assert c.get(f"/jobs/{recent}").status_code == 200 and (settings.jobs_dir / recent).is_dir()
+        assert c.get(f"/jobs/{queued}").json()["state"] == "queued"
+        assert (settings.cache_dir / fresh_cache).is_dir() and not (settings.cache_dir / stale_cache).exists()
+        assert staging.is_dir() and (settings.dictionaries_dir / f"{'a' * 32}.tumlsdict").is_file()
+        assert jobs.enforce_retention(now=now) == []
+
+
+def test_size_cap_deletes_oldest_first_then_refuses_writes(roots, tmp_path):
+    now, mb = 1_900_000_000.0, 2**20
+    settings = ServerSettings(data_dir=tmp_path / "data", roots=(roots["inside"],), keep_days=None,
+                              max_data_gb=1.0)
+    with api_client(create_app(settings, IdleRunner())) as c:
+        jobs = c.app.state.jobs
+        first = _finished_job(jobs.store, settings.jobs_dir, now - 500, 2 * mb)
+        cache = _cache_entry(settings.cache_dir, now - 400, 2 * mb)
+        third = _finished_job(jobs.store, settings.jobs_dir, now - 300, 2 * mb)
+        newest = _finished_job(jobs.store, settings.jobs_dir, now - 100, 2 * mb)
+        from tumls_qp.server.retention import disk_bytes
+        total = disk_bytes(settings.data_dir)
+        # A cap 3 MB under the folder's size: the two oldest entries (a job, then a cache entry) go.
+        jobs.settings = dataclasses.replace(settings, max_data_gb=(total - 3 * mb) / 2**30)
+        deleted = jobs.enforce_retention(now=now)
+        assert [(e.kind, e.key) for e in deleted] == [("job", first), ("cache", cache)]
+        assert c.get(f"/jobs/{third}").status_code == 200 and c.get(f"/jobs/{newest}").status_code == 200
+        assert c.post("/jobs", json=job_body(roots["slide"])).status_code == 202
+        # Over the cap with nothing left to delete but queued jobs: writes answer 507, reads still work.
+        jobs.settings = dataclasses.replace(settings, max_data_gb=1 / 2**30)
+        jobs.enforce_retention(now=now)
+        _error(c.post("/jobs", json=job_body(roots["slide"])), 507, None, "--max-data-gb")
+        assert c.get("/jobs").status_code == 200
+
+
+def test_a_full_disk_is_507_never_500(roots, tmp_path, monkeypatch):
+    settings = ServerSettings(data_dir=tmp_path / "data", roots=(roots["inside"],), min_free_mb=1e8)
+    with api_client(create_app(settings, IdleRunner())) as c:
+        body = _error(c.post("/jobs", json=job_body(roots["slide"])), 507, None, "data folder full")
+        assert re.search(r"\(\d+\.\d MB free in ", body["detail"]) and "--min-free-mb" in body["detail"]
+        assert c.get("/jobs").json()["jobs"] == []  # nothing was written
+    settings = ServerSettings(data_dir=tmp_path / "data2", roots=(roots["inside"],), min_free_mb=0)
+    with api_client(create_app(settings, IdleRunner())) as c:
+        # The disk fills between the check and the write: SQLite says so, the client gets 507, no job exists.
+        def full(*args, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(JobStore, "add", full)
+        _error(c.post("/jobs", json=job_body(roots["slide"])), 507, None, "data folder full")
+        monkeypatch.undo()
+        assert c.get("/jobs").json()["jobs"] == []
+        # Any write of any route: ENOSPC is a 507; another unexpected error a 500 with the JSON body.
+        from tumls_qp.server.jobs import JobService
+
+        def no_space(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(JobService, "list", no_space)
+        _error(c.get("/jobs"), 507, None, "data folder full")
+        monkeypatch.setattr(JobService, "list", lambda *a, **k: 1 / 0)
+        _error(c.get("/jobs"), 500, None, "internal error (ZeroDivisionError)")

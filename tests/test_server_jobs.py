@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import gzip
 import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
 
-from server_helpers import FAST_PARAMETERS, assert_processes_gone, job_body, small_slide, wait_for, wait_job  # noqa: E402
+from server_helpers import (FAST_PARAMETERS, api_client, assert_processes_gone, job_body, small_slide, wait_for,
+                            wait_job)  # noqa: E402
 from tumls_qp.outputs.geojson import read_geojson, validate_geojson  # noqa: E402
 from tumls_qp.outputs.qupath import TAG_MEASUREMENT, class_table  # noqa: E402
 from tumls_qp.server.app import create_app  # noqa: E402
@@ -32,7 +35,7 @@ def server(tmp_path_factory):
     settings = ServerSettings(data_dir=base / "data", roots=(slides,), base_parameters=FAST_PARAMETERS,
                               poll_interval_s=0.1, cancel_grace_s=1.0)
     runner = ProcessRunner(settings)
-    with TestClient(create_app(settings, runner)) as client:
+    with api_client(create_app(settings, runner)) as client:
         yield {"client": client, "slide": slide, "blank": blank, "settings": settings, "runner": runner}
 
 
@@ -224,7 +227,7 @@ def test_graceful_stop_puts_the_running_job_back_in_the_queue(tmp_path):
     settings = ServerSettings(data_dir=tmp_path / "data", roots=(slides,), base_parameters=FAST_PARAMETERS,
                               poll_interval_s=0.1, cancel_grace_s=3.0)
     runner = ProcessRunner(settings)
-    with TestClient(create_app(settings, runner)) as client:
+    with api_client(create_app(settings, runner)) as client:
         body = job_body(slide, parameters={"seed": 3, "embedding": {"max_epochs": 500, "patience": 500}})
         job = client.post("/jobs", json=body).json()
         wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["stage"] == "train", 60, "training")
@@ -258,3 +261,65 @@ def test_workers_share_the_cores(monkeypatch):
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
+
+
+def test_a_stopped_worker_leaves_no_cancelled_outputs_behind(tmp_path):
+    """Every cancelled job of a worker that exits loses its outputs, however many were cancelled since (once
+    only the newest 20 cancelled jobs were looked at), and so does a job deleted while its worker still wrote."""
+    settings = ServerSettings(data_dir=tmp_path / "data", roots=(tmp_path,))
+    runner = ProcessRunner(settings)
+    runner.store = store = JobStore(settings.db_path)
+    try:
+        mine = []
+        for _ in range(25):
+            job_id = _job(store)
+            store.claim(worker_pid=4242)
+            store.cancel(job_id)
+            mine.append(job_id)
+        other = _job(store)
+        store.claim(worker_pid=5151)
+        store.cancel(other)
+        for _ in range(30):  # newer cancelled jobs, of queued jobs that never ran
+            store.cancel(_job(store))
+        deleted = _job(store)
+        store.claim(worker_pid=4242)
+        store.cancel(deleted)
+        runner._cleanup[4242] = {deleted}
+        store.delete(deleted)
+        for job_id in [*mine, other, deleted]:
+            (settings.jobs_dir / job_id / "attempt-1" / "run").mkdir(parents=True)
+        runner._reap(SimpleNamespace(pid=4242, poll=lambda: 0, stdin=None))
+        assert not any((settings.jobs_dir / job_id / "attempt-1").exists() for job_id in mine)
+        assert not (settings.jobs_dir / deleted).exists()
+        assert (settings.jobs_dir / other / "attempt-1").is_dir()  # its worker is another, maybe still writing
+    finally:
+        store.close()
+
+
+def test_a_full_disk_fails_the_job_saying_so(tmp_path, monkeypatch):
+    from tumls_qp.server import worker
+
+    slides = tmp_path / "slides"
+    slide = small_slide(slides)
+    settings = ServerSettings(data_dir=tmp_path / "data", roots=(slides,), min_free_mb=0)
+    store = JobStore(settings.db_path)
+    try:
+        def fill_the_disk(store_, settings_, job, slide_, out_dir):
+            (out_dir / "run").mkdir(parents=True)
+            (out_dir / "run" / "embeddings.npz").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(worker, "_run_analysis", fill_the_disk)
+        job_id = store.add(image_path=str(slide), image_name="small.tif", request={}, config={}, warnings=[]).id
+        assert worker.run_job(store, settings, store.claim(os.getpid())) == "failed"
+        failed = store.get(job_id)
+        assert failed.error.startswith("data folder full (") and "MB free in" in failed.error
+        assert "internal error" not in failed.error and "report it" not in failed.error
+        assert not (settings.jobs_dir / job_id / "attempt-1").exists()
+        # Less than --min-free-mb free when a job starts: it fails at once, with the same reason.
+        strict = dataclasses.replace(settings, min_free_mb=1e8)
+        job_id = store.add(image_path=str(slide), image_name="small.tif", request={}, config={}, warnings=[]).id
+        assert worker.run_job(store, strict, store.claim(os.getpid())) == "failed"
+        assert store.get(job_id).error.startswith("data folder full (") and "--min-free-mb" in store.get(job_id).error
+    finally:
+        store.close()

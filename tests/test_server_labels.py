@@ -7,24 +7,23 @@ and queued dictionary jobs are run the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
-import os
 import sqlite3
+import threading
 import zipfile
 
 import pytest
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
 
-from server_helpers import IdleRunner, job_body  # noqa: E402
+from server_helpers import IdleRunner, api_client, job_body, run_queued  # noqa: E402
 from tumls_qp.outputs.geojson import validate_geojson  # noqa: E402
 from tumls_qp.outputs.qupath import DICTIONARY_TAG, PROTOTYPES_TAG, SEEDED_TAG, TAG_MEASUREMENT  # noqa: E402
 from tumls_qp.server.app import create_app  # noqa: E402
 from tumls_qp.server.settings import ServerSettings  # noqa: E402
 from tumls_qp.server.store import JobStore  # noqa: E402
-from tumls_qp.server.worker import run_job  # noqa: E402
 
 PARAMETERS = {"tiles": {"tile_um": 64.0}, "embedding": {"max_epochs": 4, "device": "cpu"}, "output": {"report": False},
               "nuclei": {"enabled": False}}
@@ -33,24 +32,12 @@ TUMOR = {"class": "Tumor", "color": [200, 0, 0],
          "geometry": {"type": "LineString", "coordinates": [[2100, 900], [2300, 1150]]}}
 
 
-def run_queued(settings: ServerSettings) -> list[str]:
-    """Run every queued job in this process, as a worker would; returns their final states."""
-    store = JobStore(settings.db_path)
-    states = []
-    try:
-        while (job := store.claim(os.getpid())) is not None:
-            states.append(run_job(store, settings, job))
-    finally:
-        store.close()
-    return states
-
-
 @pytest.fixture(scope="module")
 def hitl(slides, tmp_path_factory):
     base = tmp_path_factory.mktemp("hitl")
     slide = slides["two-tissues"]
     settings = ServerSettings(data_dir=base / "data", roots=(slide.parent,), base_parameters=PARAMETERS)
-    with TestClient(create_app(settings, IdleRunner())) as client:
+    with api_client(create_app(settings, IdleRunner())) as client:
         job = client.post("/jobs", json=job_body(slide)).json()
         assert run_queued(settings) == ["succeeded"]
         yield {"client": client, "slide": slide, "settings": settings, "job": client.get(f"/jobs/{job['id']}").json()}
@@ -282,6 +269,60 @@ def test_prototypes_named_into_a_dictionary_applied_to_an_image(hitl):
     _error(client.get(f"/dictionaries/{info['id']}"), 404, None, "no dictionary")
     assert run_queued(settings) == ["failed"]
     assert "was deleted" in client.get(f"/jobs/{queued['id']}").json()["error"]
+
+
+def test_dictionary_limits_a_full_disk_and_a_recompute_race(hitl):
+    client, job, settings = hitl["client"], hitl["job"], hitl["settings"]
+    assert client.get(f"/jobs/{job['id']}/prototypes", params={"k": 3, "t": 2}).status_code == 200
+    body = {"job": job["id"], "k": 3, "names": {"1": "Stroma", "2": "Tumor", "3": "mixed"}}
+    image = {k: v for k, v in job_body(hitl["slide"]).items() if k != "parameters"}
+    first = client.post("/dictionaries", json=body)
+    assert first.status_code == 201, first.text
+    held = sorted(p.name for p in settings.dictionaries_dir.iterdir())
+
+    # At most --max-dictionaries are kept (one client once made 356 in a minute).
+    with api_client(create_app(dataclasses.replace(settings, max_dictionaries=1), IdleRunner())) as other:
+        _error(other.post("/dictionaries", json=body), 507, None, "--max-dictionaries 1")
+    # A full disk: every write is a 507 naming the free space, and writes nothing; reads still work.
+    with api_client(create_app(dataclasses.replace(settings, min_free_mb=1e8), IdleRunner())) as other:
+        _error(other.get(f"/jobs/{job['id']}/prototypes", params={"k": 4, "t": 2}), 507, None, "data folder full")
+        assert other.get(f"/jobs/{job['id']}/prototypes", params={"k": 3, "t": 2}).status_code == 200
+        _error(other.post("/dictionaries", json=body), 507, None, "MB free in")
+        _error(other.post(f"/dictionaries/{first.json()['id']}/apply", json=image), 507, None, "data folder full")
+        _error(other.post("/jobs", json=job_body(hitl["slide"])), 507, None, "data folder full")
+        assert other.get(f"/jobs/{job['id']}").status_code == 200
+    assert sorted(p.name for p in settings.dictionaries_dir.iterdir()) == held
+    assert client.get("/jobs", params={"state": "queued"}).json()["jobs"] == []
+
+    # Saving reads the clusters under the job's lock, which a recompute holds: it waits, never sees them half-replaced.
+    jobs = client.app.state.jobs
+    answers: list = []
+    with jobs.job_lock(job["id"]):
+        waiting = threading.Thread(target=lambda: answers.append(client.post("/dictionaries", json=body)))
+        waiting.start()
+        waiting.join(1.5)
+        assert waiting.is_alive() and not answers
+    waiting.join(30)
+    assert answers[0].status_code == 201, answers[0].text
+    # And the race itself: clusters recomputed (k = 4, 3, 4, ...) while dictionaries are saved. Each save either
+    # works or says that the clusters changed; never "no prototype clusters yet" (once 44 answers in 778).
+    done = threading.Event()
+
+    def recompute() -> None:
+        for i in range(8):
+            client.get(f"/jobs/{job['id']}/prototypes", params={"k": 4 if i % 2 == 0 else 3, "t": 2})
+        done.set()
+
+    racer = threading.Thread(target=recompute)
+    racer.start()
+    saves = []
+    while not done.is_set():
+        saves.append(client.post("/dictionaries", json=body))
+    racer.join()
+    assert saves and all(r.status_code == 201 or (r.status_code == 422 and "now has 4" in r.json()["detail"])
+                         for r in saves), [r.text for r in saves if r.status_code != 201]
+    for info in client.get("/dictionaries").json()["dictionaries"]:
+        assert client.delete(f"/dictionaries/{info['id']}").status_code == 204
 
 
 def test_a_version_1_job_database_opens_and_gains_the_kind(tmp_path):

@@ -1,8 +1,14 @@
-"""A live server over loopback: 8 concurrent clients, and kill -9 of the server in the middle of a job."""
+"""A live server over loopback: 8 concurrent clients, kill -9 of the server in the middle of a job, a worker
+that stops responding, a full disk (a small tmpfs), and a keep-alive connection that survives a 500."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,15 +17,20 @@ pytest.importorskip("fastapi")
 pytest.importorskip("psutil")
 
 from server_helpers import (  # noqa: E402
+    FAST_PARAMETERS,
+    IdleRunner,
     LiveServer,
+    SmallFilesystem,
     assert_processes_gone,
     bench_out,
+    disk_full_run,
     job_body,
     latency_while_running,
     percentile,
     run_clients,
     small_slide,
     wait_for,
+    wait_job,
 )
 from tumls_qp.outputs.geojson import validate_geojson  # noqa: E402
 from tumls_qp.server.store import JobStore  # noqa: E402
@@ -120,3 +131,94 @@ def test_kill_minus_9_then_restart(setup):
     assert not list(data.rglob("*.partial")) and not list(data.rglob(".*.old"))
     assert [p.name for p in (data / "jobs" / interrupted).glob("attempt-*")] == ["attempt-2"]
     assert Path(final["result"]["run_dir"]).is_dir()
+
+
+def test_a_stopped_worker_is_reported_then_replaced_and_its_job_fails(setup):
+    """SIGSTOP of the worker: /health says degraded within seconds; after --stall-timeout the job fails saying
+    why, the worker is killed and replaced, and the server is healthy again."""
+    with LiveServer(setup["data"], [setup["slides"]], config=setup["config"], extra=["--stall-timeout", "20"]) \
+            as server, server.client() as http:
+        body = job_body(setup["slide"], parameters={"seed": 5, "embedding": {"max_epochs": 500, "patience": 500}})
+        job = http.post("/jobs", json=body).json()
+        wait_for(lambda: http.get(f"/jobs/{job['id']}").json()["stage"] == "train", 120, "training")
+        [pid] = server.worker_pids()
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            health = wait_for(lambda: (h := http.get("/health").json())["workers_stalled"] == 1 and h, 30,
+                              "/health to report the stalled worker")
+            assert health["status"] == "degraded" and health["workers_alive"] == 1
+            assert http.get(f"/jobs/{job['id']}").json()["state"] == "running"
+            failed = wait_job(http, job["id"], timeout=60)
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        assert failed["state"] == "failed" and "stopped responding" in failed["error"], failed
+        assert 18 <= time.monotonic() - stopped < 50  # the last heartbeat came up to a second before the stop
+        assert_processes_gone([pid], timeout=10)
+        wait_for(lambda: http.get("/health").json() == {"status": "ok", "workers_alive": 1, "workers": 1,
+                                                          "workers_stalled": 0}, 60, "a fresh, healthy worker")
+        wait_for(lambda: not list((setup["data"] / "jobs" / job["id"]).glob("attempt-*")), 10, "the outputs to go")
+        assert wait_job(http, http.post("/jobs", json=job_body(setup["slide"])).json()["id"])["state"] == "succeeded"
+
+
+@pytest.mark.skipif(SmallFilesystem.unavailable() is not None, reason=str(SmallFilesystem.unavailable()))
+def test_a_full_disk(tmp_path, setup):
+    """The data folder on a 20 MB tmpfs, filled up: no 5xx, jobs fail with "data folder full", nothing half-written,
+    earlier results unchanged, and everything works again once there is room."""
+    parameters = {**FAST_PARAMETERS, "output": {"report": False}}
+    result = disk_full_run(tmp_path, setup["slide"], parameters)
+    bench_out("disk_full_test", result)
+    assert result["server_errors"] == [], result["server_errors"]
+    for phase in result["phases"].values():
+        for job in phase["jobs"]:
+            assert job.get("submit") == 507 or (job["state"] == "failed" and job["error"].startswith(
+                "data folder full (")), phase
+    assert result["after_freeing"]["state"] == "succeeded"
+    assert result["first_result_unchanged"] and not result["succeeded_with_invalid_geojson"]
+    assert not result["failed_jobs_with_outputs_left"] and not result["staging_leftovers"]
+
+
+def test_a_500_leaves_a_keep_alive_connection_usable(tmp_path):
+    """An unexpected error answers 500 with the JSON body, and the next request on the same connection is
+    answered (uvicorn used to close the connection, resetting the client's next request)."""
+    import uvicorn
+
+    from tumls_qp.server.app import create_app
+    from tumls_qp.server.settings import ServerSettings
+
+    class BrokenRunner(IdleRunner):
+        def workers_alive(self) -> int:
+            raise RuntimeError("a bug")
+
+    settings = ServerSettings(data_dir=tmp_path / "data", roots=(tmp_path,))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, BrokenRunner()), log_level="critical",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 30, "the server to start")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn, conn.makefile("rb") as replies:
+            for path in ("/health", "/health", "/version"):
+                conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+                status = replies.readline().decode()
+                assert status, f"the server closed the connection instead of answering {path}"
+                headers = {}
+                while (line := replies.readline().decode().strip()):
+                    name, _, value = line.partition(":")
+                    headers[name.lower()] = value.strip()
+                body = replies.read(int(headers["content-length"]))
+                expected = "200" if path == "/version" else "500"
+                assert status.split()[1] == expected, (status, body)
+                assert headers.get("connection") != "close"
+                if expected == "500":
+                    assert b"internal error (RuntimeError)" in body
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()

@@ -198,14 +198,15 @@ def _add_eval(sub: Any) -> None:
 
 
 def _add_eval_monuseg(bench: Any) -> None:
-    q = bench.add_parser("monuseg", help="nucleus segmentation on a MoNuSeg-style folder",
-                         description="Segment every image of a MoNuSeg-style folder (<id>.tif + Aperio <id>.xml, "
-                                     "optional organs.csv) and score masks 1-3: pixel Dice and IoU, AJI, object F1 "
-                                     "at IoU > 0.5, seconds per image on one thread.")
-    q.add_argument("folder", metavar="DIR")
+    q = bench.add_parser("monuseg", help="nucleus segmentation on MoNuSeg-style folders",
+                         description="Segment every image of one or more MoNuSeg-style folders (<id>.tif + Aperio "
+                                     "<id>.xml, optional organs.csv) and score masks 1-3: pixel Dice and IoU, AJI, "
+                                     "object F1 at IoU > 0.5, seconds per image on one thread. Several folders (e.g. "
+                                     "the development and the test images) give one report with a section each.")
+    q.add_argument("folders", nargs="+", metavar="DIR")
     q.add_argument("--report", default="reports/monuseg.md", metavar="PATH",
                    help="Markdown report to write (default reports/monuseg.md)")
-    q.add_argument("--limit", type=int, metavar="N", help="score only the first N images")
+    q.add_argument("--limit", type=int, metavar="N", help="score only the first N images of each folder")
     q.add_argument("--repeats", type=int, default=3, metavar="N",
                    help="time each image N times and keep the fastest (default 3)")
     q.set_defaults(handler=_cmd_eval_monuseg)
@@ -214,7 +215,7 @@ def _add_eval_monuseg(bench: Any) -> None:
 def _cmd_eval_monuseg(args: argparse.Namespace) -> int:
     from .evaluation.monuseg import run_monuseg_benchmark, write_monuseg_report
 
-    command = ["tumls-qp", "eval", "monuseg", args.folder, "--report", args.report]
+    command = ["tumls-qp", "eval", "monuseg", *args.folders, "--report", args.report]
     if args.limit is not None:
         command += ["--limit", str(args.limit)]
     if args.repeats != 3:
@@ -223,12 +224,21 @@ def _cmd_eval_monuseg(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    result = run_monuseg_benchmark(args.folder, limit=args.limit, repeats=args.repeats, progress=progress)
-    path = write_monuseg_report(result, args.report, shlex.join(command))
-    for mask in ("mask1", "mask2", "mask3"):
-        print(f"{mask.replace('mask', 'mask ')}: Dice {result.mean(mask, 'dice'):.4f}  IoU {result.mean(mask, 'iou'):.4f}"
-              f"  AJI {result.mean(mask, 'aji'):.4f}  F1 obj {result.mean(mask, 'f1_object'):.4f}")
-    print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU; report: {path}")
+    results = []
+    for folder in args.folders:
+        if len(args.folders) > 1:
+            print(folder, file=sys.stderr)
+        results.append(run_monuseg_benchmark(folder, limit=args.limit, repeats=args.repeats, progress=progress))
+    path = write_monuseg_report(results, args.report, shlex.join(command))
+    for folder, result in zip(args.folders, results):
+        if len(args.folders) > 1:
+            print(f"{folder}:")
+        for mask in ("mask1", "mask2", "mask3"):
+            print(f"{mask.replace('mask', 'mask ')}: Dice {result.mean(mask, 'dice'):.4f}  "
+                  f"IoU {result.mean(mask, 'iou'):.4f}  AJI {result.mean(mask, 'aji'):.4f}  "
+                  f"F1 obj {result.mean(mask, 'f1_object'):.4f}")
+        print(f"{result.seconds().mean():.3f} s per image (wall), {result.cpu_seconds().mean():.3f} s CPU")
+    print(f"report: {path}")
     return 0
 
 
@@ -283,9 +293,27 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--root", action="append", metavar="PATH",
                    help="a folder whose slides the server may read (repeatable; default: your home folder)")
     p.add_argument("--workers", type=int, default=1, help="jobs that run at the same time, each on cores/N CPU threads (default 1)")
-    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default $TUMLS_QP_TOKEN); needed with "
-                                   "any --host but loopback")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (needed with any --host but loopback). "
+                                   "Prefer the environment variable TUMLS_QP_TOKEN: other users of this computer "
+                                   "can read a command line (ps)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME", default=[],
+                   help="another name clients use in the server's URL, e.g. behind a proxy (repeatable); requests "
+                        "whose Host header names none of the server's names get 400")
     p.add_argument("--config", metavar="FILE", help="TOML file of default pipeline options for every job")
+    p.add_argument("--keep-days", type=float, default=30.0, metavar="DAYS",
+                   help="delete finished jobs and embedding-cache entries this many days after they were made "
+                        "(default 30; 0: keep them until DELETE /jobs/{id})")
+    p.add_argument("--max-data-gb", type=float, default=0.0, metavar="GB",
+                   help="when the data folder holds more, delete finished jobs and cache entries, oldest first "
+                        "(default 0: no limit)")
+    p.add_argument("--max-dictionaries", type=int, default=200, metavar="N",
+                   help="most saved prototype dictionaries (default 200)")
+    p.add_argument("--min-free-mb", type=float, default=500.0, metavar="MB",
+                   help="refuse new jobs and dictionaries (507) when the data folder's disk has less free space "
+                        "(default 500; 0: no check)")
+    p.add_argument("--stall-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="fail the job of a worker whose heartbeat is this much late (a stopped or frozen process), "
+                        "and replace the worker (default 120)")
     p.set_defaults(handler=_cmd_serve)
 
 
@@ -303,7 +331,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         token=args.token or os.environ.get("TUMLS_QP_TOKEN") or None,
         base_parameters=config_to_dict(load_config(args.config)) if args.config else {},
+        allowed_hosts=tuple(args.allowed_host),
+        keep_days=args.keep_days or None,
+        max_data_gb=args.max_data_gb or None,
+        max_dictionaries=args.max_dictionaries,
+        min_free_mb=args.min_free_mb,
+        stall_timeout_s=args.stall_timeout,
     )
+    if args.token:
+        print("tumls-qp serve: warning: a token given with --token can be read by other users of this computer "
+              "(ps); set the environment variable TUMLS_QP_TOKEN instead", file=sys.stderr)
     try:  # FastAPI and uvicorn load only here
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401

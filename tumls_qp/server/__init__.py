@@ -2,8 +2,9 @@
 
 Modules: ``settings`` (one settings class), ``schemas`` (the HTTP contract with
 ``groovy/``), ``intake`` (checks at the edge), ``store`` (SQLite job store), ``worker``
-and ``runner`` (worker processes), ``jobs`` (the service the routes call), ``routes``,
-``errors`` (HTTP statuses, in one place) and ``app`` (``create_app``, ``serve``).
+and ``runner`` (worker processes), ``jobs`` (the service the routes call), ``dictionaries``,
+``retention`` (which old results to delete), ``routes``, ``errors`` (HTTP statuses, in one
+place) and ``app`` (``create_app``, ``serve``, the Host and token checks).
 
 ``import tumls_qp.server`` loads no FastAPI; ``create_app`` and ``serve`` do.
 """

@@ -1,27 +1,96 @@
-"""The app factory, ``create_app(settings, runner)``, and ``serve(settings)`` (uvicorn)."""
+"""The app factory, ``create_app(settings, runner)``, and ``serve(settings)`` (uvicorn).
+
+Every request passes, in this order: the Host check (:class:`HostCheck`: a page from another
+site cannot reach the server through DNS rebinding), the token check (:class:`TokenCheck`, before
+the body is read), the body size limit (:class:`BodyLimit`) and :class:`~.errors.CatchAll` (no
+exception leaves without a JSON answer); then the routes.
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
+import re
 import socket
+import threading
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 
 from .. import __version__
 from .dictionaries import DictionaryService
-from .errors import ServerStartError, install_error_handlers
+from .errors import CatchAll, ServerStartError, install_error_handlers, send_error
 from .jobs import JobService
 from .routes import protected, public
 from .runner import ProcessRunner, Runner
-from .settings import ServerSettings
+from .settings import ServerSettings, is_ip_address
 from .store import JobStore
 
-__all__ = ["create_app", "serve"]
+__all__ = ["create_app", "serve", "HostCheck", "TokenCheck", "BodyLimit", "RETENTION_INTERVAL_S"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two retention passes (``JobService.enforce_retention``); one runs at start.
+RETENTION_INTERVAL_S = 60.0
+#: Paths that answer without the token.
+PUBLIC_PATHS = frozenset({"/health"})
+_HOST_HEADER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]/@\s]+)(?::[0-9]{1,5})?$")
+
+
+def _headers(scope: dict) -> dict[bytes, bytes]:
+    return {k.lower(): v for k, v in scope.get("headers") or []}
+
+
+class HostCheck:
+    """ASGI middleware: answer 400 unless the Host header names this server (``settings.trusted_hosts``)
+    or is an IP address.
+
+    A web page's scripts can reach a loopback server under the page's own host name after DNS
+    rebinding; the browser then sends that name as Host, which this check refuses. An IP address
+    cannot be rebound, so a client may use any of the server's addresses (e.g. with ``--host 0.0.0.0``).
+    """
+
+    def __init__(self, app: Any, trusted: frozenset[str]) -> None:
+        self.app, self.trusted = app, trusted
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = _headers(scope).get(b"host", b"").decode("latin-1")
+        match = _HOST_HEADER.match(header)
+        name = match.group(1).strip("[]").lower() if match else None
+        if name is not None and (name in self.trusted or is_ip_address(name)):
+            await self.app(scope, receive, send)
+            return
+        names = ", ".join(sorted(self.trusted))
+        await send_error(send, 400, f"the Host header {header[:100]!r} is not a name of this server ({names}, or "
+                                    "one of its IP addresses); to reach it under another name, start it with "
+                                    "--allowed-host NAME", "Host")
+
+
+class TokenCheck:
+    """ASGI middleware: with a token, every request but ``/health`` (the docs included) must carry
+    ``Authorization: Bearer <token>``; checked before the body is read (constant-time compare)."""
+
+    def __init__(self, app: Any, token: str | None) -> None:
+        self.app = app
+        self.expected = token.encode("utf-8") if token else None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if self.expected is None or scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        scheme, _, supplied = _headers(scope).get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(supplied.strip(), self.expected):
+            await self.app(scope, receive, send)
+            return
+        await send_error(send, 401, "missing or wrong token: send 'Authorization: Bearer <token>' with the token the "
+                                    "server was started with (TOKEN in the QuPath script's settings)",
+                         headers={"WWW-Authenticate": "Bearer"})
 
 _DESCRIPTION = """\
 Runs TUMLS (unsupervised tissue segmentation of H&E slides) for QuPath.
@@ -76,12 +145,7 @@ class BodyLimit:
 
     @staticmethod
     async def _reply(send: Callable, status: int, detail: str) -> None:
-        import json
-
-        body = json.dumps({"detail": detail, "field": None}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, status, detail)
 
 
 def create_app(settings: ServerSettings, runner: Runner | None = None) -> FastAPI:
@@ -102,19 +166,42 @@ def create_app(settings: ServerSettings, runner: Runner | None = None) -> FastAP
         store = JobStore(settings.db_path)
         app.state.jobs = JobService(settings, store, runner)
         app.state.dictionaries = DictionaryService(app.state.jobs)
+        stop = threading.Event()
+        retention = threading.Thread(target=_retain, args=(app.state.jobs, stop), name="tumls-qp-retention",
+                                     daemon=True)
+        retention.start()
         try:
             yield
         finally:
+            stop.set()
+            retention.join(timeout=30)
             runner.stop()
             store.close()
 
-    app = FastAPI(title="tumls-qp", version=__version__, description=_DESCRIPTION, lifespan=lifespan)
+    middleware = [  # outermost first
+        Middleware(HostCheck, trusted=settings.trusted_hosts),
+        Middleware(TokenCheck, token=settings.token),
+        Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
+        Middleware(CatchAll, data_dir=settings.data_dir),
+    ]
+    app = FastAPI(title="tumls-qp", version=__version__, description=_DESCRIPTION, lifespan=lifespan,
+                  middleware=middleware)
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(protected)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _retain(jobs: JobService, stop: threading.Event) -> None:
+    """The retention passes, until ``stop`` is set."""
+    while True:
+        try:
+            jobs.enforce_retention()
+        except Exception:  # never let the thread die; log and try again later
+            log.exception("retention pass failed")
+        if stop.wait(RETENTION_INTERVAL_S):
+            return
 
 
 def _listen(settings: ServerSettings) -> socket.socket:
@@ -166,8 +253,9 @@ def serve(settings: ServerSettings, *, log_level: str = "info",
                                     lifespan="on")
             if announce is not None:
                 roots = ", ".join(str(r) for r in settings.roots)
+                hosts = ", ".join(sorted(settings.trusted_hosts))
                 announce(f"tumls-qp server {__version__} listening on {settings.url} (data: {settings.data_dir}; "
-                         f"slides from: {roots}; workers: {settings.workers})")
+                         f"slides from: {roots}; workers: {settings.workers}; host names: {hosts})")
             uvicorn.Server(config).run(sockets=[sock])
         finally:
             runner.stop()

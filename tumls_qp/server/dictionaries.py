@@ -4,13 +4,16 @@ A dictionary is one file, ``DATA_DIR/dictionaries/<id>.tumlsdict`` (the format o
 :func:`tumls_qp.interactive.prototypes.save_dictionary`), written atomically; its ``dictionary.json``
 carries what the listing shows (``provenance.server``: the source job and image, the name
 the user gave). Applying one is a job of kind ``dictionary`` that a worker runs like an
-analysis (:func:`tumls_qp.labelling.apply_dictionary`).
+analysis (:func:`tumls_qp.labelling.apply_dictionary`). The server keeps at most
+``max_dictionaries`` of them (``POST /dictionaries`` answers 507 beyond); they are never deleted
+automatically.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 import zipfile
@@ -19,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..errors import InvalidInputError
-from .errors import DictionaryNotFoundError, QueueFullError, RequestError
+from .errors import DictionaryNotFoundError, InsufficientStorageError, QueueFullError, RequestError
 from .intake import admit
 from .jobs import JobService
 from .schemas import ApplyRequest, DictionaryClass, DictionaryInfo, JobStatus, NamingRequest, job_status
@@ -37,6 +40,7 @@ class DictionaryService:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
         self.folder = jobs.settings.dictionaries_dir
+        self._creating = threading.Lock()  # the count and the new file, together
 
     def path(self, dictionary_id: str) -> Path:
         """The file of a saved dictionary (404 when there is none)."""
@@ -52,26 +56,41 @@ class DictionaryService:
         from ..interactive.prototypes import naming_from_mapping
 
         job, run_dir = self.jobs.run_folder(body.job, kind="analysis")
-        try:
-            over, _ = load_overclustering(run_dir)
-        except InvalidInputError as exc:
-            raise RequestError(f"job: job {job.id} has no prototype clusters to name yet: get them with "
-                               f"GET /jobs/{job.id}/prototypes, name them, then send the names", field="job") from exc
-        if over.k != body.k:
-            raise RequestError(
-                f"k: the names are for {body.k} clusters but job {job.id} now has {over.k} (its clusters were "
-                f"computed again since, e.g. with another k): fetch GET /jobs/{job.id}/prototypes again and name "
-                "those", field="k")
-        try:
-            naming = naming_from_mapping(body.names, over.k, body.colors)
-        except InvalidInputError as exc:
-            raise RequestError(f"names: {exc}", field="names") from exc
-        dictionary_id = uuid.uuid4().hex
-        server = {"id": dictionary_id, "name": body.name, "job": job.id, "job_number": job.number,
-                  "image": job.image_name, "image_path": job.image_path}
-        path = self.folder / f"{dictionary_id}{DICTIONARY_SUFFIX}"
-        make_dictionary(run_dir, naming, path, extra_provenance={"server": server})
+        # The job's lock: the clusters are not read while a GET /jobs/{id}/prototypes replaces them.
+        with self._creating, self.jobs.job_lock(job.id):
+            self._require_room()
+            try:
+                over, _ = load_overclustering(run_dir)
+            except InvalidInputError as exc:
+                raise RequestError(f"job: job {job.id} has no prototype clusters to name yet: get them with "
+                                   f"GET /jobs/{job.id}/prototypes, name them, then send the names",
+                                   field="job") from exc
+            if over.k != body.k:
+                raise RequestError(
+                    f"k: the names are for {body.k} clusters but job {job.id} now has {over.k} (its clusters were "
+                    f"computed again since, e.g. with another k): fetch GET /jobs/{job.id}/prototypes again and "
+                    "name those", field="k")
+            try:
+                naming = naming_from_mapping(body.names, over.k, body.colors)
+            except InvalidInputError as exc:
+                raise RequestError(f"names: {exc}", field="names") from exc
+            dictionary_id = uuid.uuid4().hex
+            server = {"id": dictionary_id, "name": body.name, "job": job.id, "job_number": job.number,
+                      "image": job.image_name, "image_path": job.image_path}
+            path = self.folder / f"{dictionary_id}{DICTIONARY_SUFFIX}"
+            make_dictionary(run_dir, naming, path, extra_provenance={"server": server})
         return self._info(path)
+
+    def _require_room(self) -> None:
+        """507 when the server holds ``max_dictionaries`` already, or the data folder is full."""
+        limit = self.jobs.settings.max_dictionaries
+        held = sum(1 for p in self.folder.glob(f"*{DICTIONARY_SUFFIX}") if _DICTIONARY_ID.match(p.stem)) \
+            if self.folder.is_dir() else 0
+        if held >= limit:
+            raise InsufficientStorageError(
+                f"this server already keeps {held} dictionaries, its limit (--max-dictionaries {limit}): delete "
+                "some you no longer use (GET /dictionaries lists them; DELETE /dictionaries/{id})")
+        self.jobs.require_space()
 
     def list(self) -> list[DictionaryInfo]:
         """Saved dictionaries, newest first."""
@@ -100,6 +119,7 @@ class DictionaryService:
         if store.count("queued") >= settings.max_queued:
             raise QueueFullError(f"{settings.max_queued} jobs are already queued on this server; wait for some to "
                                  "finish")
+        self.jobs.require_space()
         request = SimpleNamespace(**body.model_dump(), parameters={})
         admitted = admit(request, settings.roots, settings.base_parameters)
         options = {"dictionary_id": info.id, "dictionary_name": info.name, "query": body.query, "gamma": body.gamma,

@@ -1,12 +1,15 @@
 """Checks at the edge: turn a job request into a slide path and a pipeline config, or refuse it.
 
 Order matters: the path is checked against the allowed roots (symlinks and ``..``
-resolved) before anything under it is opened, so nothing outside the roots is read.
+resolved) before anything under it is opened, so nothing outside the roots is read. A path
+is checked and used in the same form: :func:`check_under_roots` expands ``~`` and resolves it,
+and the job carries the resolved path, so the worker opens exactly what was checked.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -27,6 +30,8 @@ TRANSFORMING_SERVERS = ("RotatedImageServer", "FlippedImageServer", "AffineTrans
                         "CroppedImageServer", "SparseImageServer", "SlicedImageServer")
 #: Relative difference between QuPath's pixel size and the file's above which the job carries a warning.
 MPP_TOLERANCE = 0.02
+#: Longest accepted path, and path component, in bytes (Linux's PATH_MAX and NAME_MAX).
+MAX_PATH_BYTES, MAX_NAME_BYTES = 4096, 255
 
 
 @dataclass(frozen=True)
@@ -38,15 +43,30 @@ class Admitted:
     warnings: list[str]
 
 
-def check_under_roots(path: Path, roots: Sequence[Path], field: str) -> Path:
-    """The real path (symlinks and ``..`` resolved) of ``path``, which must lie under one of ``roots``.
+def check_under_roots(path: str | Path, roots: Sequence[Path], field: str) -> Path:
+    """The real path (``~`` expanded, symlinks and ``..`` resolved) of ``path``, which must lie under one of ``roots``.
+
+    The one place where a path from a request becomes a file to open: use what it returns.
 
     Raises
     ------
+    RequestError
+        A NUL byte, a path longer than the file system allows, or a relative path (422).
     ForbiddenPathError
         Outside every root (the message names the requested path, not where a symlink points).
     """
-    real = Path(os.path.realpath(path))
+    text = str(path)
+    if "\0" in text:
+        raise RequestError(f"{field}: the path contains a NUL byte", field=field)
+    encoded = os.fsencode(text)
+    if len(encoded) > MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        raise RequestError(f"{field}: the path is longer than the file system allows ({MAX_PATH_BYTES} bytes, "
+                           f"{MAX_NAME_BYTES} per folder or file name)", field=field)
+    expanded = os.path.expanduser(text)
+    if not os.path.isabs(expanded):  # relative to what? the client cannot know the server's working folder
+        raise RequestError(f"{field}: {text[:200]!r} is not an absolute path on the server (or one that starts "
+                           "with ~/)", field=field)
+    real = Path(os.path.realpath(expanded))
     if not any(real.is_relative_to(root) for root in roots):
         allowed = ", ".join(str(r) for r in roots)
         raise ForbiddenPathError(
@@ -97,7 +117,8 @@ def _job_config(parameters: Mapping[str, Any], base: Mapping[str, Any], pixel_si
     except ConfigError as exc:
         raise RequestError(f"parameters: {exc}", field="parameters") from exc
     if config.embedding.init_resnet18 is not None:
-        check_under_roots(Path(config.embedding.init_resnet18), roots, "parameters.embedding.init_resnet18")
+        real = check_under_roots(config.embedding.init_resnet18, roots, "parameters.embedding.init_resnet18")
+        config = dataclasses.replace(config, embedding=dataclasses.replace(config.embedding, init_resnet18=str(real)))
     return config
 
 

@@ -7,12 +7,19 @@ Two results are computed on request, in the API process, from a succeeded job's 
 folder (its cached embeddings; nothing is retrained): seeded iterative clustering
 (:meth:`JobService.seeded`, seconds) and the prototype clusters to name
 (:meth:`JobService.prototypes`, written once into the run folder and reused).
+
+Storage: requests that write answer 507 while the data folder's disk is nearly full
+(``--min-free-mb``) or the folder is over ``--max-data-gb`` with nothing left to delete;
+:meth:`JobService.enforce_retention` deletes old finished jobs and cache entries
+(:mod:`~tumls_qp.server.retention`), and ``DELETE /jobs/{id}`` deletes a finished job.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -20,8 +27,10 @@ from typing import Any
 
 from ..errors import FormatVersionError, InvalidInputError
 from ..outputs.run_folder import REPORT_PDF, read_run
-from .errors import JobNotFoundError, JobStateError, QueueFullError, RequestError, ResultNotFoundError
+from .errors import (InsufficientStorageError, JobNotFoundError, JobStateError, QueueFullError, RequestError,
+                     ResultNotFoundError, data_folder_full)
 from .intake import admit, config_dict, slide_path
+from .retention import Entry, disk_bytes, select
 from .runner import Runner
 from .schemas import ClassInfo, ClassList, JobRequest, JobStatus, SeedRequest, job_status
 from .settings import ServerSettings
@@ -29,7 +38,10 @@ from .store import KINDS, STATES, Job, JobStore
 
 __all__ = ["JobService"]
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+log = logging.getLogger(__name__)
+
+#: Job ids and the names of embedding-cache entries: 32 hex digits.
+_HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class JobService:
@@ -39,17 +51,38 @@ class JobService:
         self.settings, self.store, self.runner = settings, store, runner
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        #: Bytes in the data folder after the last retention pass (None before the first).
+        self.data_bytes: int | None = None
 
-    def _lock(self, job_id: str) -> threading.Lock:
-        """One lock per job: two requests never write the same run folder's prototypes at once."""
+    def job_lock(self, job_id: str) -> threading.Lock:
+        """One lock per job, held while its run folder's prototypes are written or read for a dictionary, and
+        while the job is deleted."""
         with self._locks_guard:
             return self._locks.setdefault(job_id, threading.Lock())
 
     def _job(self, job_id: str) -> Job:
-        job = self.store.get(job_id) if _JOB_ID.match(job_id) else None
+        job = self.store.get(job_id) if _HEX_ID.match(job_id) else None
         if job is None:
-            raise JobNotFoundError(f"no job {job_id!r} on this server (job ids come from POST /jobs)")
+            kept = (f"; finished jobs are deleted {self.settings.keep_days:g} days after they end"
+                    if self.settings.keep_days is not None else "")
+            raise JobNotFoundError(f"no job {job_id!r} on this server (job ids come from POST /jobs{kept})")
         return job
+
+    def require_space(self) -> None:
+        """Refuse a request that writes (507) while the data folder is full or over its size limit."""
+        settings = self.settings
+        try:
+            free = shutil.disk_usage(settings.data_dir).free
+        except OSError:
+            free = None
+        if free is not None and free < settings.min_free_mb * 2**20:
+            raise data_folder_full(settings.data_dir, settings.min_free_mb)
+        if settings.max_data_gb is not None and self.data_bytes is not None \
+                and self.data_bytes > settings.max_data_gb * 2**30:
+            raise InsufficientStorageError(
+                f"data folder full: it holds {self.data_bytes / 2**30:.2f} GB, over the server's --max-data-gb "
+                f"{settings.max_data_gb:g}, and what is left cannot be deleted automatically (queued and running "
+                "jobs, dictionaries): delete dictionaries (DELETE /dictionaries/{id}) or raise --max-data-gb")
 
     def _succeeded(self, job_id: str) -> Job:
         job = self._job(job_id)
@@ -63,6 +96,7 @@ class JobService:
             raise QueueFullError(
                 f"{self.settings.max_queued} jobs are already queued on this server; wait for some to finish"
             )
+        self.require_space()
         admitted = admit(request, self.settings.roots, self.settings.base_parameters)
         job = self.store.add(
             image_path=str(admitted.path), image_name=request.image_name, request=request.model_dump(),
@@ -93,6 +127,62 @@ class JobService:
             raise JobStateError(f"job {job_id} already {before.state}; only queued or running jobs can be cancelled")
         self.runner.cancel(before)
         return job_status(after, time.time())
+
+    def cancel_or_delete(self, job_id: str) -> JobStatus | None:
+        """``DELETE /jobs/{id}``: cancel a queued or running job (returns it), delete a finished one (None)."""
+        if self._job(job_id).is_final:
+            self.delete(job_id)
+            return None
+        try:
+            return self.cancel(job_id)
+        except JobStateError:  # it ended in the meantime
+            self.delete(job_id)
+            return None
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job: its record, then its folder (results, log)."""
+        with self.job_lock(job_id):
+            job = self.store.delete(job_id)
+            if job is None:
+                current = self._job(job_id)
+                raise JobStateError(f"job {job_id} is {current.state}; cancel it first (DELETE /jobs/{job_id} "
+                                    "cancels a queued or running job)")
+            shutil.rmtree(self.settings.jobs_dir / job_id, ignore_errors=True)
+        with self._locks_guard:
+            self._locks.pop(job_id, None)
+
+    def enforce_retention(self, now: float | None = None) -> list[Entry]:
+        """Delete finished jobs and cache entries by ``keep_days`` and ``max_data_gb``; returns what went."""
+        settings = self.settings
+        now = time.time() if now is None else now
+        entries = [Entry("job", job_id, finished, disk_bytes(settings.jobs_dir / job_id))
+                   for job_id, finished in self.store.finished()]
+        if settings.cache_dir.is_dir():
+            for folder in settings.cache_dir.iterdir():
+                if _HEX_ID.match(folder.name):  # not the staging folders of a cache entry being written
+                    try:
+                        made = folder.stat().st_mtime
+                    except OSError:
+                        continue
+                    entries.append(Entry("cache", folder.name, made, disk_bytes(folder)))
+        max_bytes = None if settings.max_data_gb is None else int(settings.max_data_gb * 2**30)
+        chosen, remaining = select(entries, disk_bytes(settings.data_dir), now, settings.keep_days, max_bytes)
+        deleted = []
+        for entry in chosen:
+            if entry.kind == "job":
+                try:
+                    self.delete(entry.key)
+                except (JobNotFoundError, JobStateError):  # deleted by a client meanwhile
+                    continue
+            else:
+                shutil.rmtree(settings.cache_dir / entry.key, ignore_errors=True)
+            deleted.append(entry)
+        if deleted:
+            log.info("retention: deleted %d finished job(s) and %d cache entr(ies), %.1f MB",
+                     sum(e.kind == "job" for e in deleted), sum(e.kind == "cache" for e in deleted),
+                     sum(e.size for e in deleted) / 2**20)
+        self.data_bytes = remaining
+        return deleted
 
     def geojson_path(self, job_id: str) -> Path:
         job = self._succeeded(job_id)
@@ -195,7 +285,7 @@ class JobService:
 
         job, run_dir = self.run_folder(job_id, kind="analysis")
         want_t = DEFAULT_T if t is None else t
-        with self._lock(job.id):
+        with self.job_lock(job.id):
             try:
                 _, manifest = load_overclustering(run_dir)
             except InvalidInputError:
@@ -203,6 +293,7 @@ class JobService:
             stale = (manifest is None or manifest.t != want_t
                      or (manifest.k != k if k is not None else manifest.k_source != "elbow"))
             if stale:
+                self.require_space()
                 try:
                     write_prototypes(run_dir, k=k, t=want_t)
                 except InvalidInputError as exc:
@@ -219,6 +310,6 @@ class JobService:
         return require_valid(data, "the prototype GeoJSON")
 
     def health(self) -> dict[str, Any]:
-        alive = self.runner.workers_alive()
-        return {"status": "ok" if alive >= 1 else "degraded", "workers_alive": alive,
-                "workers": self.settings.workers}
+        alive, stalled = self.runner.workers_alive(), self.runner.workers_stalled()
+        return {"status": "ok" if alive >= 1 and not stalled else "degraded", "workers_alive": alive,
+                "workers": self.settings.workers, "workers_stalled": stalled}

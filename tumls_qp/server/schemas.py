@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .store import Job
 
@@ -32,10 +33,61 @@ __all__ = [
     "ApplyRequest",
     "DictionaryQuery",
     "job_status",
+    "check_json_tree",
+    "MAX_PARAMETER_DEPTH",
+    "MAX_GEOMETRY_DEPTH",
+    "MAX_COORDINATE",
 ]
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Kind = Literal["analysis", "dictionary"]
+
+#: Deepest nesting of ``parameters`` (the config's sections are one level; 8 leaves room, refuses abuse).
+MAX_PARAMETER_DEPTH = 8
+#: Deepest nesting of a seed's geometry (a GeometryCollection of MultiPolygons is 7 levels).
+MAX_GEOMETRY_DEPTH = 8
+#: Largest absolute coordinate of a seed, in px (QuPath's images are at most 10 million px wide).
+MAX_COORDINATE = 1e9
+#: Most values (numbers, strings, ...) in ``parameters`` or in one seed's geometry.
+MAX_JSON_ITEMS = 200_000
+
+
+def check_json_tree(value: Any, max_depth: int, *, max_number: float | None = None) -> Any:
+    """``value`` (parsed JSON) unchanged, or ValueError naming where it breaks a rule: nested deeper than
+    ``max_depth`` (dicts and lists count one level each), a number that is NaN or infinite (``NaN``,
+    ``1e400``) or larger than ``max_number``, a text with a NUL byte, more than ``MAX_JSON_ITEMS`` values.
+    Iterative: no depth can exhaust the stack."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    count = 0
+    while stack:
+        item, depth, where = stack.pop()
+        at = f"{where}: " if where else ""
+        count += 1
+        if count > MAX_JSON_ITEMS:
+            raise ValueError(f"more than {MAX_JSON_ITEMS} values")
+        if isinstance(item, (dict, list)):
+            if depth + 1 > max_depth:
+                raise ValueError(f"{at}nested more than {max_depth} levels deep")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if "\0" in str(key):
+                        raise ValueError(f"{at}a key contains a NUL byte")
+                    stack.append((child, depth + 1, f"{where}.{key}" if where else str(key)))
+            else:
+                stack.extend((child, depth + 1, f"{where}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{at}numbers must be finite; got {item!r}")
+        elif (max_number is not None and isinstance(item, (int, float)) and not isinstance(item, bool)
+              and abs(item) > max_number):
+            raise ValueError(f"{at}numbers must be within ±{max_number:g}; got {item!r}")
+        elif isinstance(item, str) and "\0" in item:
+            raise ValueError(f"{at}the text contains a NUL byte")
+    return value
+
+
+Parameters = Annotated[dict[str, Any], AfterValidator(lambda v: check_json_tree(v, MAX_PARAMETER_DEPTH))]
+Geometry = Annotated[dict[str, Any], AfterValidator(
+    lambda v: check_json_tree(v, MAX_GEOMETRY_DEPTH, max_number=MAX_COORDINATE))]
 
 
 class JobRequest(BaseModel):
@@ -63,9 +115,10 @@ class JobRequest(BaseModel):
     server_type: str = Field(
         default="unknown", max_length=200,
         description="Class of QuPath's image server (e.g. OpenslideImageServer, BioFormatsImageServer).")
-    parameters: dict[str, Any] = Field(
+    parameters: Parameters = Field(
         default_factory=dict,
-        description="Pipeline options, nested by section as in `tumls-qp config` (e.g. {\"clusters\": {\"k\": 4}}).")
+        description="Pipeline options, nested by section as in `tumls-qp config` (e.g. {\"clusters\": {\"k\": 4}}); "
+                    f"at most {MAX_PARAMETER_DEPTH} levels deep, finite numbers only.")
 
 
 class DictionaryQuery(BaseModel):
@@ -137,9 +190,13 @@ class ClassList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded"] = Field(
+        description="'degraded' when no worker runs, or one has stopped responding.")
     workers_alive: int
     workers: int
+    workers_stalled: int = Field(
+        default=0, description="Workers whose heartbeat is late (stopped or frozen); their job fails after the "
+                               "server's --stall-timeout.")
 
 
 class Version(BaseModel):
@@ -163,7 +220,8 @@ class SeedAnnotation(BaseModel):
 
     class_name: str = Field(alias="class", min_length=1, max_length=200, description="The annotation's class.")
     color: RGB | None = Field(default=None, description="The class colour [r, g, b] (default: a palette colour).")
-    geometry: dict[str, Any] = Field(description="GeoJSON geometry in level-0 px of the image (QuPath's frame).")
+    geometry: Geometry = Field(description="GeoJSON geometry in level-0 px of the image (QuPath's frame); finite "
+                                           f"coordinates within ±{MAX_COORDINATE:g}.")
 
 
 class SeedRequest(BaseModel):

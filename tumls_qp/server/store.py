@@ -176,19 +176,38 @@ class JobStore:
         return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
 
     def list(self, *, image_path: str | None = None, image_name: str | None = None, state: str | None = None,
-             kind: str | None = None, number: int | None = None, limit: int = 50) -> list[Job]:
-        """Most recent jobs first, optionally only those of one image, state, kind or number."""
+             kind: str | None = None, number: int | None = None, worker_pid: int | None = None,
+             limit: int | None = 50) -> list[Job]:
+        """Most recent jobs first, optionally only those of one image, state, kind, number or worker
+        process; ``limit=None``: all of them."""
         where, args = [], []
         for column, value in (("image_path", image_path), ("image_name", image_name), ("state", state),
-                              ("kind", kind), ("number", number)):
+                              ("kind", kind), ("number", number), ("worker_pid", worker_pid)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY number DESC LIMIT ?"
         with self._lock:
-            rows = self._conn.execute(sql, (*args, int(limit))).fetchall()
+            rows = self._conn.execute(sql, (*args, -1 if limit is None else int(limit))).fetchall()
         return [Job.from_row(r) for r in rows]
+
+    def finished(self) -> list[tuple[str, float]]:
+        """(id, finished_at) of every finished job, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, COALESCE(finished_at, updated_at) FROM jobs WHERE state IN ('succeeded', 'failed', "
+                "'cancelled') ORDER BY 2").fetchall()
+        return [(row[0], float(row[1])) for row in rows]
+
+    def delete(self, job_id: str) -> Job | None:
+        """Remove a finished job's record; returns it, or None when there is no such finished job."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["state"] not in FINAL_STATES:
+                return None
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(row)
 
     def count(self, state: str) -> int:
         with self._lock:

@@ -7,7 +7,11 @@ server process disappears (``kill -9`` included), so no orphan keeps computing.
 Each attempt of a job writes into its own folder, ``jobs/<id>/attempt-<n>/``; the
 pipeline builds the run folder in a hidden staging folder and renames it into place,
 and the job becomes ``succeeded`` only after the served GeoJSON is complete, so a
-result is either whole or absent.
+result is either whole or absent. A job that runs out of disk space fails with "data folder
+full" (its partial outputs removed first, which frees the space to record that); so does a
+job that starts while less than ``min_free_mb`` is free.
+
+A heartbeat thread touches ``DATA_DIR/workers/<pid>`` every second (see ``runner``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TumlsQpError
-from .settings import ServerSettings
+from .errors import data_folder_full, is_disk_full
+from .settings import HEARTBEAT_INTERVAL_S, ServerSettings
 from .store import Job, JobStore
 
 __all__ = ["worker_main", "main", "run_job", "cpu_share", "publish_geojson", "run_name", "settings_to_json", "SERVED_GEOJSON",
@@ -192,17 +197,23 @@ def run_job(store: JobStore, settings: ServerSettings, job: Job) -> str:
 
     job_dir = settings.jobs_dir / job.id
     out_dir = job_dir / f"attempt-{job.attempt}"
-    job_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(job_dir / JOB_LOG, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_log = logging.getLogger("tumls_qp")
-    package_log.addHandler(handler)
-    package_log.setLevel(logging.INFO)
+    handler: logging.Handler | None = None
     try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(job_dir / JOB_LOG, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package_log.addHandler(handler)
+        package_log.setLevel(logging.INFO)
         log.info("job %s (%s, number %d, attempt %d): %s", job.id, job.kind, job.number, job.attempt,
                  job.image_path)
-        # Checked again here: the file may have been swapped for a symlink since it was admitted.
+        if shutil.disk_usage(settings.data_dir).free < settings.min_free_mb * 2**20:
+            raise data_folder_full(settings.data_dir, settings.min_free_mb)
+        # Checked again here: the files may have been swapped for symlinks since the job was admitted.
         slide = check_under_roots(Path(job.image_path), settings.roots, "image")
+        init = (job.config.get("embedding") or {}).get("init_resnet18") if job.kind == "analysis" else None
+        if init is not None:
+            check_under_roots(init, settings.roots, "parameters.embedding.init_resnet18")
         run = _run_dictionary if job.kind == "dictionary" else _run_analysis
         run_dir, served, classes, summary = run(store, settings, job, slide, out_dir)
         if store.finish(job.id, job.attempt, "succeeded", run_dir=str(run_dir), geojson_path=str(served),
@@ -217,19 +228,27 @@ def run_job(store: JobStore, settings: ServerSettings, job: Job) -> str:
         shutil.rmtree(out_dir, ignore_errors=True)
         return "superseded"
     except TumlsQpError as exc:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if is_disk_full(exc):
+            exc = data_folder_full(settings.data_dir)
         message = "; ".join([str(exc), *getattr(exc, "__notes__", [])])
         log.error("job %s failed: %s", job.id, message)
-        shutil.rmtree(out_dir, ignore_errors=True)
         return "failed" if store.finish(job.id, job.attempt, "failed", error=message) else "superseded"
     except Exception as exc:
+        if is_disk_full(exc):  # the disk, not a bug: say so, without a traceback to report
+            shutil.rmtree(out_dir, ignore_errors=True)
+            message = str(data_folder_full(settings.data_dir))
+            log.error("job %s failed: %s (%s)", job.id, message, exc)
+            return "failed" if store.finish(job.id, job.attempt, "failed", error=message) else "superseded"
         log.exception("job %s failed with an internal error", job.id)
         shutil.rmtree(out_dir, ignore_errors=True)
         message = (f"internal error ({type(exc).__name__}: {exc}); the traceback is in {job_dir / JOB_LOG}. "
                    "Please report it.")
         return "failed" if store.finish(job.id, job.attempt, "failed", error=message) else "superseded"
     finally:
-        package_log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            package_log.removeHandler(handler)
+            handler.close()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -260,6 +279,21 @@ def _exit_when_orphaned(stdin: Any) -> None:
             os._exit(70)
 
     threading.Thread(target=watch, name="tumls-qp-orphan-watch", daemon=True).start()
+
+
+def _start_heartbeat(path: Path) -> None:
+    """Touch ``path`` every ``HEARTBEAT_INTERVAL_S`` from a thread of its own, for as long as this process runs
+    (a stopped or frozen process stops it; the supervisor watches its modification time)."""
+    def beat() -> None:
+        while True:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            except OSError as exc:  # e.g. a full disk that has no room for the (empty) file: try again
+                log.debug("heartbeat: %s", exc)
+            time.sleep(HEARTBEAT_INTERVAL_S)
+
+    threading.Thread(target=beat, name="tumls-qp-heartbeat", daemon=True).start()
 
 
 def settings_to_json(settings: ServerSettings) -> str:
@@ -324,6 +358,7 @@ def main() -> None:
     data["roots"] = tuple(Path(r) for r in data["roots"])
     settings = ServerSettings(**data)
     _exit_when_orphaned(sys.stdin)
+    _start_heartbeat(settings.heartbeat_path(os.getpid()))
     worker_main(settings)
 
 

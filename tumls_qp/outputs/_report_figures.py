@@ -77,8 +77,9 @@ _RC = {
 }
 #: Largest side, in pixels, of the images and label maps drawn into a map panel (about twice its printed size).
 _MAP_PX = 900
-#: Width of the tissue map relative to the other maps when the overview's maps go in one row.
-_MAP_RATIO = 1.5
+#: Widths of the tissue map relative to the other maps when the overview's maps go in one row: the largest that
+#: fits the page's room is drawn (the tissue map is the panel to read the representatives on).
+_MAP_RATIOS = (2.5, 2.25, 2.0, 1.75, 1.5)
 
 #: A representative drawn on a map: its label, its tissue (1..k) and its box (x, y, width, height) in level-0 px.
 Mark = tuple[str, int, tuple[float, float, float, float]]
@@ -453,10 +454,12 @@ def overview_figure(thumbnail: np.ndarray, regions: np.ndarray, regions_px: floa
     n_maps = 3 if confidence is None else 4
     bar_in, title_in, legend_row_in = 0.62, 0.2, 0.17
 
-    def layout(rows: int) -> tuple[float, list[float], float, float]:
-        """(unit panel width, width ratios, figure height, legend height) of a layout of ``rows`` rows."""
-        # In one row the tissue map, the panel to read the representatives on, is drawn larger.
-        ratios = [1.0, _MAP_RATIO] + [1.0] * (n_maps - 2) if rows == 1 else [1.0, 1.0]
+    def layout(rows: int, ratio: float = 1.0) -> tuple[float, list[float], float, float]:
+        """(unit panel width, width ratios, figure height, legend height) of a layout of ``rows`` rows.
+
+        In one row the tissue map is ``ratio`` times as wide as the other panels.
+        """
+        ratios = [1.0, ratio] + [1.0] * (n_maps - 2) if rows == 1 else [1.0, 1.0]
         legend_in = 0.0 if rows == 2 and confidence is None else legend_row_in * math.ceil(k / 4) + 0.06
         unit = (PAGE_WIDTH_IN - bar_in - 0.05 * len(ratios)) / sum(ratios)
         tallest = max(ratios[:2]) if rows == 1 else 1.0
@@ -464,9 +467,11 @@ def overview_figure(thumbnail: np.ndarray, regions: np.ndarray, regions_px: floa
             unit = max(((max_height_in - legend_in) / rows - title_in) / (aspect * tallest), 0.4)
         return unit, ratios, rows * (unit * tallest * aspect + title_in) + legend_in + 0.05, legend_in
 
-    # The layout that draws the tissue map largest.
-    rows = max((1, 2), key=lambda r: layout(r)[0] * layout(r)[1][1])
-    unit, ratios, height, legend_in = layout(rows)
+    # The layout that draws the tissue map largest: in one row, the widest map that fits, then two rows. Equal maps
+    # (the height binds): the larger other panels.
+    candidates = [(1, r) for r in _MAP_RATIOS] + [(2, 1.0)]
+    rows, ratio = max(candidates, key=lambda c: (round(layout(*c)[0] * layout(*c)[1][1], 2), layout(*c)[0]))
+    unit, ratios, height, legend_in = layout(rows, ratio)
     width = min(PAGE_WIDTH_IN, unit * sum(ratios) + 0.05 * len(ratios) + bar_in)
 
     base = slide.base(0.0)

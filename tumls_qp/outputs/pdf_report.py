@@ -567,6 +567,15 @@ def _height(flowables: Sequence[Any]) -> float:
     return total
 
 
+def _fit(story: Sequence[Any], image: Any, smallest: float = 0.7) -> None:
+    """Shrink ``image`` (one of ``story``) so that ``story`` fits one page, to ``smallest`` of its size at most."""
+    over = _height(story) - (_FRAME_HEIGHT - 14)  # the frame's top and bottom padding, and a little slack
+    if over > 0:
+        factor = max(smallest, 1 - over / image.drawHeight)
+        image.drawWidth *= factor
+        image.drawHeight *= factor
+
+
 def _box(title: str, lines: Sequence[str], styles: _Styles) -> Any:
     """A framed box: a bold title, then one line per item."""
     text = f"<b>{_escape(title)}</b>" + "".join(f"<br/>• {_escape(line)}" for line in lines)
@@ -681,8 +690,7 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     share = _shares(run)[t - 1]
     story: list[Any] = [_para(tissue_class_name(t - 1), styles.title)]
     story.append(_para(f"{_fmt(count)} tiles · area {_area(count * run.tile_area_um2)} µm² ({share:.1f} % of the "
-                       f"slide's tissue) · uncertainty mean {values.mean():.3f}, median {np.median(values):.3f}",
-                       styles.body))
+                       f"slide's tissue) · mean uncertainty {values.mean():.3f}", styles.body))
     warnings = _tissue_warnings(run, t)
     if warnings:
         story.append(_box("Read with care", warnings, styles))
@@ -711,8 +719,9 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     patches = [_load_patch(r.patch) for r in reps]
     titles = [f"{_annotation_name(t, r.rank)}\nu {r.uncertainty:.2f}" for r in reps]
     story.append(_para(f"The {len(reps)} best representatives", styles.h2))
-    story.append(_image(figures.representatives_figure(run.thumbnail, run.thumbnail_scale, run.thumbnail_mpp, reps,
-                                                       patches, titles)))
+    gallery = _image(figures.representatives_figure(run.thumbnail, run.thumbnail_scale, run.thumbnail_mpp, reps,
+                                                    patches, titles))
+    story.append(gallery)
     story.append(_para(
         "The tiles closest to the tissue's centre in the embedding, best first, named as their annotations in QuPath "
         "(u: uncertainty). Top: as the autoencoder saw them, at the tissue level. Bottom: the same regions at full "
@@ -722,30 +731,36 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     labels, note = _best_labels(run, best, patch)
     story.append(_para(f"Nuclei of the best representative ({_annotation_name(t, best.rank)})", styles.h2))
     if patch is not None:
+        # One panel per overlay of the patch, beside the patch itself; further layers (glands) go in this list.
         overlays = []
         if labels is not None:
             overlays.append((f"nuclei outlined ({_nuclei_count(labels)})", figures.outlined(patch, labels,
                                                                                            NUCLEUS_COLOUR)))
         picture = _image(figures.overlay_figure(patch, overlays, best.patch_mpp))
         rest = _FRAME_WIDTH - picture.drawWidth - 6
-        story.append(_row([picture, _nuclei_listing(styles, run, best, labels, rest - 4)],
-                          [picture.drawWidth + 6, rest]))
+        if rest >= 180:
+            story.append(_row([picture, _nuclei_listing(styles, run, best, labels, rest - 4)],
+                              [picture.drawWidth + 6, rest]))
+        else:  # too many panels for the listing beside them: it goes below
+            story += [picture, _nuclei_listing(styles, run, best, labels, 300)]
     else:
         story.append(_nuclei_listing(styles, run, best, labels, 300))
     if note:
         story.append(_para(note, styles.small))
 
-    story.append(_para(f"Features of {tissue_class_name(t - 1)}", styles.h2))
     row = run.feature_row(t)
+    story.append(_para(f"Features of {tissue_class_name(t - 1)}" + (
+        f"<font name='{styles.sans}' size='7'> · pooled over its segmented representatives (features.csv)</font>"
+        if row is not None else ""), styles.h2))
     if row is not None:
         pairs = [(_feature_label(c), _fmt(row.get(c, math.nan))) for c in _feature_columns(run)]
         story.append(_grid_table(pairs, styles, widths=[160, 95, 160, 95]))
-        story.append(_para("Pooled over the segmented representatives of the tissue (features.csv).", styles.small))
     elif run.features is not None:
         story.append(_para(f"features.csv has no row for tissue {t}.", styles.body))
     else:
         story.append(_para("No nucleus or texture features in this run folder (features.csv is absent).",
                            styles.body))
+    _fit(story, gallery)
     return story
 
 

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -74,6 +75,50 @@ def _time_renders(run_dirs: list[Path], out: Path, repeat: int, sources: dict[st
                    "pages": int(re.search(r"(\d+) pages", lines[name]).group(1)),
                    "size_mb": outs[name].stat().st_size / 1e6, "line": lines[name], "pdf": outs[name]}
             for name in sources}
+
+
+#: Renders a report with every figure checked by this tree's ``legibility_problems`` as it is saved; prints a count
+#: of the problems as JSON. Run in the tree whose package draws the figures (another revision's, too).
+_LEGIBILITY_DRIVER = """
+import ast, json, sys
+from typing import Any
+source = open(sys.argv[1], encoding="utf-8").read()
+wanted = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)
+          and n.name in ("_drawn_texts", "legibility_problems")]
+checks = {"Any": Any, "MIN_FONT_PT": 6.0}
+exec(compile(ast.Module(body=wanted, type_ignores=[]), sys.argv[1], "exec"), checks)
+from tumls_qp.outputs import _report_figures as figures
+from tumls_qp.outputs.pdf_report import render_report
+found = []
+encode = figures._encode
+def checked(fig, *args, **kwargs):
+    if not hasattr(fig.canvas, "get_renderer"):  # a figure without a canvas of its own: give it matplotlib's Agg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        FigureCanvasAgg(fig)
+    found.append(checks["legibility_problems"](fig))
+    return encode(fig, *args, **kwargs)
+figures._encode = checked
+render_report(sys.argv[3:], sys.argv[2])
+problems = [p for f in found for p in f]
+print(json.dumps({"figures": len(found), "illegible": sum(bool(f) for f in found),
+                  "overlaps": sum("overlaps" in p for p in problems), "cut_off": sum("cut off" in p for p in problems),
+                  "too_small": sum(" pt, below " in p for p in problems)}))
+"""
+
+
+def _legibility(run_dirs: list[Path], out: Path, sources: dict[str, Path]) -> dict[str, dict]:
+    """Per source tree: its report's figures checked for overlapping, cut-off and too small text (this tree's check)."""
+    checker = ROOT / "tumls_qp" / "outputs" / "_report_figures.py"
+    counts = {}
+    for name, source in sources.items():
+        env = dict(os.environ, PYTHONPATH=str(source))
+        done = subprocess.run([sys.executable, "-c", _LEGIBILITY_DRIVER, str(checker), str(out),
+                               *map(str, run_dirs)], cwd=source, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout + done.stderr)
+            raise SystemExit(f"the legibility check of {name} failed with exit status {done.returncode}")
+        counts[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return counts
 
 
 def _extract(ref: str, folder: Path) -> str:
@@ -158,6 +203,9 @@ def main() -> int:
         print("timing the renders ...", flush=True)
         case_t = _time_renders([case], work / "case-report.pdf", args.repeat, sources)
         cohort_t = _time_renders(cohort_runs, work / "cohort-report.pdf", args.repeat, sources)
+        print("checking the figures' legibility ...", flush=True)
+        case_l = _legibility([case], work / "legibility.pdf", sources)
+        cohort_l = _legibility(cohort_runs, work / "legibility.pdf", sources)
 
         SAMPLE.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(case_t["this"]["pdf"], SAMPLE / "report.pdf")
@@ -180,6 +228,13 @@ def main() -> int:
             t = timing[name]
             table.append(f"| {label} | {code[name]} | {t['pages']} | {t['size_mb']:.2f} | {t['render_s']:.2f} | "
                          f"{t['wall_s']:.2f} |")
+    table += ["", "| report | code | figures | illegible figures | overlapping texts | texts cut off | "
+              "texts below 6 pt |", "|---|---|---|---|---|---|---|"]
+    for label, legibility in (("case", case_l), ("cohort", cohort_l)):
+        for name in sources:
+            c = legibility[name]
+            table.append(f"| {label} | {code[name]} | {c['figures']} | {c['illegible']} | {c['overlaps']} | "
+                         f"{c['cut_off']} | {c['too_small']} |")
     output = "\n".join(table)
     print(output)
     compared = (f" Each render by this tree alternates with one by the package of `{args.baseline}` ({baseline}, "
@@ -194,7 +249,9 @@ def main() -> int:
         f"and imports included. Each is the median of {args.repeat} runs.{compared} The run folders exist "
         "beforehand: the slides are not read again and nothing is recomputed. The cohort was analysed with "
         f"`--cohort --tile-um 64 --mpp 1.0` and the autoencoder capped at {args.cohort_epochs} epochs (training time "
-        "does not change what is rendered).\n\n" + output + "\n\nLast lines printed by `tumls-qp report`:\n\n```\n"
+        "does not change what is rendered). The second table checks every figure of each report as it is saved, "
+        "with this tree's `_report_figures.legibility_problems` (texts that overlap, are cut off at the figure's edge "
+        "or are smaller than 6 pt at print size).\n\n" + output + "\n\nLast lines printed by `tumls-qp report`:\n\n```\n"
         + printed + "\n```\n",
         encoding="utf-8",
     )

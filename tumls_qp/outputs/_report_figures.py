@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..classes import NUCLEUS_COLOUR, class_colour, tissue_class_name
+from ..classes import class_colour, tissue_class_name
 
 __all__ = [
     "HATCHES",
@@ -210,14 +210,6 @@ def _shrink(image: np.ndarray, max_px: int) -> tuple[np.ndarray, float]:
 
     size = (max(1, round(w / factor)), max(1, round(h / factor)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX)), w / size[0]
-
-
-def _sample(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A label image resampled to ``shape`` by nearest neighbour (each output pixel takes its centre's label)."""
-    h, w = labels.shape[:2]
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), w - 1)
-    return labels[np.ix_(rows, cols)]
 
 
 def _image_axis(ax: Any, image: np.ndarray, mpp: float | None, title: str | None = None,

@@ -14,7 +14,9 @@ Pages of a case report, in order (one page each; a case of 3 tissues takes 7 pag
    pre-decision insights, not a diagnosis.
 2. One page per tissue: where it lies (a locator with its representatives), its tiles'
    uncertainty, its best representatives at the tissue level and at full resolution, named as
-   in QuPath; the best one with its nuclei outlined and their measurements; the tissue's features.
+   in QuPath; the best one with its nuclei outlined and their measurements (another layer of
+   the same patch, such as glands, is one more panel beside the nuclei: ``overlays`` in
+   ``_tissue_page``); the tissue's features. A page that would overflow shrinks its gallery.
 3. Comparison across tissues: every per-tissue value in its own unit, one small panel each;
    the tiles in the embedding (when the run folder has ``embedding_colours.npz``).
 4. Method and quality: dendrogram with the chosen cut, autoencoder losses and reconstructions,

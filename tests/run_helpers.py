@@ -48,7 +48,8 @@ def synthetic_analysis() -> rf.SlideAnalysis:
         distance=rng.random(n).astype(np.float32), uncertainty=rng.random(n).astype(np.float32),
         uncertainty_scale=1.25, gaps={2: 3.5, 3: 0.75}, split_statistic=4.2,
         linkage=np.column_stack([np.arange(n - 1), np.arange(1, n), np.linspace(0.1, 2, n - 1), np.full(n - 1, 2)]),
-        linkage_indices=None)
+        linkage_indices=None, k_votes={2: 7, 3: 3},
+        posterior=np.column_stack([np.linspace(0.2, 0.9, n), 1 - np.linspace(0.2, 0.9, n)]).astype(np.float32))
     reps = select_representatives(clustering, 2)
     patches = []
     for i, rep in enumerate(reps):
@@ -65,11 +66,16 @@ def synthetic_analysis() -> rf.SlideAnalysis:
     for rep, patch in zip(reps, patches):
         if patch.nuclei is not None:
             rois.setdefault(rep.tissue, []).append(patch.nuclei.roi)
-    from tumls_qp.tissue.embeddings import Autoencoder, TrainingHistory
+    from dataclasses import asdict
+
+    from tumls_qp.tissue.embeddings import Autoencoder, TileEmbedding, TrainingHistory
+    from tumls_qp.tissue.embeddings.methods import AutoencoderEncoder
 
     history = TrainingHistory(train_mse=[0.1, 0.05], val_mse=[0.12, 0.06], best_epoch=2,
                               mse={"train": 0.05, "val": 0.06, "test": 0.07}, n_tiles={"train": 15, "val": 3, "test": 4},
                               early_stopped=True, seconds=1.5, device="cpu", initialised_from=None)
+    embedding = TileEmbedding(method="tumls-ae", vectors=latents, posterior=None, encoder=AutoencoderEncoder(Autoencoder(16)),
+                              history=asdict(history) | {"epochs": 2, "train_seconds": 1.5})
     config = replace_in(PipelineConfig(), **{"tiles.tile_um": 32.0, "representatives.n": 2})
     return rf.SlideAnalysis(
         config=config, created=datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
@@ -78,8 +84,8 @@ def synthetic_analysis() -> rf.SlideAnalysis:
                            objective_power=20.0),
         tiles=tiles, latents=latents, clustering=clustering, cohort=("s", "t"), cohort_tiles_per_tissue=(30, 12),
         representatives=tuple(reps), patches=tuple(patches),
-        tissue_features={t: combine_rois(r) for t, r in sorted(rois.items())}, history=history, cache_hit=False,
-        model=Autoencoder(16), reconstructions=(tiles.tiles[:2], tiles.tiles[:2][::-1].copy()),
+        tissue_features={t: combine_rois(r) for t, r in sorted(rois.items())}, embedding=embedding, cache_hit=False,
+        reconstructions=(tiles.tiles[:2], tiles.tiles[:2][::-1].copy()),
         embedding_colours=embedding_colours(latents, "pca"), warnings=("a warning",),
         timings_s={"tiles": 0.5, "train": 1.25},
     )

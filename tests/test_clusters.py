@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tumls_qp.tissue.clusters import (SPLIT_CRITICAL_VALUE, choose_k, cluster_embeddings, dendrogram_gaps,
-                                     split_statistic)
+                                     split_statistic, vote_k)
 from tumls_qp.config import ClusterConfig
 from tumls_qp.errors import InvalidInputError
 from tumls_qp.tissue.representatives import select_representatives
@@ -101,3 +101,51 @@ def test_bad_latents():
         cluster_embeddings(np.full((10, 4), np.nan), ClusterConfig(), 0)
     with pytest.raises(InvalidInputError, match="n >= 2"):
         cluster_embeddings(np.ones((1, 4)), ClusterConfig(), 0)
+
+
+def test_k_is_voted_over_resamples_and_the_runner_up_is_reported():
+    x = np.concatenate([_blob(150, 0.0, 1), _blob(150, 3.0, 2), _blob(150, -3.0, 3)])
+    c = cluster_embeddings(x, ClusterConfig(resamples=6), 0)
+    assert c.k == 3 and sum(c.k_votes.values()) == 6 and c.k_votes[3] >= 4
+    assert c.runner_up is None or c.runner_up[0] != 3
+    assert cluster_embeddings(x, ClusterConfig(resamples=0), 0).k_votes == {}
+    assert cluster_embeddings(x, ClusterConfig(k=2), 0).k_votes == {}
+
+
+def test_runner_up_is_the_second_most_voted_k():
+    c = cluster_embeddings(_blob(60), ClusterConfig(resamples=0), 0)
+    from dataclasses import replace
+
+    assert replace(c, k=3, k_votes={2: 3, 3: 5, 4: 2}).runner_up == (2, 3)
+    assert replace(c, k=3, k_votes={2: 2, 3: 6, 4: 2}).runner_up == (2, 2)  # a tie goes to the smaller k
+    assert replace(c, k=3, k_votes={3: 10}).runner_up is None
+
+
+def test_vote_overrides_an_unstable_full_data_choice():
+    x = np.concatenate([_blob(200, 0.0, 1), _blob(200, 2.5, 2)])
+    votes = vote_k(x, ClusterConfig(resamples=5), 0)
+    assert sum(votes.values()) == 5 and max(votes, key=votes.get) == 2
+
+
+def test_a_mixture_posterior_decides_the_tissues():
+    x = np.concatenate([_blob(100, 0.0, 1), _blob(40, 3.0, 2)])
+    post = np.zeros((140, 4))
+    post[:100, 2], post[100:, 0] = 0.9, 0.8
+    post[:100, 1], post[100:, 2], post[100:, 3] = 0.1, 0.1, 0.1
+    c = cluster_embeddings(x, ClusterConfig(), 0, posterior=post)
+    assert c.k == 2 and c.k_source == "VaDE mixture (lowest BIC)" and c.sizes() == [100, 40]
+    assert c.posterior.shape == (140, 2) and np.allclose(c.posterior.sum(axis=1), 1)
+    assert np.allclose(c.posterior[:100, 0], 1.0) and np.allclose(c.posterior[100:], [0.1 / 0.9, 0.8 / 0.9])
+    with pytest.raises(InvalidInputError, match="posterior must be"):
+        cluster_embeddings(x, ClusterConfig(), 0, posterior=post[:10])
+
+
+def test_a_mixture_cannot_split_one_tissue():
+    # A mixture may cut one Gaussian cloud in two; the one-tissue test still finds one tissue.
+    x = _blob(120, 0.0, 3)
+    post = np.zeros((120, 2))
+    half = x[:, 0] > np.median(x[:, 0])
+    post[half, 0], post[~half, 1] = 1.0, 1.0
+    c = cluster_embeddings(x, ClusterConfig(), 0, posterior=post)
+    assert c.k == 1 and c.k_source == "split test: one tissue" and c.posterior.shape == (120, 1)
+    assert cluster_embeddings(x, ClusterConfig(k=2), 0, posterior=post).k == 2  # a given k is kept

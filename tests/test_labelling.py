@@ -16,6 +16,7 @@ from tumls_qp.cli import main
 from tumls_qp.config import PipelineConfig, replace_in
 from tumls_qp.errors import InvalidInputError
 from tumls_qp.labelling import (
+    apply_dictionary,
     load_overclustering,
     make_dictionary,
     parse_seed_request,
@@ -242,3 +243,26 @@ def test_embedding_colours_of_a_run(run, capsys):
     again = read_run(run)
     assert again.embedding_colours.method == "pca" and again.embedding_colours_path == run / "embedding_colours.geojson"
     assert [f["properties"]["color"] for f in tiles] == again.embedding_colours.rgb.tolist()
+
+
+def test_a_dictionary_embeds_new_slides_as_its_run_did_whatever_the_method(slides, tmp_path):
+    """A dictionary made from a run with a view method (``handcrafted``) reads the views of a new slide and embeds
+    them with the run's fitted encoder: on the same slide, the vectors are the run's own."""
+    from tumls_qp.interactive.prototypes import save_dictionary
+
+    config = replace_in(PipelineConfig(), **{"tiles.tile_um": 64.0, "embedding.method": "handcrafted",
+                                             "nuclei.enabled": False, "output.report": False})
+    [result] = analyze([slides["two-tissues"]], tmp_path / "runs", config)
+    run = read_run(result.run_dir)
+    e = run.embeddings
+    # The run's tissue centroids as prototypes, tissue 1 as class A and the others as B.
+    k = run.manifest.clusters.k
+    classes = (np.arange(k) > 0).astype(int)
+    book = save_dictionary(tmp_path / "hc.tumlsdict", e.centroids, classes, ["A", "B"],
+                           [(200, 0, 0), (0, 200, 0)], result.run_dir, config, {"run": "hc"})
+    assert load_dictionary(book).encoder["method"] == "handcrafted"
+    [applied] = apply_dictionary(book, [slides["two-tissues"]], tmp_path / "applied", query="dq", device="cpu")
+    again = read_run(applied.out_dir, kinds=("dictionary",)).embeddings
+    np.testing.assert_allclose(again.latents, e.latents, atol=1e-5)
+    # Direct-Query's nearest prototype is each tile's own k-means centroid.
+    np.testing.assert_array_equal(again.labels, classes[e.labels])

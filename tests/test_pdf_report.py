@@ -31,7 +31,7 @@ pdfium = pytest.importorskip("pypdfium2")
 
 SECTIONS = ("Case summary", "Tissue 1", "The 5 best representatives", "Nuclei of the best representative",
             "Features of Tissue 1", "Comparison across tissues", "Every value per tissue", "The tiles in the embedding",
-            "Method and quality", "Number of tissues", "Background filtering and autoencoder quality", "Warnings",
+            "Method and quality", "Number of tissues", "Background filtering and embedding quality", "Warnings",
             "Appendix: parameters and provenance", "Effective configuration")
 
 
@@ -303,7 +303,7 @@ def test_missing_optional_files_are_noted(synthetic_run, tmp_path):
     for name in ("training.csv", "dendrogram.npz", "reconstructions.npz", "patches/tissue2-rank3.jpg"):
         (run / name).unlink()
     text = _text(render_report(run).path)
-    for note in ("training.csv is missing: no autoencoder loss curve", "dendrogram.npz is missing: no dendrogram",
+    for note in ("training.csv is missing: no training loss curve", "dendrogram.npz is missing: no dendrogram",
                  "reconstructions.npz is missing: no reconstruction examples",
                  "patch image(s) missing from patches/: tissue2-rank3"):
         assert note in text, note
@@ -316,6 +316,21 @@ def test_one_tissue_renders(slides, tmp_path):
     assert "k = 1 (one tissue)" in text and "Tissue 1" in text and "Tissue 2" not in text
     assert "With one tissue there is nothing to compare on this slide" in text
     _assert_pages_not_blank(result.run_dir / REPORT_NAME)
+
+
+def test_another_embedding_method_and_the_k_vote_are_reported(slides, tmp_path, figure_problems):
+    [result] = analyze([slides["two-tissues"]], tmp_path,
+                       _config(**{"embedding.method": "handcrafted", "nuclei.enabled": False}))
+    m = result.manifest
+    assert m.embedding.method == "handcrafted" and m.embedding.view_mpp == pytest.approx(4.0)
+    assert sum(m.clusters.k_votes.values()) == 10
+    text = _text(result.run_dir / REPORT_NAME)
+    assert "Embedding: handcrafted" in text and "Hand-crafted descriptors, no training" in text
+    assert "resamples of 80 % of the tiles" in text and f"k = {m.clusters.k} was chosen" in text or \
+        f"All 10 resamples of 80 % of the tiles chose k = {m.clusters.k}" in text
+    assert "reconstructions.npz is missing" not in text  # only the autoencoder reconstructs
+    _assert_pages_not_blank(result.run_dir / REPORT_NAME)
+    assert figure_problems and not [p for p in figure_problems if p], figure_problems
 
 
 COHORT_PAGES = ("Cohort report: 2 slides", "Slide 1 of 2", "Slide 2 of 2", "Tissue 1 across the slides",

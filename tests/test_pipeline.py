@@ -148,6 +148,42 @@ def test_cohort_shares_tissue_numbers(slides, fast_config, tmp_path):
         assert validate_geojson_file(r.run_dir / "tissue.geojson") == []
 
 
+def test_a_view_method_in_cohort_mode_and_from_the_cache(slides, fast_config, tmp_path):
+    """``handcrafted`` sees each tile's view; one embedding and one clustering serve the cohort; the cache keeps it."""
+    config = replace_in(fast_config, **{"clusters.k": 2, "embedding.method": "handcrafted", "nuclei.enabled": False})
+    cache = tmp_path / "cache"
+    results = analyze([slides["two-tissues"], slides["homogeneous"]], tmp_path / "a", config, cohort=True,
+                      cache_dir=cache)
+    first, second = (read_run(r.run_dir) for r in results)
+    for run in (first, second):
+        m = run.manifest
+        assert m.embedding.method == "handcrafted" and m.embedding.view_mpp == pytest.approx(4.0)
+        assert m.embedding.view_um == 256.0 and m.embedding.dim == 15 and m.embedding.cache == "miss"
+        assert np.array_equal(run.embeddings.centroids, first.embeddings.centroids)
+        assert json.loads((run.path / "model.json").read_text())["method"] == "handcrafted"
+        assert not (run.path / "reconstructions.npz").exists() and run.notes == []
+    stroma = [t for (x, *_), t in zip(first.tiles.boxes, first.tiles.tissue) if x + 64 < 1200]
+    stroma_id = max(set(stroma), key=stroma.count)
+    assert (second.tiles.tissue == stroma_id).mean() > 0.9
+    again = analyze([slides["two-tissues"], slides["homogeneous"]], tmp_path / "b", config, cohort=True,
+                    cache_dir=cache)
+    assert again[0].manifest.embedding.cache == "hit" and again[0].manifest.embedding.method == "handcrafted"
+    assert (tmp_path / "a/two-tissues/tiles.csv").read_text() == (tmp_path / "b/two-tissues/tiles.csv").read_text()
+
+
+def test_too_few_tiles_for_the_method_is_refused_before_anything_is_written(slides, fast_config, tmp_path, capsys):
+    from tumls_qp.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text('[embedding]\nmethod = "contrastive"\ndevice = "cpu"\n')
+    # 256 µm tiles on a 1.5 x 1 mm slide: 24 tiles, enough to cluster (tiles.min_tiles = 20), too few to contrast.
+    assert main(["analyze", str(slides["homogeneous"]), "--out", str(tmp_path / "out"), "--config", str(config),
+                 "--tile-um", "256", "--no-cache", "-q"]) == 3
+    assert "embedding.method = 'contrastive' needs at least 32 tissue tiles" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "homogeneous").exists()
+    assert not [p for p in (tmp_path / "out").iterdir()]
+
+
 def test_cache_is_reused(slides, fast_config, tmp_path):
     cache = tmp_path / "cache"
     [first] = analyze([slides["two-tissues"]], tmp_path / "a", fast_config, cache_dir=cache)

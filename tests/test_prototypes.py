@@ -142,8 +142,8 @@ def test_dictionary_round_trip(tmp_path, model_dir):
     assert book.prototype_cluster.tolist() == [2, 5, 7]
     assert book.config == _config() and book.encoder["tile_px"] == 8
     assert book.provenance["run"] == "test" and book.provenance["tool"] == "tumls-qp"
-    model = book.load_encoder()
-    assert model.tile_px == 8
+    encoder = book.load_encoder()
+    assert encoder.method == "tumls-ae" and encoder.model.tile_px == 8
     with zipfile.ZipFile(path) as zf:
         assert sorted(zf.namelist()) == ["dictionary.json", "model.json", "model.pt", "prototypes.npy"]
 

@@ -64,8 +64,13 @@ def test_every_field_written_is_read_back(analysis, written):
                         ("labels", c.labels), ("uncertainty", c.uncertainty), ("distance", c.distance),
                         ("centroids", c.centroids)):
         assert np.array_equal(getattr(e, name), value), name
+    assert np.array_equal(e.posterior, c.posterior)
     assert [f.name for f in fields(e)] == ["latents", "boxes", "tile_index", "labels", "uncertainty", "distance",
-                                           "centroids"]
+                                           "centroids", "posterior"]
+    # Which method made the map, and how close the runner-up k came.
+    assert run.manifest.embedding.method == "tumls-ae" and run.manifest.embedding.dim == 256
+    assert run.manifest.embedding.view_mpp is None and run.manifest.embedding.final_loss == 0.06
+    assert run.manifest.clusters.k_votes == {2: 7, 3: 3} and run.manifest.clusters.runner_up == (3, 3)
 
     assert [(r.tissue, r.rank, r.tile) for r in run.representatives] == [
         (r.tissue + 1, r.rank, r.tile) for r in analysis.representatives]
@@ -79,8 +84,8 @@ def test_every_field_written_is_read_back(analysis, written):
         else:
             assert np.array_equal(rf.load_labels(r.labels, patch.rgb.shape[:2]), patch.nuclei.labels)
     assert np.array_equal(run.thumbnail, analysis.tiles.thumbnail)
-    assert run.training.column("train_mse").tolist() == analysis.history.train_mse
-    assert run.training.column("val_mse").tolist() == analysis.history.val_mse
+    assert run.training.column("train_mse").tolist() == analysis.embedding.history["train_mse"]
+    assert run.training.column("val_mse").tolist() == analysis.embedding.history["val_mse"]
     assert np.array_equal(run.linkage, c.linkage)
     assert all(np.array_equal(a, b) for a, b in zip(run.reconstructions, analysis.reconstructions))
     assert run.config_text == dump_config(analysis.config)
@@ -111,8 +116,8 @@ def test_every_field_written_is_read_back(analysis, written):
 
     model, meta = load_checkpoint(folder)
     assert all(np.array_equal(a.detach().numpy(), b.detach().numpy())
-               for a, b in zip(model.state_dict().values(), analysis.model.state_dict().values()))
-    assert meta["history"]["train_mse"] == analysis.history.train_mse
+               for a, b in zip(model.state_dict().values(), analysis.embedding.encoder.model.state_dict().values()))
+    assert meta["history"]["train_mse"] == analysis.embedding.history["train_mse"] and meta["method"] == "tumls-ae"
     assert run.notes == []
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [rf.TISSUE_GEOJSON, rf.TILES_CSV, rf.REPRESENTATIVES_CSV, rf.TRAINING_CSV, rf.NUCLEI_CSV,
@@ -125,7 +130,7 @@ def test_the_round_trip_covers_every_field():
     """Extending the run folder means extending the round trip above: this lists what it checks."""
     assert [f.name for f in fields(rf.SlideAnalysis)] == [
         "config", "created", "slide", "tiles", "latents", "clustering", "cohort", "cohort_tiles_per_tissue",
-        "representatives", "patches", "tissue_features", "history", "cache_hit", "model", "reconstructions",
+        "representatives", "patches", "tissue_features", "embedding", "cache_hit", "reconstructions",
         "embedding_colours", "warnings", "timings_s"]
     assert [f.name for f in fields(rf.AnalysisManifest)] == [
         "version", "created", "seed", "slide", "tiles", "embedding", "clusters", "representatives", "nuclei", "cohort",

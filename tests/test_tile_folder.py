@@ -68,13 +68,14 @@ def test_read_tile_folder_modes_and_errors(tmp_path):
     with pytest.raises(InvalidInputError, match="tile folder not found"):
         read_tile_folder(tmp_path / "missing", 16)
     with pytest.raises(InvalidInputError, match="tile_px"):
-        read_tile_folder(folder, 12)
+        read_tile_folder(folder, 4)
 
 
 @pytest.fixture()
 def quick(tmp_path):
     path = tmp_path / "quick.toml"
-    path.write_text("seed = 3\n[embedding]\nmax_epochs = 2\ndevice = \"cpu\"\n")
+    path.write_text("seed = 3\n[embedding]\nmax_epochs = 2\ncontrastive_steps = 2\nvade_epochs = 2\nbatch_size = 16\n"
+                    "device = \"cpu\"\n")
     return ["--config", str(path), "-q"]
 
 
@@ -82,7 +83,7 @@ def test_cluster_tiles_writes_the_result_folder(tmp_path, quick, capsys):
     folder = _folder(tmp_path / "tiles")
     out = tmp_path / "result"
     assert main(["cluster-tiles", str(folder), "--out", str(out), "--tile-px", "8", "--k", "2", *quick]) == 0
-    assert "24 tiles, 2 cluster(s) (user)" in capsys.readouterr().out
+    assert "24 tiles, tumls-ae embedding, 2 cluster(s) (user)" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"clusters.csv", "representatives.csv", "training.csv", "embeddings.npz",
                                                "embedding_colours.png", "model.pt", "model.json", "config.toml",
                                                "manifest.json"}
@@ -98,6 +99,8 @@ def test_cluster_tiles_writes_the_result_folder(tmp_path, quick, capsys):
         "cluster-tiles"
     assert manifest.tiles.n == 24 and manifest.seed == 3 and manifest.clusters.tiles_per_cluster == (12, 12)
     assert manifest.tiles.tile_px == 8 and manifest.clusters.embedding_colours in ("pca", "umap")
+    assert manifest.embedding.method == "tumls-ae" and manifest.embedding.epochs == 2
+    assert manifest.clusters.k_votes == {} and manifest.clusters.runner_up is None  # k was given
     with np.load(out / "embeddings.npz") as npz:
         assert npz["latents"].shape == (24, 256) and npz["files"].tolist() == [r["file"] for r in rows]
     # A re-run replaces the earlier result; a folder that is not a result is never replaced.
@@ -106,6 +109,36 @@ def test_cluster_tiles_writes_the_result_folder(tmp_path, quick, capsys):
     assert main(["cluster-tiles", str(folder), "--out", str(folder), *quick]) == 4
     assert "not an earlier cluster-tiles result" in capsys.readouterr().err
     assert main(["cluster-tiles", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2"), *quick]) == 3
+
+
+@pytest.mark.parametrize("method", ["handcrafted", "vade"])
+def test_cluster_tiles_with_another_embedding(tmp_path, quick, capsys, method):
+    folder = _folder(tmp_path / "tiles")
+    out = tmp_path / "result"
+    assert main(["cluster-tiles", str(folder), "--out", str(out), "--embedding", method, "--mpp", "0.5", *quick]) == 0
+    assert f"24 tiles, {method} embedding" in capsys.readouterr().out
+    manifest = read_manifest(out)
+    assert manifest.embedding.method == method and json.loads((out / "model.json").read_text())["method"] == method
+    assert manifest.embedding.view_mpp == pytest.approx(48 * 0.5 / 64)
+    assert sum(manifest.clusters.k_votes.values()) == 10 or manifest.clusters.k_source.startswith("VaDE")
+    with np.load(out / "embeddings.npz") as npz:
+        assert len(npz["latents"]) == 24
+        assert ("posterior" in npz) == (method == "vade")
+    with open(out / "training.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header == (["epoch", "pretrain_mse", "loss"] if method == "vade" else ["epoch", "loss"])
+
+
+def test_cluster_tiles_bad_embedding_choices(tmp_path, quick, capsys):
+    folder = _folder(tmp_path / "tiles")
+    out = tmp_path / "result"
+    with pytest.raises(SystemExit) as exc:
+        main(["cluster-tiles", str(folder), "--out", str(out), "--embedding", "dino", *quick])
+    assert exc.value.code == 2 and "invalid choice: 'dino'" in capsys.readouterr().err
+    # 24 tiles are too few for contrastive learning (32): exit status 3, the number needed, nothing written.
+    assert main(["cluster-tiles", str(folder), "--out", str(out), "--embedding", "contrastive", *quick]) == 3
+    assert "needs at least 32 tissue tiles to learn from; this input has 24" in capsys.readouterr().err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.realdata

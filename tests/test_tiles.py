@@ -5,9 +5,11 @@ from tumls_qp.config import TileConfig
 from tumls_qp.errors import InvalidInputError, NoTissueError, NotBrightfieldError
 from tumls_qp.slide import open_slide
 from tumls_qp.tissue.tiles import (
+    TileGrid,
     check_brightfield_he,
     plan_grid,
     read_thumbnail,
+    read_views,
     require_tissue,
     select_tiles,
     tile_pixels,
@@ -146,3 +148,24 @@ def test_real_fluorescence_ndpi_is_refused(wsi):
         thumb = read_thumbnail(slide, grid)
     with pytest.raises(NotBrightfieldError, match="fluorescence"):
         check_brightfield_he(thumb)
+
+
+def test_views_centred_on_their_tiles(slides):
+    with open_slide(slides["two-tissues"]) as slide:
+        grid = plan_grid(slide, CFG)  # 64 µm tiles at 0.5 µm/px
+        idx = np.array([0, 25, 200, 383])
+        # A field the size of the tile: the view is the tile, as the thumbnail reads it at that resolution.
+        same, mpp = read_views(slide, grid, idx, 64.0, 32)
+        assert mpp == pytest.approx(2.0) and same.shape == (4, 32, 32, 3)
+        thumb = read_thumbnail(slide, TileGrid(grid.tile_size, grid.shape, 32, grid.mpp))
+        np.testing.assert_array_equal(same, tile_pixels(thumb, TileGrid(grid.tile_size, grid.shape, 32, grid.mpp), idx))
+        # A field four tiles wide: the tile in the middle, its neighbours around it, white beyond the grid.
+        calls = []
+        wide, mpp = read_views(slide, grid, idx, 256.0, 64, progress=lambda d, t: calls.append((d, t)))
+        assert mpp == pytest.approx(4.0) and wide.shape == (4, 64, 64, 3)
+        assert calls[-1] == (grid.n_tiles, grid.n_tiles)
+        small = TileGrid(grid.tile_size, grid.shape, 16, grid.mpp)
+        centre = tile_pixels(read_thumbnail(slide, small), small, idx)
+        np.testing.assert_array_equal(wide[:, 24:40, 24:40], centre)
+        # The corner tile's view reaches beyond the grid, where the image is mirrored.
+        np.testing.assert_array_equal(wide[0, :24, 24:], wide[0, 24:48, 24:][::-1])

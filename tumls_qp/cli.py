@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .config import PipelineConfig, dump_config, load_config, replace_in
+from .config import EMBEDDING_METHODS, EmbeddingConfig, PipelineConfig, dump_config, load_config, replace_in
 from .errors import (
     ConfigError,
     DeviceError,
@@ -513,10 +513,15 @@ def _cmd_embedding_colours(args: argparse.Namespace) -> int:
 
 def _add_cluster_tiles(sub: Any) -> None:
     p = sub.add_parser("cluster-tiles", help="embed and cluster a folder of tile images",
-                       description="Train the autoencoder on a folder of tile images (JPEG/PNG/TIFF, resampled to "
-                                   "the tile size), cluster them (k from the dendrogram) and write OUT.")
+                       description="Learn an embedding from a folder of tile images (JPEG/PNG/TIFF, resampled to "
+                                   "the tile size), cluster them (automatic k) and write OUT.")
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--out", required=True, metavar="OUT", help="result folder (created or replaced)")
+    p.add_argument("--embedding", choices=list(EMBEDDING_METHODS), metavar="METHOD",
+                   help=f"embedding method: {', '.join(EMBEDDING_METHODS)} (default: embedding.method, "
+                        f"{EmbeddingConfig().method})")
+    p.add_argument("--mpp", type=float, metavar="UM_PER_PX",
+                   help="pixel size of the images in µm/px (default: each image spans embedding.view_um)")
     p.add_argument("--tile-px", type=int, choices=[8, 16, 32, 64], help="autoencoder tile size (default 16)")
     p.add_argument("--k", type=int, metavar="K", help="number of clusters (default: from the dendrogram)")
     p.add_argument("--recursive", action="store_true", help="also read images in subfolders")
@@ -534,15 +539,20 @@ def _cmd_cluster_tiles(args: argparse.Namespace) -> int:
 
     config = load_config(args.config) if args.config else PipelineConfig()
     config = replace_in(config, **{"tiles.tile_px": args.tile_px, "clusters.k": args.k,
-                                   "embedding.device": args.device, "seed": args.seed})
+                                   "embedding.device": args.device, "embedding.method": args.embedding,
+                                   "seed": args.seed})
     bars = _StageBars(enabled=not args.quiet)
     try:
         result = cluster_tile_folder(args.folder, args.out, config, recursive=args.recursive,
-                                     colour_method=args.colours, progress=bars)
+                                     colour_method=args.colours, mpp=args.mpp, progress=bars)
     finally:
         bars.close()
     m = result.manifest
-    print(f"{m.tiles.n} tiles, {m.clusters.k} cluster(s) ({m.clusters.k_source}) -> {result.out_dir}")
+    runner = m.clusters.runner_up
+    close = f"; runner-up k = {runner[0]} in {runner[1]} of {sum(m.clusters.k_votes.values())} resamples" \
+        if runner else ""
+    print(f"{m.tiles.n} tiles, {m.embedding.method} embedding, {m.clusters.k} cluster(s) "
+          f"({m.clusters.k_source}{close}) -> {result.out_dir}")
     return 0
 
 

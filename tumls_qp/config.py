@@ -107,10 +107,29 @@ class TileConfig:
         return self.tile_um / self.tile_px
 
 
+EMBEDDING_METHODS = ("tumls-ae", "contrastive", "vade", "handcrafted")
+
+
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    """The autoencoder that embeds tissue-level tiles (TUMLS section 3.3)."""
+    """How tiles become vectors (``tissue/embeddings``): the method and its training."""
 
+    #: ``tumls-ae``: the TUMLS autoencoder on the tissue-level tiles (``tiles.tile_px``), as the paper
+    #: describes it. ``contrastive``: self-supervised contrastive learning (SimCLR) on the tiles' views with
+    #: stain, orientation, crop and blur augmentations, so that it sees tissue architecture rather than
+    #: colour. ``vade``: variational deep embedding with a Gaussian-mixture prior (k by BIC, a posterior per
+    #: tile). ``handcrafted``: stain statistics, texture at two scales and nucleus density, no training.
+    #: reports/embeddings.md compares them.
+    method: str = "tumls-ae"
+    #: Side in µm of the square field in which ``contrastive``, ``vade`` and ``handcrafted`` see each tile,
+    #: centred on the tile (larger than the tile: the tile with its surroundings).
+    view_um: float = 256.0
+    #: Side of that field in pixels (its pixel size is ``view_um / view_px``; 64 px of 256 µm is 4 µm/px).
+    view_px: int = 64
+    #: ``contrastive``: optimiser steps (batches of ``batch_size`` tiles, two views each).
+    contrastive_steps: int = 400
+    #: ``vade``: training epochs after its autoencoder pretraining.
+    vade_epochs: int = 50
     #: ``auto`` (CUDA, then Apple MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
     #: Asking for a device that is not there is an error, never a silent fallback.
     device: str = "auto"
@@ -132,6 +151,17 @@ class EmbeddingConfig:
     num_threads: int = 0
 
     def __post_init__(self) -> None:
+        _require(self.method in EMBEDDING_METHODS, "embedding.method", self.method,
+                 f"one of {', '.join(EMBEDDING_METHODS)}")
+        _require(_is_number(self.view_um) and 8 <= self.view_um <= 10_000, "embedding.view_um", self.view_um,
+                 "a field side in µm between 8 and 10000")
+        _require(isinstance(self.view_px, int) and not isinstance(self.view_px, bool) and 16 <= self.view_px <= 512,
+                 "embedding.view_px", self.view_px, "an integer in [16, 512]")
+        _require(isinstance(self.contrastive_steps, int) and not isinstance(self.contrastive_steps, bool)
+                 and self.contrastive_steps >= 1, "embedding.contrastive_steps", self.contrastive_steps,
+                 "an integer >= 1")
+        _require(isinstance(self.vade_epochs, int) and not isinstance(self.vade_epochs, bool)
+                 and self.vade_epochs >= 1, "embedding.vade_epochs", self.vade_epochs, "an integer >= 1")
         _require(self.device in ("auto", "cpu", "cuda", "mps"), "embedding.device", self.device,
                  "one of auto, cpu, cuda, mps")
         _require(isinstance(self.max_epochs, int) and self.max_epochs >= 1, "embedding.max_epochs",
@@ -168,6 +198,10 @@ class ClusterConfig:
     linkage_max_tiles: int = 3000
     #: k-means restarts.
     n_init: int = 10
+    #: The automatic k is voted over this many random subsets of 80 % of the tiles (each
+    #: chooses k from its own dendrogram and split test); the manifest and the report give the
+    #: votes, so the runner-up k and how close it came are visible. 0: the tiles' own choice only.
+    resamples: int = 10
 
     def __post_init__(self) -> None:
         if self.k is not None:
@@ -179,6 +213,8 @@ class ClusterConfig:
                  "clusters.linkage_max_tiles", self.linkage_max_tiles, "an integer >= 50")
         _require(isinstance(self.n_init, int) and self.n_init >= 1, "clusters.n_init", self.n_init,
                  "an integer >= 1")
+        _require(isinstance(self.resamples, int) and not isinstance(self.resamples, bool)
+                 and 0 <= self.resamples <= 1000, "clusters.resamples", self.resamples, "an integer in [0, 1000]")
 
 
 @dataclass(frozen=True)

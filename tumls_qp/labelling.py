@@ -440,7 +440,8 @@ def apply_dictionary(
         In the order of ``slides``; when a slide fails, the others are still labelled and the
         first error is raised at the end.
     """
-    from .tissue.embeddings import embed_tiles, resolve_device
+    from .tissue.embeddings import TileImages, needs_views, resolve_device
+    from .tissue.tiles import read_views
 
     if query not in ("cq", "dq"):
         raise ConfigError(f"query must be 'cq' (Cluster-then-Query) or 'dq' (Direct-Query); got {query!r}")
@@ -449,7 +450,8 @@ def apply_dictionary(
     gamma = DEFAULT_GAMMA if gamma is None else gamma
     seed = book.config.seed if seed is None else seed
     torch_device = resolve_device(device)
-    model = book.load_encoder()
+    encoder = book.load_encoder().to(torch_device)
+    embedding_cfg = book.config.embedding
     with open(book.path, "rb") as fh:
         dictionary_sha = hashlib.file_digest(fh, "sha256").hexdigest()
     info = DictionaryInfo(path=str(book.path.resolve()), sha256=dictionary_sha, classes=tuple(book.classes),
@@ -471,8 +473,13 @@ def apply_dictionary(
                             mpp_override=slide_cfg.mpp_override and mpp is None) as slide:
                 tiles = tissue_tiles(slide, book.config.tiles, allow_non_he=slide_cfg.allow_non_he)
                 slide_info = SlideInfo.of(slide, slide_quickhash(slide.path))
+                images = TileImages(tiles=tiles.tiles)
+                if needs_views(encoder.method):
+                    views, view_mpp = read_views(slide, tiles.grid, tiles.selection.kept, embedding_cfg.view_um,
+                                                 embedding_cfg.view_px)
+                    images = TileImages(tiles=tiles.tiles, views=views, view_mpp=view_mpp)
             progress("embed", index / len(paths), f"embedding {len(tiles.tiles)} tiles of {path.name}")
-            latents = embed_tiles(model, tiles.tiles, device=torch_device)
+            latents = encoder.embed(images)
             dq = direct_query(latents, book.prototypes, book.prototype_class)
             cq = cluster_then_query(latents, book.prototypes, book.prototype_class, gamma=gamma, seed=seed)
             manifest = write_run(out / name, DictionaryAnalysis(

@@ -1,7 +1,8 @@
 """The only place where all stages meet: slides in, one run folder per slide out.
 
-The pipeline calls the stages in order (tiles, autoencoder, embeddings, clusters,
-representatives, nuclei) and hands each slide's results, one :class:`SlideAnalysis`, to
+The pipeline calls the stages in order (tiles, and the views when the embedding method
+looks at them; the embedding method's training; embeddings; clusters; representatives;
+nuclei) and hands each slide's results, one :class:`SlideAnalysis`, to
 :mod:`tumls_qp.outputs.run_folder`, which writes the run folder (see the README's
 "Outputs"). Run folders are built in hidden staging folders and renamed into place at the
 very end, together for a cohort, so a failed or cancelled run leaves no half-written
@@ -183,30 +184,19 @@ def _analyze_group(
         all_tiles = np.concatenate([d.tiles.tiles for d in data])
 
         if cached is not None:
-            latents, history, model = cached.latents, cached.history, cached.model
+            embedding = cached.embedding
             progress("train", 1.0, "reused the cached model")
             progress("embed", 1.0, "reused the cached embeddings")
         else:
-            from .tissue.embeddings import embed_tiles, train_autoencoder
-
-            with timer.stage("train"):
-                progress("train", 0.0, f"training the autoencoder on {len(all_tiles)} tiles")
-                trained = train_autoencoder(
-                    all_tiles, config.embedding, config.seed,
-                    progress=lambda e, n: progress("train", e / n, f"epoch {e}"),
-                )
-            with timer.stage("embed"):
-                progress("embed", 0.0, "embedding tiles")
-                latents = embed_tiles(trained, all_tiles)
-                progress("embed", 1.0, f"{len(latents)} tiles embedded")
-            history, model = trained.history, trained.model
+            embedding = _embed(data, all_tiles, config, timer, progress)
             if cache:
                 store_cached(cache, key, CachedEmbeddings(thumbnails=[d.tiles.thumbnail for d in data],
-                                                          latents=latents, history=history, model=model))
+                                                          embedding=embedding))
+        latents = embedding.vectors
 
         with timer.stage("cluster"):
             progress("cluster", 0.0, "clustering")
-            clustering = cluster_embeddings(latents, config.clusters, config.seed)
+            clustering = cluster_embeddings(latents, config.clusters, config.seed, posterior=embedding.posterior)
             progress("cluster", 1.0, f"k = {clustering.k}")
 
         offsets = np.cumsum([0] + [len(d.tiles.tiles) for d in data])
@@ -225,11 +215,10 @@ def _analyze_group(
                         config=config, created=started, slide=SlideInfo.of(d.slide, d.quickhash), tiles=d.tiles,
                         latents=latents[part], clustering=local, cohort=tuple(names) if cohort else None,
                         cohort_tiles_per_tissue=tuple(clustering.sizes()), representatives=tuple(reps),
-                        patches=patches, tissue_features=tissue_features, history=history,
-                        cache_hit=cached is not None, model=model,
-                        reconstructions=_reconstructions(model, d.tiles.tiles),
+                        patches=patches, tissue_features=tissue_features, embedding=embedding,
+                        cache_hit=cached is not None, reconstructions=_reconstructions(embedding, d.tiles.tiles),
                         embedding_colours=_embedding_colours(latents[part], config),
-                        warnings=tuple(_warnings(d, config, clustering, local, history, cohort)),
+                        warnings=tuple(_warnings(d, config, clustering, local, embedding, cohort)),
                         timings_s=dict(timer.seconds),
                     )
                     staged = staging.write(name, analysis)
@@ -271,6 +260,37 @@ def _read_tiles(
     return _SlideTiles(slide=slide, quickhash=quickhash, tiles=tiles, warnings=warnings)
 
 
+def _embed(data: list[_SlideTiles], all_tiles: np.ndarray, config: PipelineConfig, timer: _Timer,
+           progress: ProgressFn) -> object:
+    """Fit ``embedding.method`` on the tiles of all slides (reading their views first when it needs them)."""
+    from .tissue.embeddings import TileImages, check_tile_count, fit_embedding, needs_views
+    from .tissue.tiles import read_views
+
+    cfg = config.embedding
+    check_tile_count(cfg.method, len(all_tiles))
+    images = TileImages(tiles=all_tiles)
+    if needs_views(cfg.method):
+        with timer.stage("tiles"):
+            views, mpps = [], []
+            for i, d in enumerate(data):
+                v, mpp = read_views(d.slide, d.tiles.grid, d.tiles.selection.kept, cfg.view_um, cfg.view_px,
+                                    progress=lambda done, total, i=i: progress(
+                                        "tiles", (i + done / total) / len(data), f"reading views of {d.slide.path.name}"))
+                views.append(v)
+                mpps.append(mpp)
+            images = TileImages(tiles=all_tiles, views=np.concatenate(views), view_mpp=float(np.mean(mpps)))
+    with timer.stage("train"):
+        progress("train", 0.0, f"{cfg.method}: learning from {len(all_tiles)} tiles")
+        embedding = fit_embedding(images, cfg, config.seed, clusters=config.clusters,
+                                  progress=lambda e, n: progress("train", e / n, f"{cfg.method}: {e}/{n}"))
+    # fit_embedding trains, then embeds: the second part is the "embed" stage.
+    embed_seconds = float(embedding.history.get("embed_seconds", 0.0))
+    timer.seconds["train"] -= embed_seconds
+    timer.seconds["embed"] = timer.seconds.get("embed", 0.0) + embed_seconds
+    progress("embed", 1.0, f"{len(embedding.vectors)} tiles embedded")
+    return embedding
+
+
 def _slide_clustering(clustering: Clustering, part: slice) -> Clustering:
     """The part of a (cohort) clustering that covers one slide's tiles; centroids, gaps and linkage stay the whole's."""
     return Clustering(
@@ -278,16 +298,22 @@ def _slide_clustering(clustering: Clustering, part: slice) -> Clustering:
         centroids=clustering.centroids, distance=clustering.distance[part],
         uncertainty=clustering.uncertainty[part], uncertainty_scale=clustering.uncertainty_scale,
         gaps=clustering.gaps, split_statistic=clustering.split_statistic, linkage=clustering.linkage,
-        linkage_indices=None,
+        linkage_indices=None, k_votes=clustering.k_votes,
+        posterior=None if clustering.posterior is None else clustering.posterior[part],
     )
 
 
-def _warnings(d: _SlideTiles, config: PipelineConfig, clustering: Clustering, local: Clustering, history: object,
+def _warnings(d: _SlideTiles, config: PipelineConfig, clustering: Clustering, local: Clustering, embedding: object,
               cohort: bool) -> list[str]:
     warnings = list(d.warnings)
     if clustering.k == 1:
         warnings.append(f"one tissue only (k = 1, {clustering.k_source})")
-    if not history.early_stopped:  # type: ignore[attr-defined]
+    runner = clustering.runner_up
+    if runner is not None and 2 * runner[1] >= clustering.k_votes.get(clustering.k, 0):  # at least half the winner's
+        warnings.append(f"k = {clustering.k} won only narrowly: k = {runner[0]} was chosen in {runner[1]} of "
+                        f"{sum(clustering.k_votes.values())} resamples of the tiles; consider --k {runner[0]}")
+    history = embedding.history  # type: ignore[attr-defined]
+    if embedding.method == "tumls-ae" and not history.get("early_stopped", True):  # type: ignore[attr-defined]
         warnings.append(f"autoencoder training stopped at max_epochs ({config.embedding.max_epochs}) before "
                         "early stopping; the model may be under-trained")
     present = set(local.labels.tolist())
@@ -297,10 +323,13 @@ def _warnings(d: _SlideTiles, config: PipelineConfig, clustering: Clustering, lo
     return warnings
 
 
-def _reconstructions(model: object, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A few of the slide's tiles, evenly spaced, and the autoencoder's reconstructions of them."""
+def _reconstructions(embedding: object, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A few of the slide's tiles, evenly spaced, and the autoencoder's reconstructions of them (``tumls-ae`` only)."""
     from .tissue.embeddings import reconstruct
 
+    if embedding.method != "tumls-ae":  # type: ignore[attr-defined]
+        return None
+    model = embedding.encoder.model  # type: ignore[attr-defined]
     examples = tiles[np.linspace(0, len(tiles) - 1, num=min(_RECONSTRUCTION_EXAMPLES, len(tiles))).astype(int)]
     return examples, reconstruct(model, examples)
 

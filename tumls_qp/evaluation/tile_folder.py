@@ -10,9 +10,12 @@ the filter the slide reader uses to bring level-0 pixels down to the tissue leve
 (``slide.resize_rgb``), so a folder tile enters the encoder the way a slide tile does.
 Images smaller than the tile are enlarged bilinearly, as the slide reader does.
 
-``cluster_tile_folder`` then trains the autoencoder on the tiles, embeds them, clusters
-them with k from the dendrogram (``clusters.cluster_embeddings``), and writes the result
-folder (``outputs.run_folder``, kind ``cluster-tiles``; described in the README, "Tile folders").
+The view methods (``embedding.method`` other than ``tumls-ae``) read every image a second time
+the same way at ``embedding.view_px``: the whole image is the tile's view.
+
+``cluster_tile_folder`` then fits the embedding method on the tiles (``embeddings.fit_embedding``),
+clusters them with the tool's automatic k (``clusters.cluster_embeddings``), and writes the
+result folder (``outputs.run_folder``, kind ``cluster-tiles``; described in the README, "Tile folders").
 """
 
 from __future__ import annotations
@@ -112,7 +115,8 @@ def read_tile_folder(folder: str | os.PathLike[str], tile_px: int, *, recursive:
     ----------
     folder : path-like
     tile_px : int
-        8, 16, 32 or 64 (the autoencoder's tile sizes).
+        Side of the resampled tiles, 8 to 512 px (the autoencoder takes 8, 16, 32 or 64; the
+        view methods take ``embedding.view_px``).
     recursive : bool
         Also read images in subfolders.
 
@@ -122,8 +126,8 @@ def read_tile_folder(folder: str | os.PathLike[str], tile_px: int, *, recursive:
         The folder does not exist, holds no image, or an image cannot be decoded (named).
     """
     folder = Path(folder)
-    if tile_px not in (8, 16, 32, 64):
-        raise InvalidInputError(f"tile_px must be one of 8, 16, 32, 64; got {tile_px!r}")
+    if not isinstance(tile_px, int) or not 8 <= tile_px <= 512:
+        raise InvalidInputError(f"tile_px must be an integer in [8, 512]; got {tile_px!r}")
     if not folder.is_dir():
         raise InvalidInputError(f"tile folder not found: {str(folder)!r}")
     pattern = "**/*" if recursive else "*"
@@ -183,6 +187,7 @@ def cluster_tile_folder(
     *,
     recursive: bool = False,
     colour_method: str = "auto",
+    mpp: float | None = None,
     progress: Callable[[str, float, str], None] | None = None,
 ) -> TileFolderResult:
     """Embed and cluster a folder of tiles; write the result folder ``out_dir`` atomically.
@@ -196,21 +201,33 @@ def cluster_tile_folder(
         replaced when it holds an earlier cluster-tiles result. Written in a hidden staging folder
         beside it and renamed into place when complete.
     config : PipelineConfig, optional
-        ``tiles.tile_px`` (tile size), ``tiles.min_tiles``, ``embedding`` (autoencoder training),
+        ``tiles.tile_px`` (tile size for ``tumls-ae``), ``tiles.min_tiles``, ``embedding`` (the
+        method and its training; ``embedding.view_px`` is the view size of the other methods),
         ``clusters`` (k), ``representatives.n`` and ``seed`` apply; the slide options do not.
     recursive : bool
         Also read images in subfolders.
     colour_method : {"auto", "umap", "pca"}
         Reduction for the embedding-colour figure.
+    mpp : float, optional
+        Pixel size of the images in µm/px. The view methods measure in µm (``handcrafted``);
+        without it, each image is taken to span ``embedding.view_um`` µm.
     progress : callable(stage, fraction, message), optional
 
     Returns
     -------
     TileFolderResult
+
+    Raises
+    ------
+    InvalidInputError
+        No images, an unreadable image, a bad ``mpp``, or too few images for the method.
     """
-    from ..tissue.embeddings import embed_tiles, train_autoencoder
+    from ..tissue.embeddings import TileImages, check_tile_count, fit_embedding, needs_views
 
     config = config or PipelineConfig()
+    method = config.embedding.method
+    if mpp is not None and not (isinstance(mpp, (int, float)) and 0.01 <= mpp <= 100):
+        raise InvalidInputError(f"--mpp must be a pixel size in µm/px between 0.01 and 100; got {mpp!r}")
     progress = progress or (lambda stage, fraction, message: None)
     out = Path(out_dir)
     _check_out(out)
@@ -224,21 +241,27 @@ def cluster_tile_folder(
             f"only {len(data.files)} tile images in {str(folder)!r}; at least {config.tiles.min_tiles} are needed to "
             "learn and cluster tissues (tiles.min_tiles)"
         )
+    check_tile_count(method, len(data.files))
+    images = TileImages(tiles=data.tiles)
+    if needs_views(method):
+        view_px = config.embedding.view_px
+        side = float(np.median(np.minimum(data.source_sizes[:, 0], data.source_sizes[:, 1])))
+        view_mpp = side * mpp / view_px if mpp is not None else config.embedding.view_um / view_px
+        images = TileImages(tiles=data.tiles, views=read_tile_folder(folder, view_px, recursive=recursive).tiles,
+                            view_mpp=view_mpp)
     timings["tiles"] = time.perf_counter() - clock
     progress("tiles", 1.0, f"{len(data.files)} tiles")
 
     clock = time.perf_counter()
-    progress("train", 0.0, f"training the autoencoder on {len(data.files)} tiles")
-    trained = train_autoencoder(data.tiles, config.embedding, config.seed,
-                                progress=lambda e, n: progress("train", e / n, f"epoch {e}"))
+    progress("train", 0.0, f"{method}: learning from {len(data.files)} tiles")
+    embedding = fit_embedding(images, config.embedding, config.seed, clusters=config.clusters,
+                              progress=lambda e, n: progress("train", e / n, f"{method}: {e}/{n}"))
+    latents = embedding.vectors
     timings["train"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    latents = embed_tiles(trained, data.tiles)
-    timings["embed"] = time.perf_counter() - clock
     progress("embed", 1.0, f"{len(latents)} tiles embedded")
 
     clock = time.perf_counter()
-    clustering = cluster_embeddings(latents, config.clusters, config.seed)
+    clustering = cluster_embeddings(latents, config.clusters, config.seed, posterior=embedding.posterior)
     reps = select_representatives(clustering, config.representatives.n)
     timings["cluster"] = time.perf_counter() - clock
     progress("cluster", 1.0, f"k = {clustering.k}")
@@ -253,6 +276,6 @@ def cluster_tile_folder(
         source_sizes=tuple(sorted({f"{w}x{h}" for w, h in data.source_sizes.tolist()})[:20]))
     manifest = write_run(out, TileClustersAnalysis(
         folder=Path(folder), files=data.files, tiles=tiles, latents=latents, clustering=clustering,
-        representatives=tuple(reps), history=trained.history, model=trained.model, embedding_colours=colours,
+        representatives=tuple(reps), embedding=embedding, embedding_colours=colours,
         created=started, timings_s=timings, config=config))
     return TileFolderResult(out_dir=out, manifest=manifest)

@@ -558,14 +558,13 @@ class PrototypeDictionary:
     provenance: dict[str, Any]
 
     def load_encoder(self) -> Any:
-        """The encoder's autoencoder (torch), on the CPU."""
-        from ..tissue.embeddings import load_checkpoint
+        """The fitted embedding method (``tissue.embeddings.Encoder``), on the CPU."""
+        from ..tissue.embeddings import load_encoder
 
         with zipfile.ZipFile(self.path) as zf, tempfile.TemporaryDirectory(prefix="tumls-dict-") as tmp:
             for member in ("model.pt", "model.json"):
                 Path(tmp, member).write_bytes(zf.read(member))
-            model, _ = load_checkpoint(tmp)
-        return model
+            return load_encoder(tmp)
 
 
 def _sha256(data: bytes) -> str:
@@ -592,14 +591,15 @@ def save_dictionary(
         ``classes``: ``[{"name", "color": [r, g, b]}]``; ``prototypes``:
         ``[{"class": index into classes, "cluster": 1-based cluster number in the source run}]``,
         one per row of ``prototypes.npy``; ``latent_dim``; ``encoder``: ``{"weights": "model.pt",
-        "config": "model.json", "sha256": SHA-256 of model.pt, "tile_px"}``; ``pipeline_config``:
+        "config": "model.json", "sha256": SHA-256 of model.pt, "method": the embedding method, "tile_px":
+        the autoencoder's tile size (``tumls-ae``; else null)}``; ``pipeline_config``:
         the source run's configuration (tiling, stain checks, encoder training) as nested tables;
         ``provenance``: tool and version, creation time, source run and slide, the naming
         (clusters per class, mixed, unnamed), k and how it was chosen.
     ``prototypes.npy``
         (l, d) float32 prototypes (NumPy's ``.npy`` format; no pickles).
     ``model.pt``, ``model.json``
-        The encoder checkpoint the prototypes belong to (``embeddings.save_checkpoint``).
+        The fitted embedding method the prototypes belong to (``embeddings.Encoder.save``).
 
     Parameters
     ----------
@@ -625,8 +625,10 @@ def save_dictionary(
     try:
         weights = Path(model_dir, "model.pt").read_bytes()
         model_json = Path(model_dir, "model.json").read_bytes()
-        tile_px = int(json.loads(model_json)["tile_px"])
-    except (OSError, ValueError, KeyError) as exc:
+        model_meta = json.loads(model_json)
+        method = str(model_meta.get("method", "tumls-ae"))
+        tile_px = int(model_meta["tile_px"]) if method == "tumls-ae" else None
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
         raise InvalidInputError(f"no usable encoder checkpoint (model.pt, model.json) in {str(model_dir)!r}: {exc}") from exc
     meta = {
         "format": DICTIONARY_FORMAT,
@@ -634,7 +636,8 @@ def save_dictionary(
         "classes": [{"name": n, "color": list(c)} for n, c in zip(names, rgb)],
         "prototypes": [{"class": int(c), "cluster": int(j)} for c, j in zip(prototype_class, cluster)],
         "latent_dim": int(prototypes.shape[1]),
-        "encoder": {"weights": "model.pt", "config": "model.json", "sha256": _sha256(weights), "tile_px": tile_px},
+        "encoder": {"weights": "model.pt", "config": "model.json", "sha256": _sha256(weights), "method": method,
+                    "tile_px": tile_px},
         "pipeline_config": config_to_dict(config),
         "provenance": {"tool": "tumls-qp", "version": __version__,
                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **provenance},
@@ -691,11 +694,14 @@ def _validate(meta: Any, prototypes: np.ndarray, weights: bytes, model_json: byt
     encoder = meta.get("encoder")
     if not isinstance(encoder, dict) or encoder.get("sha256") != _sha256(weights):
         fail("model.pt does not match the checksum in dictionary.json (the encoder was replaced or damaged)")
+    method = encoder.get("method", "tumls-ae")
     try:
         model_meta = json.loads(model_json)
-        if int(model_meta["tile_px"]) != encoder.get("tile_px"):
+        if model_meta.get("method", "tumls-ae") != method:
+            fail("model.json and dictionary.json disagree on the embedding method")
+        if method == "tumls-ae" and int(model_meta["tile_px"]) != encoder.get("tile_px"):
             fail("model.json and dictionary.json disagree on tile_px")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         fail(f"model.json is unreadable: {exc}")
     if not isinstance(meta.get("pipeline_config"), dict):
         fail("'pipeline_config' is missing")
@@ -703,7 +709,9 @@ def _validate(meta: Any, prototypes: np.ndarray, weights: bytes, model_json: byt
         config = config_from_dict(meta["pipeline_config"])
     except ConfigError as exc:
         fail(f"pipeline_config: {exc}")
-    if config.tiles.tile_px != encoder.get("tile_px"):
+    if config.embedding.method != method:
+        fail(f"the encoder's method {method!r} differs from the pipeline config's embedding.method")
+    if method == "tumls-ae" and config.tiles.tile_px != encoder.get("tile_px"):
         fail("the encoder's tile_px differs from the pipeline config's tiles.tile_px")
     if not isinstance(meta.get("provenance"), dict):
         fail("'provenance' is missing")

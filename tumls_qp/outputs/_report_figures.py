@@ -862,20 +862,23 @@ def dendrogram_figure(linkage: np.ndarray | None, gaps: dict[int, float], k: int
         return _encode(fig)
 
 
-def loss_figure(epoch: np.ndarray, train: np.ndarray, val: np.ndarray, best_epoch: int | None) -> bytes:
-    """Autoencoder training and validation MSE per epoch (the paper's Figure 2)."""
+def loss_figure(epoch: np.ndarray, train: np.ndarray, val: np.ndarray | None, best_epoch: int | None,
+                ylabel: str = "MSE (pixel values 0-1)") -> bytes:
+    """Training (and validation) loss per epoch: the autoencoder's MSE is the paper's Figure 2."""
+    val = train[:0] if val is None else val
     with _figure(3.45, 2.0, layout="constrained") as fig:
         ax = fig.subplots()
         ax.plot(epoch, train, color="0.1", linewidth=1.0, marker="o", markersize=1.8, label="training")
-        ax.plot(epoch, val, color=(0.8, 0.2, 0.1), linewidth=1.0, linestyle="--", marker="s", markersize=1.8,
-                label="validation")
+        if len(val):
+            ax.plot(epoch, val, color=(0.8, 0.2, 0.1), linewidth=1.0, linestyle="--", marker="s", markersize=1.8,
+                    label="validation")
         if best_epoch:
             ax.axvline(best_epoch, color="0.4", linestyle=":", linewidth=0.8, label=f"best epoch ({best_epoch})")
         positive = np.concatenate([train[train > 0], val[val > 0]])
         if len(positive) and positive.max() / positive.min() > 20:
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("MSE (pixel values 0-1)")
+        ax.set_ylabel(ylabel)
         ax.legend(frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
         return _encode(fig)

@@ -19,8 +19,9 @@ Pages of a case report, in order (one page each; a case of 3 tissues takes 7 pag
    ``_tissue_page``); the tissue's features. A page that would overflow shrinks its gallery.
 3. Comparison across tissues: every per-tissue value in its own unit, one small panel each;
    the tiles in the embedding (when the run folder has ``embedding_colours.npz``).
-4. Method and quality: dendrogram with the chosen cut, autoencoder losses and reconstructions,
-   background filtering counts, MSE.
+4. Method and quality: dendrogram with the chosen cut and how the resamples voted on k; the
+   embedding method (for the autoencoder its losses and reconstructions, for the others what
+   they are and their training loss); background filtering counts, embedding quality.
 5. Appendix: parameters and provenance: versions, seed, device, timings, slide hash, the
    effective configuration.
 
@@ -418,6 +419,20 @@ def _headline_columns(run: RunFolder) -> list[str]:
     return chosen[:_HEADLINE_COUNT]
 
 
+#: What each embedding method other than the autoencoder is, in one sentence for the report.
+_METHOD_TEXT = {
+    "contrastive": "Self-supervised contrastive learning (SimCLR) on the slide's own tiles: two views of each tile, "
+                   "differing in stain (jitter in optical density), orientation, crop and focus, are pulled "
+                   "together and other tiles pushed away, so that the vectors describe tissue architecture rather "
+                   "than colour.",
+    "vade": "Variational deep embedding (VaDE): a variational autoencoder whose latent prior is a Gaussian mixture, "
+            "so that it clusters as it embeds.",
+    "handcrafted": "Hand-crafted descriptors, no training: haematoxylin and eosin statistics, texture at a cell "
+                   "and a tissue scale, small lumina and nucleus density, standardised over the slide's tiles.",
+}
+_LOSS_LABEL = {"contrastive": "contrastive loss (NT-Xent)", "vade": "negative ELBO"}
+
+
 def _k_explanation(run: RunFolder) -> str:
     k = run.k
     source = run.manifest.clusters.k_source
@@ -436,7 +451,27 @@ def _k_explanation(run: RunFolder) -> str:
                 f"a single cloud, so no split is supported.{test}")
     if source == "user":
         return f"k = {k}, set by the user (--k or clusters.k); the dendrogram rule was not used."
+    if source.startswith("VaDE"):
+        bic = run.manifest.embedding.bic
+        listed = ", ".join(f"k = {kk}: {v:.0f}" for kk, v in sorted(bic.items()))
+        return (f"k = {k}, chosen by the embedding itself: VaDE's Gaussian mixture has the lowest BIC with {k} "
+                f"components ({listed}); each tile goes to its most probable component.")
     return f"k = {k} ({_escape(source)})."
+
+
+def _vote_explanation(run: RunFolder) -> str:
+    """How the resamples voted on k, and how close the runner-up came ("" when k was not voted on)."""
+    votes = run.manifest.clusters.k_votes
+    if not votes:
+        return ""
+    total = sum(votes.values())
+    runner = run.manifest.clusters.runner_up
+    won = votes.get(run.k, 0)
+    if runner is None:
+        return f" All {total} resamples of 80 % of the tiles chose k = {run.k}."
+    close = " The runner-up came close: consider trying it with --k." if 2 * runner[1] >= won else ""
+    return (f" Over {total} resamples of 80 % of the tiles, k = {run.k} was chosen {won} times and the runner-up, "
+            f"k = {runner[0]}, {runner[1]} times.{close}")
 
 
 def _tile_luminance(run: RunFolder) -> np.ndarray:
@@ -634,7 +669,7 @@ def _overview_page(styles: _Styles, run: RunFolder, title: str) -> list[Any]:
     ]
     head.append(_table(info, styles, widths=[58, 197, 70, 185], header=False,
                        extra=[("FONTNAME", (0, 0), (0, -1), styles.bold), ("FONTNAME", (2, 0), (2, -1), styles.bold)]))
-    head.append(_para(f"<b>How k was chosen.</b> {_k_explanation(run)}", styles.small))
+    head.append(_para(f"<b>How k was chosen.</b> {_k_explanation(run)}{_vote_explanation(run)}", styles.small))
 
     tail: list[Any] = [_para(
         "<b>Slide</b>: the slide at the tissue level. <b>Tissue map</b>: each tissue's region in its QuPath class "
@@ -726,7 +761,7 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     story.append(gallery)
     story.append(_para(
         "The tiles closest to the tissue's centre in the embedding, best first, named as their annotations in QuPath "
-        "(u: uncertainty). Top: as the autoencoder saw them, at the tissue level. Bottom: the same regions at full "
+        "(u: uncertainty). Top: at the tissue level, as the embedding saw them. Bottom: the same regions at full "
         "resolution.", styles.small))
 
     best, patch = reps[0], patches[0]
@@ -833,31 +868,53 @@ def _embedding_colours_block(styles: _Styles, run: RunFolder) -> list[Any]:
 
 
 def _method_page(styles: _Styles, run: RunFolder, slide: bool = True) -> list[Any]:
-    """How k was chosen and how the autoencoder trained; with ``slide``, this slide's background filtering too."""
+    """How k was chosen and how the tiles were embedded; with ``slide``, this slide's background filtering too."""
     m = run.manifest
     story: list[Any] = [_para("Method and quality", styles.title)]
     story.append(_para("Number of tissues", styles.h2))
-    story.append(_para(_k_explanation(run), styles.small))
+    story.append(_para(_k_explanation(run) + _vote_explanation(run), styles.small))
     story.append(_image(figures.dendrogram_figure(run.linkage, m.clusters.gaps, run.k, m.clusters.k_source)))
-
-    story.append(_para("Autoencoder", styles.h2))
-    left: Any = _para("training.csv is missing: no loss curve.", styles.small)
-    if run.training is not None and run.training.rows:
-        left = _image(figures.loss_figure(run.training.column("epoch"), run.training.column("train_mse"),
-                                          run.training.column("val_mse"), m.embedding.best_epoch))
-    right: Any = _para("reconstructions.npz is missing: no examples.", styles.small)
-    if run.reconstructions is not None and len(run.reconstructions[0]):
-        right = [_image(figures.reconstruction_figure(*run.reconstructions, run.thumbnail_mpp)),
-                 _para(f"Tissue-level tiles of {run.tile_um:g} µm (top) and the autoencoder's reconstructions "
-                       "(bottom).", styles.small)]
-    story.append(_row([left, right], [_FRAME_WIDTH / 2, _FRAME_WIDTH / 2]))
-    story.append(_para("Background filtering and autoencoder quality" if slide else "Autoencoder quality", styles.h2))
+    story += _embedding_block(styles, run)
+    story.append(_para("Background filtering and embedding quality" if slide else "Embedding quality", styles.h2))
     story.append(_grid_table(_quality(run, slide), styles, widths=[140, 115, 140, 115]))
     return story
 
 
+def _embedding_block(styles: _Styles, run: RunFolder) -> list[Any]:
+    """How the tiles became vectors: the autoencoder's losses and reconstructions, or the method and its loss."""
+    embedding = run.manifest.embedding
+    training = run.training
+    if embedding.method == "tumls-ae":
+        left: Any = _para("training.csv is missing: no loss curve.", styles.small)
+        if training is not None and training.rows:
+            left = _image(figures.loss_figure(training.column("epoch"), training.column("train_mse"),
+                                              training.column("val_mse"), embedding.best_epoch))
+        right: Any = _para("reconstructions.npz is missing: no examples.", styles.small)
+        if run.reconstructions is not None and len(run.reconstructions[0]):
+            right = [_image(figures.reconstruction_figure(*run.reconstructions, run.thumbnail_mpp)),
+                     _para(f"Tissue-level tiles of {run.tile_um:g} µm (top) and the autoencoder's reconstructions "
+                           "(bottom).", styles.small)]
+        return [_para("Embedding: the TUMLS autoencoder", styles.h2),
+                _row([left, right], [_FRAME_WIDTH / 2, _FRAME_WIDTH / 2])]
+    text = _para(_METHOD_TEXT.get(embedding.method, "") + (
+        f" Each tile was seen in a field of {_fmt(embedding.view_um)} µm at {_fmt(embedding.view_mpp)} µm/px; "
+        f"{_fmt(embedding.epochs)} training epochs, {_fmt(embedding.train_seconds)} s; vectors of "
+        f"{_fmt(embedding.dim)} values."), styles.small)
+    story: list[Any] = [_para(f"Embedding: {_escape(embedding.method)}", styles.h2)]
+    loss = training.column("loss") if training is not None and training.rows and "loss" in training.columns \
+        else np.array([])
+    keep = np.isfinite(loss)
+    if keep.any():
+        picture = _image(figures.loss_figure(training.column("epoch")[keep], loss[keep], None, None,
+                                             ylabel=_LOSS_LABEL.get(embedding.method, "loss")))
+        story.append(_row([picture, text], [picture.drawWidth + 8, _FRAME_WIDTH - picture.drawWidth - 8]))
+    else:
+        story.append(text)
+    return story
+
+
 def _quality(run: RunFolder, slide: bool = True) -> list[tuple[str, str]]:
-    """The numbers of the background filtering (``slide``) and of the autoencoder's training."""
+    """The numbers of the background filtering (``slide``) and of the embedding's training."""
     m = run.manifest
     embedding = m.embedding
     rows = [
@@ -867,16 +924,20 @@ def _quality(run: RunFolder, slide: bool = True) -> list[tuple[str, str]]:
         ("Dropped as artefact (near-black)", _fmt(m.tiles.dropped.get("artefact"))),
         ("Tiles per tissue", ", ".join(_fmt(int(v)) for v in run.tiles_per_tissue())),
     ] if slide else []
-    return rows + [
-        ("Uncertainty scale (99th percentile distance, latent units)", _fmt(m.clusters.uncertainty_scale)),
-        ("Autoencoder epochs (best)", f"{_fmt(embedding.epochs)} ({_fmt(embedding.best_epoch)})"),
-        ("Early stopping", _fmt(embedding.early_stopped)),
-        ("Reconstruction MSE train / val / test (pixel values 0-1)",
-         " / ".join(_fmt(embedding.mse.get(s)) for s in ("train", "val", "test"))),
-        ("Tiles train / val / test", " / ".join(_fmt(embedding.n_tiles.get(s)) for s in ("train", "val", "test"))),
-        ("Embeddings", "reused from the cache" if embedding.cache == "hit" else "computed in this run"),
-        ("Encoder initialised from", embedding.initialised_from or "scratch (no pretrained weights)"),
-    ]
+    rows += [("Embedding method (embedding.method)", embedding.method),
+             ("Uncertainty scale (99th percentile distance, latent units)", _fmt(m.clusters.uncertainty_scale))]
+    if embedding.method == "tumls-ae":
+        rows += [
+            ("Autoencoder epochs (best)", f"{_fmt(embedding.epochs)} ({_fmt(embedding.best_epoch)})"),
+            ("Early stopping", _fmt(embedding.early_stopped)),
+            ("Reconstruction MSE train / val / test (pixel values 0-1)",
+             " / ".join(_fmt(embedding.mse.get(s)) for s in ("train", "val", "test"))),
+            ("Tiles train / val / test", " / ".join(_fmt(embedding.n_tiles.get(s)) for s in ("train", "val", "test"))),
+            ("Encoder initialised from", embedding.initialised_from or "scratch (no pretrained weights)"),
+        ]
+    else:
+        rows.append(("Training epochs, final loss", f"{_fmt(embedding.epochs)}, {_fmt(embedding.final_loss)}"))
+    return rows + [("Embeddings", "reused from the cache" if embedding.cache == "hit" else "computed in this run")]
 
 
 def _provenance_rows(run: RunFolder) -> list[list[str]]:
@@ -1019,7 +1080,7 @@ def _cohort_summary(styles: _Styles, runs: list[RunFolder], same: bool) -> list[
     story: list[Any] = [_para(f"Cohort report: {len(runs)} slides", styles.title)]
     if same:
         story.append(_para(
-            f"The slides were analysed together (one autoencoder and one clustering, k = {k}): a tissue number means "
+            f"The slides were analysed together (one embedding and one clustering, k = {k}): a tissue number means "
             "the same tissue on every slide.", styles.body))
     else:
         story.append(_para(
@@ -1187,13 +1248,14 @@ def _cohort_method_page(styles: _Styles, runs: list[RunFolder], same: bool) -> l
     story: list[Any] = []
     if same:
         story += _method_page(styles, runs[0], slide=False)
-        story.append(_para("The slides share one autoencoder and one clustering: the figures above are the cohort's.",
+        story.append(_para("The slides share one embedding and one clustering: the figures above are the cohort's.",
                            styles.small))
     else:
         story.append(_para("Method and quality", styles.title))
         story.append(_para("Each slide was analysed on its own; how k was chosen on each:", styles.body))
         for run in runs:
-            story.append(_para(f"<b>{_escape(run.slide_name)}</b>: {_k_explanation(run)}", styles.small))
+            story.append(_para(f"<b>{_escape(run.slide_name)}</b>: {_k_explanation(run)}{_vote_explanation(run)}",
+                               styles.small))
     story.append(_para("Per slide", styles.h2))
     header = ["Slide", "Tiles in the grid", "Kept", "Back­ground", "Artefact", "Tiles per tissue", "Warnings"]
     rows: list[list[Any]] = [header]

@@ -139,7 +139,8 @@ DENDROGRAM_NPZ = "dendrogram.npz"
 RECONSTRUCTIONS_NPZ = "reconstructions.npz"
 THUMBNAIL_PNG = "thumbnail.png"
 CONFIG_TOML = "config.toml"
-#: The encoder checkpoint (``tissue.embeddings.save_checkpoint``): weights, then configuration and history.
+#: The fitted embedding method (``tissue.embeddings.Encoder.save``; ``load_encoder`` reads it): weights, then
+#: the method, its settings and history.
 MODEL_FILES = ("model.pt", "model.json")
 PATCHES_DIR = "patches"
 #: The per-case PDF, rendered from the other files (``outputs.pdf_report``).
@@ -172,7 +173,9 @@ def _patch_name(tissue: int, rank: int, suffix: str = ".jpg") -> str:
 TILE_COLUMNS = ("x", "y", "w", "h", "tissue", "uncertainty", "distance", "tissue_fraction")
 #: ``representatives.csv``: per tissue its best tiles; ``tile`` is the row in ``tiles.csv``.
 REPRESENTATIVE_COLUMNS = ("tissue", "rank", "tile", "x", "y", "w", "h", "uncertainty", "distance")
-#: ``training.csv``: autoencoder MSE per epoch.
+#: ``training.csv``: the loss per epoch of the embedding's training. ``tumls-ae``: these columns (MSE);
+#: ``contrastive``: ``epoch, loss`` (NT-Xent); ``vade``: ``epoch, pretrain_mse, loss`` (pretraining MSE, then the
+#: negative ELBO; empty in the other phase); ``handcrafted``: ``epoch, loss`` and no rows (``embeddings.training_table``).
 TRAINING_COLUMNS = ("epoch", "train_mse", "val_mse")
 #: ``nuclei.csv`` starts with these, then one column per ``cells.features.NUCLEUS_FEATURES`` (but the label).
 NUCLEUS_ID_COLUMNS = ("tissue", "rank", "label")
@@ -246,7 +249,14 @@ class TilesInfo:
 
 @dataclass(frozen=True)
 class EmbeddingInfo:
-    """The autoencoder: cache hit or miss, epochs, reconstruction MSE and tiles per split (train, val, test)."""
+    """How tiles became vectors: the method (``embedding.method``), cache hit or miss, its training.
+
+    ``tumls-ae``: epochs (the kept one: ``best_epoch``), reconstruction MSE and tiles per split
+    (train, val, test). The other methods: ``epochs`` trained (0 for ``handcrafted``),
+    ``best_epoch`` the last one, ``mse`` empty, ``n_tiles`` ``{"train": n}``; ``final_loss`` the
+    last epoch's loss; ``view_um``/``view_mpp`` the field and pixel size of the views; ``vade``:
+    ``bic`` of its mixture per k considered.
+    """
 
     cache: str
     epochs: int
@@ -256,6 +266,13 @@ class EmbeddingInfo:
     n_tiles: dict[str, int]
     initialised_from: str | None
     train_seconds: float
+    method: str = "tumls-ae"
+    #: Length of a tile's vector.
+    dim: int = 256
+    view_um: float | None = None
+    view_mpp: float | None = None
+    final_loss: float | None = None
+    bic: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -271,6 +288,11 @@ class ClustersInfo:
     tiles_per_tissue: tuple[int, ...]
     #: Tiles per tissue over the analysis (the cohort's, with ``--cohort``).
     cohort_tiles_per_tissue: tuple[int, ...]
+    #: How many resamples of the tiles chose each k (``clusters.resamples``; empty when k was given or came
+    #: from the embedding's mixture).
+    k_votes: dict[int, int] = field(default_factory=dict)
+    #: (k, votes) of the second most chosen k: how close another k came. None: unanimous, or no vote.
+    runner_up: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -425,6 +447,9 @@ class TileClustersInfo:
     tiles_per_cluster: tuple[int, ...]
     #: Reduction used for ``embedding_colours.png`` (``umap`` or ``pca``).
     embedding_colours: str
+    #: As in :class:`ClustersInfo`.
+    k_votes: dict[int, int] = field(default_factory=dict)
+    runner_up: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -714,11 +739,13 @@ class SlideAnalysis:
         One per representative.
     tissue_features : dict of int to dict of str to float
         Pooled ``TISSUE_FEATURES`` per tissue (0-based) with segmented nuclei.
-    history : TrainingHistory
+    embedding : TileEmbedding
+        What ``embeddings.fit_embedding`` returned for the analysis (method, encoder, history;
+        ``vectors`` of all its slides: this slide's rows are ``latents``).
     cache_hit : bool
         The embeddings and model came from the cache.
-    model : Autoencoder
-    reconstructions : (tiles, reconstructed), two (m, p, p, 3) uint8 ndarrays
+    reconstructions : (tiles, reconstructed), two (m, p, p, 3) uint8 ndarrays, or None
+        A few tiles and their autoencoder reconstructions (``tumls-ae`` only).
     embedding_colours : EmbeddingColours or None
         One row per kept tile; None with ``output.embedding_colours = "none"``.
     warnings : tuple of str
@@ -737,10 +764,9 @@ class SlideAnalysis:
     representatives: tuple[Representative, ...]
     patches: tuple[Patch, ...]
     tissue_features: dict[int, dict[str, float]]
-    history: Any
+    embedding: Any
     cache_hit: bool
-    model: Any
-    reconstructions: tuple[np.ndarray, np.ndarray]
+    reconstructions: tuple[np.ndarray, np.ndarray] | None
     embedding_colours: EmbeddingColours | None
     warnings: tuple[str, ...]
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -805,8 +831,8 @@ class TileClustersAnalysis:
     latents : (n, d) float ndarray
     clustering : Clustering
     representatives : tuple of Representative
-    history : TrainingHistory
-    model : Autoencoder
+    embedding : TileEmbedding
+        What ``embeddings.fit_embedding`` returned (method, encoder, history).
     embedding_colours : EmbeddingColours
     created : datetime
     timings_s : dict of str to float
@@ -819,8 +845,7 @@ class TileClustersAnalysis:
     latents: np.ndarray
     clustering: Clustering
     representatives: tuple[Representative, ...]
-    history: Any
-    model: Any
+    embedding: Any
     embedding_colours: EmbeddingColours
     created: datetime
     timings_s: dict[str, float]
@@ -918,8 +943,6 @@ def _geojson_name(base: str, gzip: bool) -> str:
 
 
 def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
-    from ..tissue.embeddings import save_checkpoint
-
     config, clustering = a.config, a.clustering
     boxes = a.tiles.boxes
     detections, nuclei = _write_patches(folder, a)
@@ -932,13 +955,13 @@ def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
     write_csv(folder / REPRESENTATIVES_CSV, REPRESENTATIVE_COLUMNS,
               [[r.tissue + 1, r.rank, r.tile, *map(int, boxes[r.tile]), _fmt("uncertainty", r.uncertainty),
                 _fmt("distance", r.distance)] for r in a.representatives])
-    _write_training(folder, a.history)
+    _write_training(folder, a.embedding.history)
 
     # Arrays for re-rendering and for the label-efficient methods (seeded clustering, dictionaries).
     np.savez_compressed(folder / EMBEDDINGS_NPZ, latents=a.latents.astype(np.float32), boxes=boxes.astype(np.int64),
                         tile_index=a.tiles.selection.kept, labels=clustering.labels,
                         uncertainty=clustering.uncertainty, distance=clustering.distance,
-                        centroids=clustering.centroids)
+                        centroids=clustering.centroids, **_posterior(clustering))
     colours = None
     if a.embedding_colours is not None:
         colours = _write_colours(folder, boxes, a.embedding_colours, config.output.gzip)
@@ -947,11 +970,11 @@ def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
     if clustering.linkage is not None:
         dendrogram["linkage"] = clustering.linkage
     np.savez_compressed(folder / DENDROGRAM_NPZ, **dendrogram)
-    np.savez_compressed(folder / RECONSTRUCTIONS_NPZ, tiles=a.reconstructions[0], reconstructed=a.reconstructions[1])
+    if a.reconstructions is not None:
+        np.savez_compressed(folder / RECONSTRUCTIONS_NPZ, tiles=a.reconstructions[0],
+                            reconstructed=a.reconstructions[1])
     Image.fromarray(a.tiles.thumbnail).save(folder / THUMBNAIL_PNG, optimize=True)
-    save_checkpoint(a.model, folder, {"history": dataclasses.asdict(a.history),
-                                      "embedding": config_to_dict(config.embedding),
-                                      "tiles": config_to_dict(config.tiles), "seed": config.seed})
+    _write_model(folder, a.embedding, config)
     (folder / CONFIG_TOML).write_text(dump_config(config), encoding="utf-8")
 
     manifest = _analysis_manifest(a, OutputsInfo(geojson=geojson, geojson_features=len(features),
@@ -1013,12 +1036,13 @@ def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int) -> A
         tiles=TilesInfo(tile_um=grid.tile_um, tile_size_px=grid.tile_size, tile_px=grid.tile_px,
                         lowres_mpp=grid.lowres_mpp, grid=tuple(grid.shape), total=grid.n_tiles, kept=counts["kept"],
                         dropped={"background": counts["background"], "artefact": counts["artefact"]}),
-        embedding=_embedding_info(a.history, "hit" if a.cache_hit else "miss"),
+        embedding=_embedding_info(a.embedding, "hit" if a.cache_hit else "miss", config),
         clusters=ClustersInfo(k=clustering.k, k_source=clustering.k_source, gaps=dict(clustering.gaps),
                               split_statistic=clustering.split_statistic,
                               uncertainty_scale=clustering.uncertainty_scale,
                               tiles_per_tissue=tuple(np.bincount(clustering.labels, minlength=clustering.k).tolist()),
-                              cohort_tiles_per_tissue=tuple(a.cohort_tiles_per_tissue)),
+                              cohort_tiles_per_tissue=tuple(a.cohort_tiles_per_tissue),
+                              k_votes=dict(clustering.k_votes), runner_up=clustering.runner_up),
         representatives=tuple(
             RepresentativeInfo(tissue=r.tissue + 1, rank=r.rank, tile=r.tile, distance=r.distance,
                                uncertainty=r.uncertainty, patch=_patch_name(r.tissue + 1, r.rank), patch_mpp=p.mpp)
@@ -1029,22 +1053,42 @@ def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int) -> A
         cohort=a.cohort,
         outputs=outputs,
         timings_s={name: round(seconds, 3) for name, seconds in a.timings_s.items()},
-        environment=Environment.now(a.history.device),
+        environment=Environment.now(a.embedding.history.get("device", "cpu")),
         warnings=tuple(a.warnings),
         config=config,
     )
 
 
-def _embedding_info(history: Any, cache: str) -> EmbeddingInfo:
-    return EmbeddingInfo(cache=cache, epochs=len(history.train_mse), best_epoch=history.best_epoch,
-                         early_stopped=history.early_stopped, mse=dict(history.mse), n_tiles=dict(history.n_tiles),
-                         initialised_from=history.initialised_from, train_seconds=round(history.seconds, 3))
+def _embedding_info(embedding: Any, cache: str, config: PipelineConfig) -> EmbeddingInfo:
+    """The manifest's record of a ``TileEmbedding`` (its ``history`` dict: see ``embeddings.methods``)."""
+    h = embedding.history
+    losses = h.get("loss") or h.get("val_mse") or []
+    views = embedding.view_mpp is not None
+    return EmbeddingInfo(
+        cache=cache, epochs=int(h.get("epochs", 0)), best_epoch=int(h.get("best_epoch", h.get("epochs", 0))),
+        early_stopped=bool(h.get("early_stopped", False)), mse=dict(h.get("mse", {})),
+        n_tiles=dict(h.get("n_tiles", {"train": len(embedding.vectors)})), initialised_from=h.get("initialised_from"),
+        train_seconds=round(float(h.get("train_seconds", 0.0)), 3), method=embedding.method,
+        dim=int(embedding.vectors.shape[1]), view_um=config.embedding.view_um if views else None,
+        view_mpp=embedding.view_mpp, final_loss=float(losses[-1]) if len(losses) else None,
+        bic={int(k): float(v) for k, v in h.get("bic", {}).items()})
 
 
-def _write_training(folder: Path, history: Any) -> None:
-    write_csv(folder / TRAINING_CSV, TRAINING_COLUMNS,
-              [[i + 1, _fmt("mse", t), _fmt("mse", v)] for i, (t, v) in enumerate(zip(history.train_mse,
-                                                                                     history.val_mse))])
+def _write_training(folder: Path, history: dict[str, Any]) -> None:
+    from ..tissue.embeddings import training_table
+
+    write_csv(folder / TRAINING_CSV, *training_table(history))
+
+
+def _write_model(folder: Path, embedding: Any, config: PipelineConfig) -> None:
+    """``model.pt`` and ``model.json``: the fitted embedding method (``embeddings.load_encoder`` reads it back)."""
+    embedding.encoder.save(folder, {"history": embedding.history, "embedding": config_to_dict(config.embedding),
+                                    "tiles": config_to_dict(config.tiles), "seed": config.seed})
+
+
+def _posterior(clustering: Clustering) -> dict[str, np.ndarray]:
+    """``posterior`` for ``embeddings.npz`` when the embedding has a mixture (``vade``): p(tissue | tile), (n, k)."""
+    return {} if clustering.posterior is None else {"posterior": clustering.posterior.astype(np.float32)}
 
 
 def _write_colours(folder: Path, boxes: np.ndarray, colours: EmbeddingColours, gzip: bool) -> str:
@@ -1111,8 +1155,6 @@ def _write_dictionary(folder: Path, a: DictionaryAnalysis) -> DictionaryManifest
 
 
 def _write_tile_clusters(folder: Path, a: TileClustersAnalysis) -> TileClustersManifest:
-    from ..tissue.embeddings import save_checkpoint
-
     files, clustering = a.files, a.clustering
     write_csv(folder / CLUSTERS_CSV, CLUSTER_COLUMNS,
               [[f, int(t) + 1, _fmt("uncertainty", u), _fmt("distance", d)]
@@ -1120,29 +1162,29 @@ def _write_tile_clusters(folder: Path, a: TileClustersAnalysis) -> TileClustersM
     write_csv(folder / REPRESENTATIVES_CSV, TILE_REPRESENTATIVE_COLUMNS,
               [[r.tissue + 1, r.rank, files[r.tile], _fmt("uncertainty", r.uncertainty), _fmt("distance", r.distance)]
                for r in a.representatives])
-    _write_training(folder, a.history)
+    _write_training(folder, a.embedding.history)
     colours = a.embedding_colours
     np.savez_compressed(folder / EMBEDDINGS_NPZ, files=np.array(files), latents=a.latents.astype(np.float32),
                         labels=clustering.labels, uncertainty=clustering.uncertainty, distance=clustering.distance,
-                        centroids=clustering.centroids, embedding_3d=colours.coords, embedding_rgb=colours.rgb)
+                        centroids=clustering.centroids, embedding_3d=colours.coords, embedding_rgb=colours.rgb,
+                        **_posterior(clustering))
     names = [f"Cluster {j + 1}" for j in range(clustering.k)]
     (folder / EMBEDDING_COLOURS_PNG).write_bytes(figures.embedding_colours_figure(
         colours, labels=clustering.labels, label_names=names,
         title=f"{a.folder.name}: {len(files)} tiles, {clustering.k} cluster(s), {colours.method.upper()}"))
     config = a.config
-    save_checkpoint(a.model, folder, {"history": dataclasses.asdict(a.history),
-                                      "embedding": config_to_dict(config.embedding),
-                                      "tiles": config_to_dict(config.tiles), "seed": config.seed})
+    _write_model(folder, a.embedding, config)
     (folder / CONFIG_TOML).write_text(dump_config(config), encoding="utf-8")
     manifest = TileClustersManifest(
         version=__version__, created=a.created.isoformat(timespec="seconds"), seed=config.seed,
-        folder=str(a.folder.resolve()), tiles=a.tiles, embedding=_embedding_info(a.history, "miss"),
+        folder=str(a.folder.resolve()), tiles=a.tiles, embedding=_embedding_info(a.embedding, "miss", config),
         clusters=TileClustersInfo(k=clustering.k, k_source=clustering.k_source, gaps=dict(clustering.gaps),
                                   split_statistic=clustering.split_statistic,
                                   uncertainty_scale=clustering.uncertainty_scale,
-                                  tiles_per_cluster=tuple(clustering.sizes()), embedding_colours=colours.method),
+                                  tiles_per_cluster=tuple(clustering.sizes()), embedding_colours=colours.method,
+                                  k_votes=dict(clustering.k_votes), runner_up=clustering.runner_up),
         timings_s={name: round(seconds, 3) for name, seconds in a.timings_s.items()},
-        environment=Environment.now(a.history.device), config=config,
+        environment=Environment.now(a.embedding.history.get("device", "cpu")), config=config,
     )
     _write_manifest(folder, manifest)
     return manifest
@@ -1286,7 +1328,8 @@ class TileTable:
 @dataclass(frozen=True)
 class AnalysisEmbeddings:
     """``embeddings.npz`` of an analysis: ``latents`` (n, d) float32, ``boxes`` (n, 4) int64, ``tile_index`` (row-major
-    index in the grid), ``labels`` (0-based tissue), ``uncertainty``, ``distance`` (n,), ``centroids`` (k, d)."""
+    index in the grid), ``labels`` (0-based tissue), ``uncertainty``, ``distance`` (n,), ``centroids`` (k, d);
+    ``posterior`` (n, k) float32 p(tissue | tile) when the embedding has a mixture (``vade``), else None."""
 
     latents: np.ndarray
     boxes: np.ndarray
@@ -1295,6 +1338,7 @@ class AnalysisEmbeddings:
     uncertainty: np.ndarray
     distance: np.ndarray
     centroids: np.ndarray
+    posterior: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -1428,10 +1472,12 @@ class RunFolder:
     def embeddings(self) -> AnalysisEmbeddings | DictionaryEmbeddings:
         """``embeddings.npz`` (its arrays depend on the kind)."""
         kind = AnalysisEmbeddings if self.kind == "analysis" else DictionaryEmbeddings
-        names = [f.name for f in fields(kind)]
+        names = [f.name for f in fields(kind) if f.name != "posterior"]
         try:
             with np.load(self.path / EMBEDDINGS_NPZ, allow_pickle=False) as npz:
                 arrays = {name: np.asarray(npz[name]) for name in names}
+                if kind is AnalysisEmbeddings and "posterior" in npz.files:
+                    arrays["posterior"] = np.asarray(npz["posterior"])
         except (OSError, ValueError, KeyError) as exc:
             raise _damaged(self.path, EMBEDDINGS_NPZ, exc) from exc
         latents, boxes = arrays["latents"], arrays["boxes"]
@@ -1472,8 +1518,8 @@ class RunFolder:
 
     @cached_property
     def training(self) -> Table | None:
-        """``training.csv`` (``epoch, train_mse, val_mse``); None when missing."""
-        return _read_csv(self.path, TRAINING_CSV, TRAINING_COLUMNS) if (self.path / TRAINING_CSV).is_file() else None
+        """``training.csv`` (``epoch`` and the method's loss columns, see ``TRAINING_COLUMNS``); None when missing."""
+        return _read_csv(self.path, TRAINING_CSV, ("epoch",)) if (self.path / TRAINING_CSV).is_file() else None
 
     @cached_property
     def linkage(self) -> np.ndarray | None:
@@ -1574,8 +1620,11 @@ class RunFolder:
     def notes(self) -> list[str]:
         """What is missing among the files the report can do without."""
         notes = []
-        for name, what in ((TRAINING_CSV, "no autoencoder loss curve"), (DENDROGRAM_NPZ, "no dendrogram"),
+        autoencoder = self.manifest.embedding.method == "tumls-ae"
+        for name, what in ((TRAINING_CSV, "no training loss curve"), (DENDROGRAM_NPZ, "no dendrogram"),
                            (RECONSTRUCTIONS_NPZ, "no reconstruction examples")):
+            if name == RECONSTRUCTIONS_NPZ and not autoencoder:
+                continue  # only the autoencoder reconstructs tiles
             if not (self.path / name).is_file():
                 notes.append(f"{name} is missing: {what}")
         absent = [f"tissue{r.tissue}-rank{r.rank}" for r in self.representatives if r.patch is None]

@@ -1,10 +1,11 @@
-"""The embedding cache: a slide group's tissue-level images, tile embeddings and trained autoencoder.
+"""The embedding cache: a slide group's tissue-level images, tile embeddings and fitted embedding method.
 
 Analysing the same slides with the same tiling, stain checks, embedding parameters and seed
 again (e.g. with another k) reuses them instead of training again. One entry per key
 (:func:`cache_key`), a folder ``<cache>/<key>/`` holding ``tiles.npz`` (``latents``,
-``n_slides``, ``thumbnail_0``, ...), ``history.json`` (the training history), the
-checkpoint (``model.pt``, ``model.json``) and an empty ``complete`` marker written last. An
+``n_slides``, ``thumbnail_0``, ..., and ``posterior`` for a mixture), ``embedding.json`` (the
+method, the training history, the views' pixel size), the fitted method (``model.pt``,
+``model.json``) and an empty ``complete`` marker written last. An
 entry is built in a hidden staging folder and renamed into place, so a reader never sees
 half of one; a damaged entry is ignored with a warning. ``CACHE_FORMAT`` is part of the key:
 bump it when the entry's layout changes, and old entries are simply not found.
@@ -33,27 +34,23 @@ __all__ = ["CachedEmbeddings", "cache_key", "load_cached", "store_cached", "defa
 log = logging.getLogger(__name__)
 
 #: Layout version of a cache entry (part of the key).
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class CachedEmbeddings:
-    """One cache entry: per slide its tissue-level image, and the group's embeddings and model.
+    """One cache entry: per slide its tissue-level image, and the group's embedding.
 
     Attributes
     ----------
     thumbnails : list of (H, W, 3) uint8 ndarrays
         One per slide, in the order of the key.
-    latents : (n, d) float32 ndarray
-        The tissue tiles of all slides, slide after slide.
-    history : TrainingHistory
-    model : Autoencoder
+    embedding : TileEmbedding
+        Of the tissue tiles of all slides, slide after slide.
     """
 
     thumbnails: list[np.ndarray]
-    latents: np.ndarray
-    history: Any
-    model: Any
+    embedding: Any
 
 
 def default_cache_dir() -> Path:
@@ -93,32 +90,37 @@ def load_cached(cache: Path, key: str) -> CachedEmbeddings | None:
     if not (folder / "complete").exists():
         return None
     try:
-        from .embeddings import TrainingHistory, load_checkpoint
+        from .embeddings import TileEmbedding, load_encoder
 
         with np.load(folder / "tiles.npz") as npz:
             latents = npz["latents"]
+            posterior = npz["posterior"] if "posterior" in npz.files else None
             thumbnails = [npz[f"thumbnail_{i}"] for i in range(int(npz["n_slides"]))]
-        history = TrainingHistory(**json.loads((folder / "history.json").read_text()))
-        model, _ = load_checkpoint(folder)
+        meta = json.loads((folder / "embedding.json").read_text())
+        encoder = load_encoder(folder)
+        embedding = TileEmbedding(method=meta["method"], vectors=latents, posterior=posterior, encoder=encoder,
+                                  history=meta["history"], view_mpp=meta["view_mpp"])
     except (OSError, ValueError, KeyError, TypeError, TumlsQpError) as exc:
         log.warning("ignoring the damaged cache entry %s: %s", folder, exc)
         return None
     log.info("reusing cached embeddings %s", folder)
-    return CachedEmbeddings(thumbnails=thumbnails, latents=latents, history=history, model=model)
+    return CachedEmbeddings(thumbnails=thumbnails, embedding=embedding)
 
 
 def store_cached(cache: Path, key: str, entry: CachedEmbeddings) -> None:
     """Store ``entry`` under ``key``, replacing an older one; a failure is logged, never raised (it is a cache)."""
-    from .embeddings import save_checkpoint
-
     folder = cache / key
     tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}.partial"
     try:
         tmp.mkdir(parents=True)
+        e = entry.embedding
         arrays = {f"thumbnail_{i}": t for i, t in enumerate(entry.thumbnails)}
-        np.savez_compressed(tmp / "tiles.npz", latents=entry.latents, n_slides=len(entry.thumbnails), **arrays)
-        (tmp / "history.json").write_text(json.dumps(asdict(entry.history)))
-        save_checkpoint(entry.model, tmp, {})
+        if e.posterior is not None:
+            arrays["posterior"] = e.posterior
+        np.savez_compressed(tmp / "tiles.npz", latents=e.vectors, n_slides=len(entry.thumbnails), **arrays)
+        (tmp / "embedding.json").write_text(json.dumps({"method": e.method, "history": e.history,
+                                                        "view_mpp": e.view_mpp}))
+        e.encoder.save(tmp)
         (tmp / "complete").write_text("")
         if folder.exists():
             shutil.rmtree(folder)

@@ -19,7 +19,13 @@ How k is chosen (TUMLS's "optimal tree cut", plus a rule for one tissue)
    cloud with the same covariance. Cross-fitting matters in 256 dimensions: the
    2-means axis of a half fits its noise, so projecting that same half would make a
    single Gaussian look bimodal.)
-4. A user-given k skips all of this.
+4. **Votes over resamples.** Steps 1-3 are repeated on ``resamples`` random subsets of
+   80 % of the tiles (at most ``linkage_max_tiles``); k is the value most of them choose
+   (a tie goes to the choice on all tiles). The runner-up is the second most chosen k:
+   ``k_votes`` says how close it came, so that a pathologist knows when another k is
+   nearly as well supported (the demo slide's k = 2 and k = 3 gaps are almost equal).
+   With ``resamples = 0`` only the tiles' own choice counts.
+5. A user-given k skips all of this.
 
 Uncertainty
 -----------
@@ -35,7 +41,8 @@ Tissues are numbered by size: tissue 0 ("Tissue 1") has the most tiles.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.cluster.hierarchy import linkage
@@ -47,6 +54,7 @@ __all__ = [
     "Clustering",
     "cluster_embeddings",
     "choose_k",
+    "vote_k",
     "dendrogram_gaps",
     "split_statistic",
     "SPLIT_CRITICAL_VALUE",
@@ -59,6 +67,8 @@ log = logging.getLogger(__name__)
 SPLIT_CRITICAL_VALUE = 1.8692
 #: Percentile of the centroid distances that maps to uncertainty 1.
 UNCERTAINTY_PERCENTILE = 99.0
+#: Fraction of the tiles in each resample of the k vote.
+RESAMPLE_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,10 @@ class Clustering:
         Ward linkage matrix of the subset (for the report's dendrogram).
     linkage_indices : (m,) int64 ndarray or None
         Tiles in the linkage, in its leaf numbering.
+    k_votes : dict of int to int
+        How many resamples chose each k (empty when k was given or not voted on).
+    posterior : (n, k) float32 ndarray or None
+        p(tissue | tile) from the embedding's mixture, columns in tissue order (``vade``); None otherwise.
     """
 
     k: int
@@ -102,10 +116,21 @@ class Clustering:
     split_statistic: float | None
     linkage: np.ndarray | None
     linkage_indices: np.ndarray | None
+    k_votes: dict[int, int] = field(default_factory=dict)
+    posterior: np.ndarray | None = None
 
     def sizes(self) -> list[int]:
         """Tiles per tissue."""
         return np.bincount(self.labels, minlength=self.k).tolist()
+
+    @property
+    def runner_up(self) -> tuple[int, int] | None:
+        """(k, votes) of the second most chosen k, or None when every resample chose the same k."""
+        others = [(v, -k) for k, v in self.k_votes.items() if k != self.k]
+        if not others:
+            return None
+        votes, neg_k = max(others)
+        return -neg_k, votes
 
 
 def dendrogram_gaps(heights: np.ndarray, k_lo: int, k_hi: int) -> dict[int, float]:
@@ -158,7 +183,27 @@ def split_statistic(x: np.ndarray, seed: int) -> float:
     return float(a2 * (1 + 4 / n - 25 / n**2))
 
 
-def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int) -> Clustering:
+def vote_k(x: np.ndarray, cfg: ClusterConfig, seed: int, n_distinct: int | None = None) -> dict[int, int]:
+    """How many of ``cfg.resamples`` random subsets of the tiles choose each k (dendrogram gap and split test).
+
+    Each subset holds ``RESAMPLE_FRACTION`` of the tiles, at most ``cfg.linkage_max_tiles``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if n_distinct is None:
+        n_distinct = len(np.unique(x.round(6), axis=0))
+    rng = np.random.default_rng([seed, 1])
+    size = max(3, min(int(round(RESAMPLE_FRACTION * len(x))), cfg.linkage_max_tiles))
+    votes: Counter[int] = Counter()
+    for r in range(cfg.resamples):
+        sub = x[np.sort(rng.choice(len(x), size, replace=False))]
+        gaps = dendrogram_gaps(linkage(sub, method="ward")[:, 2], cfg.k_min, min(cfg.k_max, n_distinct))
+        statistic = split_statistic(sub, seed + 1 + r) if cfg.k_min <= 1 and gaps else None
+        votes[choose_k(gaps, statistic, cfg.k_min)[0]] += 1
+    return dict(sorted(votes.items()))
+
+
+def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
+                       posterior: np.ndarray | None = None, posterior_source: str = "VaDE mixture (lowest BIC)") -> Clustering:
     """Group tiles into tissues.
 
     Parameters
@@ -168,6 +213,12 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int) -> Cl
     cfg : ClusterConfig
     seed : int
         Seeds the linkage subset, the reference clouds and k-means.
+    posterior : (n, m) float ndarray, optional
+        The embedding's own mixture posteriors p(component | tile) (``vade``): then each tile
+        goes to its most probable component, k is the number of components that receive
+        tiles (the mixture chose it, or ``cfg.k`` set it) and ``k_source`` is
+        ``posterior_source``; the dendrogram is still computed for the report. Unless k is
+        given, the one-tissue split test still applies: one Gaussian cloud is one tissue.
     """
     from sklearn.cluster import KMeans
 
@@ -180,13 +231,26 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int) -> Cl
     n_distinct = len(np.unique(x.round(6), axis=0))
 
     gaps: dict[int, float] = {}
+    votes: dict[int, int] = {}
     statistic = None
     z = sub = None
     if len(x) >= 3:
         sub = np.sort(rng.choice(len(x), cfg.linkage_max_tiles, replace=False)) if len(x) > cfg.linkage_max_tiles \
             else np.arange(len(x))
         z = linkage(x[sub], method="ward")
-    if cfg.k is not None:
+    if posterior is not None:
+        post = np.asarray(posterior, dtype=np.float64)
+        if post.shape[0] != len(x) or post.ndim != 2 or not np.isfinite(post).all():
+            raise InvalidInputError(f"posterior must be a finite (n, m) array with n = {len(x)}; got {post.shape}")
+        used = np.unique(post.argmax(axis=1))
+        post = post[:, used] / np.maximum(post[:, used].sum(axis=1, keepdims=True), 1e-12)
+        k, source = len(used), ("user" if cfg.k is not None else posterior_source)
+        if cfg.k is None and cfg.k_min <= 1 and k > 1 and sub is not None:
+            # The one-tissue test holds for a mixture too: one Gaussian cloud is one tissue.
+            statistic = split_statistic(x[sub], seed)
+            if statistic <= SPLIT_CRITICAL_VALUE:
+                k, source, post = 1, "split test: one tissue", np.ones((len(x), 1))
+    elif cfg.k is not None:
         k, source = cfg.k, "user"
         if k > n_distinct:
             raise InvalidInputError(
@@ -198,13 +262,23 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int) -> Cl
         if cfg.k_min <= 1 and gaps:
             statistic = split_statistic(x[sub], seed)
         k, source = choose_k(gaps, statistic, cfg.k_min)
+        if cfg.resamples and len(x) >= 10:
+            votes = vote_k(x, cfg, seed, n_distinct)
+            top = max(votes.values())
+            if votes.get(k, 0) < top:
+                k = min(kk for kk, v in votes.items() if v == top)
+                source = "split test: one tissue" if k == 1 else "dendrogram"
 
     if k == 1:
         labels = np.zeros(len(x), dtype=np.int64)
         centroids = x.mean(axis=0, keepdims=True)
     else:
-        km = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=seed).fit(x)
-        labels, centroids = km.labels_.astype(np.int64), km.cluster_centers_
+        if posterior is not None:
+            labels = post.argmax(axis=1).astype(np.int64)
+            centroids = np.stack([x[labels == j].mean(axis=0) for j in range(k)])
+        else:
+            km = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=seed).fit(x)
+            labels, centroids = km.labels_.astype(np.int64), km.cluster_centers_
         # Renumber by size (ties: by first tile), so that tissue 0 is the largest.
         sizes = np.bincount(labels, minlength=k)
         first = np.array([np.flatnonzero(labels == j)[0] for j in range(k)])
@@ -212,6 +286,8 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int) -> Cl
         remap = np.empty(k, dtype=np.int64)
         remap[order] = np.arange(k)
         labels, centroids = remap[labels], centroids[order]
+        if posterior is not None:
+            post = post[:, order]
 
     distance = np.linalg.norm(x - centroids[labels], axis=1)
     scale = float(np.percentile(distance, UNCERTAINTY_PERCENTILE))
@@ -229,4 +305,7 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int) -> Cl
         split_statistic=statistic,
         linkage=z,
         linkage_indices=sub,
+        k_votes=votes,
+        posterior=None if posterior is None else post.astype(np.float32),
     )
+

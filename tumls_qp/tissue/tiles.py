@@ -38,6 +38,7 @@ __all__ = [
     "tissue_mask",
     "select_tiles",
     "tile_pixels",
+    "read_views",
     "require_tissue",
     "TissueTiles",
     "tissue_tiles",
@@ -289,6 +290,51 @@ def tile_pixels(thumbnail: np.ndarray, grid: TileGrid, indices: np.ndarray) -> n
     px = grid.tile_px
     blocks = thumbnail.reshape(n_rows, px, n_cols, px, 3).transpose(0, 2, 1, 3, 4).reshape(-1, px, px, 3)
     return np.ascontiguousarray(blocks[np.asarray(indices, dtype=np.int64)])
+
+
+def read_views(
+    slide: Slide,
+    grid: TileGrid,
+    indices: np.ndarray,
+    view_um: float,
+    view_px: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, float]:
+    """Each tile seen in a square field of about ``view_um`` µm centred on it, ``view_px`` pixels a side.
+
+    The grid is read once more, streamed, at the pixel size that gives each tile a whole
+    number q = round(tile_um / (view_um / view_px)) of pixels (at least 1); the views are
+    cut from that image, centred on their tiles; beyond the grid the image is mirrored (so that
+    the edge of the grid does not look like glass). A field larger than the tile shows the tile
+    with its surroundings; a smaller one, its centre.
+
+    Returns
+    -------
+    views : (n, view_px, view_px, 3) uint8 ndarray
+    mpp : float
+        Pixel size of the views in µm/px (``grid.tile_um / q``).
+    """
+    n_cols, n_rows = grid.shape
+    q = max(1, int(round(grid.tile_um / (view_um / view_px))))
+    image = np.empty((n_rows * q, n_cols * q, 3), dtype=np.uint8)
+    done = 0
+    for row0, col0, rgb in slide.iter_chunks(grid.tile_size, q, grid.shape):
+        h, w = rgb.shape[:2]
+        image[row0 * q : row0 * q + h, col0 * q : col0 * q + w] = rgb
+        done += (h // q) * (w // q)
+        if progress is not None:
+            progress(done, grid.n_tiles)
+    pad = view_px  # more than half a view on every side
+    image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    indices = np.asarray(indices, dtype=np.int64)
+    rows, cols = np.divmod(indices, n_cols)
+    # Top-left corner of each view: the tile's centre minus half a view, in the padded image.
+    top = pad + rows * q + q // 2 - view_px // 2
+    left = pad + cols * q + q // 2 - view_px // 2
+    views = np.empty((len(indices), view_px, view_px, 3), dtype=np.uint8)
+    for i, (t, l) in enumerate(zip(top, left)):
+        views[i] = image[t : t + view_px, l : l + view_px]
+    return views, grid.tile_um / q
 
 
 def require_tissue(selection: TileSelection, grid: TileGrid, cfg: TileConfig, slide_name: str) -> None:

@@ -1,0 +1,126 @@
+"""Seconds per stage and peak memory of ``tumls-qp analyze`` for each embedding method, side by side.
+
+Two slides: the bundled demo slide (CMU-1-Small-Region.svs, 32 µm tiles as ``tumls-qp demo``
+uses them, everything else the default) and a synthetic 1 cm² slide at 0.25 µm/px (40,000 x
+40,000 px, two tissues, full pyramid, 64 µm tiles, as ``benchmarks/large_slide.py``). Each
+analysis runs in its own process with ``--no-cache``; the stage times and peak RSS come from its
+``manifest.json``, the process's CPU time from the operating system. ``tumls-ae`` is today's
+method, so its row is the baseline of the "× tumls-ae" column. On the large slide the
+autoencoder trains for a fixed number of epochs (``--large-epochs``, as the large-slide
+benchmark does), the other methods with their defaults.
+
+    python benchmarks/embedding_costs.py --workdir /tmp/emb-costs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tumls_qp.provenance import cpu_name
+
+METHODS = "tumls-ae,contrastive,vade,handcrafted"
+STAGES = ("tiles", "train", "embed", "cluster", "nuclei", "outputs")
+
+
+def run_analysis(slide: Path, out: Path, config: Path, tile_um: float) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).with_name("tumls-qp")), "analyze", str(slide), "--out", str(out),
+                    "--no-cache", "--config", str(config), "--tile-um", f"{tile_um:g}", "-q"], check=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    manifest = json.loads((out / slide.stem / "manifest.json").read_text())
+    return {"manifest": manifest, "wall": wall,
+            "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", default=METHODS, help=f"comma-separated embedding methods (default {METHODS})")
+    parser.add_argument("--large-size", type=int, default=40000, help="side of the large slide in px (0: skip it)")
+    parser.add_argument("--large-epochs", type=int, default=20, help="tumls-ae epochs on the large slide (fixed)")
+    parser.add_argument("--threads", type=int, default=0, help="embedding.num_threads (default 0: torch's default)")
+    parser.add_argument("--workdir", help="where slides and runs go (default: a temporary folder)")
+    parser.add_argument("--report", help="also write the Markdown output here")
+    args = parser.parse_args()
+
+    from tumls_qp.cli import DEMO_SLIDE
+    from tumls_qp.testing import write_synthetic_slide
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="tumls-costs-"))
+    work.mkdir(parents=True, exist_ok=True)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    targets = [("demo: CMU-1-Small-Region.svs", DEMO_SLIDE, 32.0, None)]
+    if args.large_size:
+        large = work / f"synthetic-{args.large_size}.tif"
+        if not large.exists():
+            write_synthetic_slide(large, args.large_size, args.large_size, 0.25, layout="two-tissues", tile=512)
+        targets.append((f"large: {args.large_size} x {args.large_size} px at 0.25 µm/px", large, 64.0,
+                        args.large_epochs))
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    rows = []
+    for name, slide, tile_um, epochs in targets:
+        for method in methods:
+            text = f"[embedding]\nmethod = \"{method}\"\ndevice = \"cpu\"\nnum_threads = {args.threads}\n"
+            if epochs is not None and method == "tumls-ae":
+                text += f"max_epochs = {epochs}\npatience = {epochs}\n"
+            config = work / f"{method}-{tile_um:g}.toml"
+            config.write_text(text)
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {method}", file=sys.stderr, flush=True)
+            result = run_analysis(slide, work / f"run-{slide.stem}-{method}", config, tile_um)
+            rows.append({"target": name, "method": method, **result})
+    load_end = os.getloadavg()
+    total = time.perf_counter() - started
+
+    command = ("python benchmarks/embedding_costs.py"
+               + (f" --methods {args.methods}" if args.methods != METHODS else "")
+               + (f" --large-size {args.large_size}" if args.large_size != 40000 else "")
+               + (f" --threads {args.threads}" if args.threads else "")
+               + (f" --workdir {args.workdir}" if args.workdir else "")
+               + (f" --report {args.report}" if args.report else ""))
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other work (load average 1/5/15 min "
+        f"{load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} at the start, "
+        f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end), embedding.num_threads = "
+        f"{args.threads}, Python {platform.python_version()}. Total {total / 60:.1f} min.",
+        "",
+        "| slide | embedding | tissue tiles | " + " | ".join(f"{s} s" for s in STAGES)
+        + " | stages s | process wall s | × tumls-ae (wall) | process CPU s | peak RSS MB | k (votes; runner-up) |",
+        "|---|---|---|" + "---|" * len(STAGES) + "---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m = r["manifest"]
+        t = m["timings_s"]
+        base = next((b for b in rows if b["target"] == r["target"] and b["method"] == "tumls-ae"), None)
+        ratio = f"{r['wall'] / base['wall']:.2f}" if base else "-"
+        c = m["clusters"]
+        votes = c.get("k_votes") or {}
+        runner = c.get("runner_up")
+        k = f"{c['k']} ({c['k_source']})" if not votes else (
+            f"{c['k']} ({votes.get(str(c['k']), 0)}/{sum(votes.values())}"
+            + (f"; {runner[0]}: {runner[1]}" if runner else "") + ")")
+        lines.append(f"| {r['target']} | {r['method']} | {m['tiles']['kept']} | "
+                     + " | ".join(f"{t.get(s, 0):.1f}" for s in STAGES)
+                     + f" | {sum(t.values()):.1f} | {r['wall']:.1f} | {ratio} | {r['cpu']:.1f} | "
+                       f"{m['environment']['peak_rss_mb']:.0f} | {k} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.report:
+        Path(args.report).write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

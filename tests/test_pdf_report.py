@@ -545,3 +545,23 @@ def test_the_charts_stay_legible_with_many_tissues_slides_and_features(figure_pr
     figures.dendrogram_figure(linkage(rng.random((700, 4)), "ward"), {kk: float(rng.random()) for kk in range(2, 13)},
                               5, "dendrogram")
     assert len(figure_problems) == 5 and not [p for p in figure_problems if p], figure_problems
+
+
+def test_the_k_explanation_says_when_the_vote_overruled_the_largest_gap():
+    from types import SimpleNamespace
+
+    from tumls_qp.outputs.pdf_report import _k_explanation, _vote_explanation
+
+    def run(k, gaps, votes, runner_up):
+        clusters = SimpleNamespace(k_source="dendrogram", split_statistic=None, gaps=gaps, k_votes=votes,
+                                   runner_up=runner_up)
+        return SimpleNamespace(k=k, manifest=SimpleNamespace(clusters=clusters))
+
+    overruled = run(2, {2: 30.44, 3: 47.0, 4: 3.0}, {2: 6, 3: 4}, (3, 4))
+    text = _k_explanation(overruled) + _vote_explanation(overruled)
+    assert "chosen by the vote of resamples" in text and "largest gap is at the cut into 3 tissues (47 latent" in text
+    assert "30.44 at k = 2" in text and "k = 2 was chosen 6 times and the runner-up, k = 3, 4 times" in text
+    agreed = run(3, {2: 30.44, 3: 47.0, 4: 3.0}, {3: 10}, None)
+    text = _k_explanation(agreed) + _vote_explanation(agreed)
+    assert "the largest gap between merge heights (47 latent units) is at the cut into 3 tissues" in text
+    assert "All 10 resamples of 80 % of the tiles chose k = 3" in text and "vote of resamples" not in text

@@ -444,6 +444,12 @@ def _k_explanation(run: RunFolder) -> str:
         gaps = run.manifest.clusters.gaps
         candidates = f" among k = {min(gaps)} to {max(gaps)}" if gaps else ""
         gap = f" ({_fmt(gaps[k])} latent units)" if k in gaps else ""
+        widest = max(gaps, key=gaps.get) if gaps else k
+        if widest != k and k in gaps:  # the resamples' vote overruled the cut on all tiles
+            return (f"k = {k}, chosen by the vote of resamples of the tiles, each cutting its Ward dendrogram "
+                    f"of the tile embeddings at the largest gap between merge heights. On all tiles the largest gap "
+                    f"is at the cut into {widest} tissues ({_fmt(gaps[widest])} latent units; {_fmt(gaps[k])} at "
+                    f"k = {k}){candidates}.{test}")
         return (f"k = {k}, chosen from the Ward dendrogram of the tile embeddings: the largest gap between merge "
                 f"heights{gap} is at the cut into {k} tissues{candidates}.{test}")
     if source.startswith("split test"):

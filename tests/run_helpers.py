@@ -88,6 +88,8 @@ def synthetic_analysis() -> rf.SlideAnalysis:
         reconstructions=(tiles.tiles[:2], tiles.tiles[:2][::-1].copy()),
         embedding_colours=embedding_colours(latents, "pca"), warnings=("a warning",),
         timings_s={"tiles": 0.5, "train": 1.25},
+        engine=rf.EngineInfo(engine="dask", scheduler="tcp://10.0.0.1:8786", worker="tcp://10.0.0.2:40001",
+                             model_worker="tcp://10.0.0.3:40002"),
     )
 
 

@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tumls_qp.tissue.representatives",),
     ("tumls_qp.cells", "tumls_qp.interactive"),
     ("tumls_qp.outputs",),
-    ("tumls_qp.pipeline", "tumls_qp.labelling", "tumls_qp.evaluation"),
+    ("tumls_qp.pipeline", "tumls_qp.labelling", "tumls_qp.evaluation", "tumls_qp.dask_engine"),
     ("tumls_qp.cli", "tumls_qp.server"),
 )
 #: Algorithm modules: arrays in, arrays out; they never import the outputs.
@@ -131,6 +131,7 @@ def test_the_checker_sees_what_it_must(graph):
 def test_import_tumls_qp_and_the_help_are_light():
     code = ("import sys\nimport tumls_qp, tumls_qp.cli\n"
             "try:\n    tumls_qp.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print([m for m in ('torch', 'paquo', 'jpype', 'reportlab', 'fastapi', 'matplotlib') if m in sys.modules])")
+            "print([m for m in ('torch', 'paquo', 'jpype', 'reportlab', 'fastapi', 'matplotlib', 'dask', 'distributed') "
+            "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

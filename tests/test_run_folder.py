@@ -44,6 +44,9 @@ def test_every_field_written_is_read_back(analysis, written):
     assert run.manifest.config == analysis.config and run.manifest.slide == analysis.slide
     assert run.manifest.cohort == ("s", "t") and run.manifest.warnings == ("a warning",)
     assert run.manifest.timings_s == {"tiles": 0.5, "train": 1.25}
+    assert run.manifest.engine == analysis.engine and analysis.engine.engine == "dask"
+    assert data_engine(folder) == {"engine": "dask", "scheduler": "tcp://10.0.0.1:8786",
+                                   "worker": "tcp://10.0.0.2:40001", "model_worker": "tcp://10.0.0.3:40002"}
     per_tissue: dict[int, int] = {}
     for rep, patch in zip(analysis.representatives, analysis.patches):
         if patch.nuclei is not None:
@@ -126,15 +129,20 @@ def test_every_field_written_is_read_back(analysis, written):
          rf.CONFIG_TOML, rf.MANIFEST, rf.PATCHES_DIR])
 
 
+def data_engine(folder: Path) -> dict:
+    """The engine record as ``manifest.json`` holds it."""
+    return json.loads((folder / rf.MANIFEST).read_text())["engine"]
+
+
 def test_the_round_trip_covers_every_field():
     """Extending the run folder means extending the round trip above: this lists what it checks."""
     assert [f.name for f in fields(rf.SlideAnalysis)] == [
         "config", "created", "slide", "tiles", "latents", "clustering", "cohort", "cohort_tiles_per_tissue",
         "representatives", "patches", "tissue_features", "embedding", "cache_hit", "reconstructions",
-        "embedding_colours", "warnings", "timings_s"]
+        "embedding_colours", "warnings", "timings_s", "engine"]
     assert [f.name for f in fields(rf.AnalysisManifest)] == [
         "version", "created", "seed", "slide", "tiles", "embedding", "clusters", "representatives", "nuclei", "cohort",
-        "outputs", "timings_s", "environment", "warnings", "config"]
+        "outputs", "timings_s", "engine", "environment", "warnings", "config"]
 
 
 def test_model_file_names_are_the_checkpoints():
@@ -233,6 +241,32 @@ def test_staged_runs_appear_together_or_not_at_all(analysis, written, tmp_path):
     assert (a.name, b.name) == ("a", "b") and manifest.timings_s == {"tiles": 1.235, "outputs": 2.0}
     assert rf.read_run(a).manifest == manifest and rf.read_run(a).manifest.warnings == ("new",)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_runs_staged_elsewhere_are_handed_over_and_committed_together(analysis, tmp_path):
+    """What the workers of a distributed cohort do: each stages its run folder in the run's own staging folder and
+    releases it; one adopts them all and commits them together, or removes them all."""
+    out, staging_in = tmp_path / "out", tmp_path / "out" / ".run.partial"
+    released = []
+    for name in ("a", "b"):
+        with rf.RunStaging(out, staging_in) as worker:
+            stage = worker.write(name, analysis)
+            assert stage.parent == staging_in
+            released += worker.release()
+        assert stage.is_dir()  # released: not removed on exit
+    assert [r.target for r in released] == [out / "a", out / "b"] and not (out / "a").exists()
+    with pytest.raises(RuntimeError, match="commit failed"):
+        with rf.RunStaging(out) as committer:
+            committer.adopt(released[:1])
+            raise RuntimeError("commit failed")
+    assert not released[0].stage.exists() and released[1].stage.exists()
+    with pytest.raises(ValueError, match="does not go into"):
+        rf.RunStaging(tmp_path / "elsewhere").adopt(released[1:])
+    with rf.RunStaging(out) as committer:
+        committer.adopt(released[1:])
+        [(b, manifest)] = committer.commit({"outputs": 1.0})
+    assert b == out / "b" and rf.read_run(b).manifest == manifest and manifest.timings_s == {"outputs": 1.0}
+    assert sorted(p.name for p in out.iterdir()) == [".run.partial", "b"] and list(staging_in.iterdir()) == []
 
 
 def test_the_server_reports_a_previous_format_for_a_job(tmp_path):

@@ -21,6 +21,7 @@ from .config import EMBEDDING_METHODS, EmbeddingConfig, PipelineConfig, dump_con
 from .errors import (
     ConfigError,
     DeviceError,
+    EngineError,
     InvalidInputError,
     OutputError,
     TumlsQpError,
@@ -36,6 +37,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidInputError, 3),
     (OutputError, 4),
     (DeviceError, 5),
+    (EngineError, 6),
     (TumlsQpError, 1),
 )
 
@@ -134,18 +136,27 @@ def _analysis_config(args: argparse.Namespace, base: dict[str, Any] | None = Non
 
 
 def _run_analysis(args: argparse.Namespace, slides: list[str], config: PipelineConfig, cohort: bool) -> int:
-    from .pipeline import analyze
     from .tissue.cache import default_cache_dir
 
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     bars = _StageBars(enabled=not args.quiet)
+    scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", None)
     try:
-        results = analyze(slides, args.out, config, cohort=cohort, cache_dir=cache, progress=bars)
+        if scheduler is not None or workers is not None:
+            from .dask_engine import analyze_on_dask  # Dask loads only here
+
+            results = analyze_on_dask(slides, args.out, config, scheduler=scheduler, workers=workers, cohort=cohort,
+                                      cache_dir=cache, progress=bars, wait_for_workers_s=args.wait_for_workers)
+        else:
+            from .pipeline import analyze
+
+            results = analyze(slides, args.out, config, cohort=cohort, cache_dir=cache, progress=bars)
     finally:
         bars.close()
     for result in results:
         m = result.manifest
-        print(f"{result.slide.name}: {m.clusters.k} tissue(s), {m.tiles.kept} tissue tiles -> {result.run_dir}")
+        where = f" (Dask worker {m.engine.worker})" if m.engine.worker else ""
+        print(f"{result.slide.name}: {m.clusters.k} tissue(s), {m.tiles.kept} tissue tiles -> {result.run_dir}{where}")
     return 0
 
 
@@ -157,6 +168,19 @@ def _add_analyze(sub: Any) -> None:
     p.add_argument("--cohort", action="store_true",
                    help="one autoencoder and one clustering for all slides (tissue numbers agree across slides)")
     _add_analysis_options(p)
+    engine = p.add_argument_group(
+        "scale-out on Dask (needs the dask extra: pip install 'tumls-qp[dask]')",
+        "The workers read the slides and write --out (and the cache) themselves: with --scheduler, give paths on "
+        "storage that every worker mounts at the same place.")
+    where = engine.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on an existing Dask cluster: its scheduler's address (tcp://HOST:8786, as `dask "
+                            "scheduler` prints it); with --cohort, a worker started with --resources GPU=1 trains "
+                            "the model")
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="run on N worker processes on this machine (a local Dask cluster for the run)")
+    engine.add_argument("--wait-for-workers", type=float, default=60.0, metavar="SECONDS",
+                        help="with --scheduler: how long to wait for a first worker to join (default 60)")
     p.set_defaults(handler=_cmd_analyze)
 
 
@@ -292,7 +316,13 @@ def _add_serve(sub: Any) -> None:
                         "~/.local/share/tumls-qp/server)")
     p.add_argument("--root", action="append", metavar="PATH",
                    help="a folder whose slides the server may read (repeatable; default: your home folder)")
-    p.add_argument("--workers", type=int, default=1, help="jobs that run at the same time, each on cores/N CPU threads (default 1)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1,
+                       help="jobs that run at the same time, each on cores/N CPU threads (default 1)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the jobs on an existing Dask cluster (its scheduler's address, tcp://HOST:8786) "
+                            "instead of local worker processes; the workers must see the data folder and the slides "
+                            "at the same paths (needs the dask extra)")
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (needed with any --host but loopback). "
                                    "Prefer the environment variable TUMLS_QP_TOKEN: other users of this computer "
                                    "can read a command line (ps)")
@@ -337,6 +367,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_dictionaries=args.max_dictionaries,
         min_free_mb=args.min_free_mb,
         stall_timeout_s=args.stall_timeout,
+        scheduler=args.scheduler,
     )
     if args.token:
         print("tumls-qp serve: warning: a token given with --token can be read by other users of this computer "

@@ -18,6 +18,7 @@ __all__ = [
     "FormatVersionError",
     "OutputError",
     "DeviceError",
+    "EngineError",
 ]
 
 
@@ -59,3 +60,7 @@ class OutputError(TumlsQpError):
 
 class DeviceError(TumlsQpError):
     """The requested compute device is not available."""
+
+
+class EngineError(TumlsQpError):
+    """The distributed engine cannot run the work: no scheduler, no worker, mismatched software, workers dying."""

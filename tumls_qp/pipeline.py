@@ -8,6 +8,13 @@ nuclei) and hands each slide's results, one :class:`SlideAnalysis`, to
 very end, together for a cohort, so a failed or cancelled run leaves no half-written
 outputs (an earlier run folder of the same name stays untouched until the new one is
 complete). The pipeline itself writes no file.
+
+:func:`analyze` runs everything in the calling process. A slide group (one slide, or a
+cohort) goes through four pieces, which :mod:`tumls_qp.dask_engine` runs as tasks on a Dask
+cluster instead: :func:`read_slide_tiles` per slide, :func:`fit_group` once for the group,
+:func:`analyse_slide` and :func:`stage_run` per slide; then the staged run folders are
+committed together. What passes between the pieces (:class:`SlideTiles`,
+:class:`GroupModel`) holds arrays, never an open file, so that it can travel between processes.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -30,14 +37,25 @@ from .errors import ConfigError, TumlsQpError
 from .files import run_folder_names, writable_dir
 from .interactive.embedding_colours import EmbeddingColours, embedding_colours, umap_available
 from .outputs.pdf_report import COHORT_REPORT_NAME, REPORT_NAME, render_report
-from .outputs.run_folder import AnalysisManifest, Patch, PatchNuclei, RunStaging, SlideAnalysis, SlideInfo
+from .outputs.run_folder import (
+    LOCAL_ENGINE,
+    AnalysisManifest,
+    EngineInfo,
+    Patch,
+    PatchNuclei,
+    RunStaging,
+    SlideAnalysis,
+    SlideInfo,
+)
 from .slide import Slide, open_slide, slide_quickhash
 from .tissue.cache import CachedEmbeddings, cache_key, load_cached, store_cached
 from .tissue.clusters import Clustering, cluster_embeddings
 from .tissue.representatives import Representative, select_representatives
-from .tissue.tiles import TissueTiles, tissue_tiles
+from .tissue.tiles import TissueTiles, read_views, tissue_tiles
 
-__all__ = ["analyze", "RunResult", "ProgressFn", "STAGES", "PATCH_MAX_PX"]
+__all__ = ["analyze", "analyze_group", "RunResult", "ProgressFn", "STAGES", "PATCH_MAX_PX", "plan_runs",
+           "write_cohort_report", "SlideTiles", "GroupModel", "StageTimer", "group_cache_key", "read_slide_tiles", "fit_group",
+           "analyse_slide", "stage_run"]
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +79,38 @@ class RunResult:
 
 
 @dataclass
-class _SlideTiles:
-    """A slide's tissue level, read and filtered, and what was noticed on the way."""
+class SlideTiles:
+    """A slide's tissue level, read and filtered, and what was noticed on the way.
 
-    slide: Slide
-    quickhash: str
+    ``views`` (one field of ``embedding.view_um`` around each tile, ``embedding.view_px`` a side) and their
+    pixel size ``view_mpp``: read only for an embedding method that looks at them, and not from the cache.
+    """
+
+    info: SlideInfo
     tiles: TissueTiles
     warnings: list[str]
+    views: np.ndarray | None = None
+    view_mpp: float | None = None
 
 
-class _Timer:
+@dataclass
+class GroupModel:
+    """The model of a slide group: the fitted embedding of all its tiles (slide after slide), and the clustering.
+
+    ``offsets[i]:offsets[i + 1]`` are the rows of slide ``i``.
+    """
+
+    embedding: Any  # tumls_qp.tissue.embeddings.TileEmbedding (imported lazily: torch)
+    cache_hit: bool
+    clustering: Clustering
+    offsets: tuple[int, ...]
+
+    @property
+    def latents(self) -> np.ndarray:
+        return self.embedding.vectors
+
+
+class StageTimer:
     """Seconds per stage, summed over slides."""
 
     def __init__(self) -> None:
@@ -78,15 +118,43 @@ class _Timer:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        """Add the time spent in the block to stage ``name``."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.add({name: time.perf_counter() - start})
+
+    def add(self, seconds: dict[str, float]) -> None:
+        """Add the seconds per stage measured elsewhere (another process)."""
+        for name, value in seconds.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + value
 
 
 def _no_progress(stage: str, fraction: float, message: str) -> None:
     return None
+
+
+def plan_runs(slides: Sequence[str | os.PathLike[str]], config: PipelineConfig,
+              run_names: Sequence[str] | None = None) -> tuple[list[Path], list[str]]:
+    """The slides as paths and their run folder names, after the checks that need no slide; raises what is wrong."""
+    if config.output.embedding_colours == "umap":
+        if not umap_available():  # say so now rather than after the training
+            raise ConfigError("output.embedding_colours = 'umap' needs umap-learn: pip install 'tumls-qp[umap]' "
+                              "(or use 'auto' or 'pca')")
+    paths = [Path(s) for s in slides]
+    if not paths:
+        raise TumlsQpError("no slide given")
+    names = list(run_names) if run_names is not None else run_folder_names(paths)
+    if len(names) != len(paths) or len(set(names)) != len(names):
+        raise TumlsQpError(f"run_names must give one distinct name per slide; got {names!r}")
+    return paths, names
+
+
+def write_cohort_report(run_dirs: Sequence[Path], out: Path, config: PipelineConfig) -> None:
+    """``cohort-report.pdf`` in ``out`` for the run folders of a cohort (with ``output.report``, two slides or more)."""
+    if config.output.report and len(run_dirs) > 1:
+        render_report(list(run_dirs), out / COHORT_REPORT_NAME)
 
 
 def analyze(
@@ -98,8 +166,9 @@ def analyze(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
     run_names: Sequence[str] | None = None,
+    engine: EngineInfo = LOCAL_ENGINE,
 ) -> list[RunResult]:
-    """Analyse slides and write one run folder per slide into ``out_dir``.
+    """Analyse slides in this process and write one run folder per slide into ``out_dir``.
 
     Parameters
     ----------
@@ -118,36 +187,32 @@ def analyze(
     progress : callable(stage, fraction, message), optional
     run_names : sequence of str, optional
         Run folder names instead of the slide file names.
+    engine : EngineInfo
+        What the manifests record as the engine (a server's Dask worker passes its own).
 
     Returns
     -------
     list of RunResult
         In the order of ``slides``. Without ``cohort``, the first failing slide's
         error is raised after the other slides have been analysed.
+
+    See Also
+    --------
+    tumls_qp.dask_engine.analyze_on_dask : the same on a Dask cluster.
     """
     config = config or PipelineConfig()
     progress = progress or _no_progress
-    if config.output.embedding_colours == "umap":
-        if not umap_available():  # say so now rather than after the training
-            raise ConfigError("output.embedding_colours = 'umap' needs umap-learn: pip install 'tumls-qp[umap]' "
-                              "(or use 'auto' or 'pca')")
-    slides = [Path(s) for s in slides]
-    if not slides:
-        raise TumlsQpError("no slide given")
-    names = list(run_names) if run_names is not None else run_folder_names(slides)
-    if len(names) != len(slides) or len(set(names)) != len(names):
-        raise TumlsQpError(f"run_names must give one distinct name per slide; got {names!r}")
+    slides, names = plan_runs(slides, config, run_names)
     out = writable_dir(Path(out_dir))
     cache = Path(cache_dir) if cache_dir is not None else None
     if cohort:
-        results = _analyze_group(slides, names, out, config, cache, progress, cohort=True)
-        if config.output.report and len(results) > 1:
-            render_report([r.run_dir for r in results], out / COHORT_REPORT_NAME)
+        results = analyze_group(slides, names, out, config, cache, progress, cohort=True, engine=engine)
+        write_cohort_report([r.run_dir for r in results], out, config)
         return results
     results, first_error = [], None
     for slide, name in zip(slides, names):
         try:
-            results += _analyze_group([slide], [name], out, config, cache, progress, cohort=False)
+            results += analyze_group([slide], [name], out, config, cache, progress, cohort=False, engine=engine)
         except TumlsQpError as exc:
             if len(slides) > 1:
                 log.error("%s: %s", slide.name, exc)
@@ -159,7 +224,7 @@ def analyze(
     return results
 
 
-def _analyze_group(
+def analyze_group(
     paths: list[Path],
     names: list[str],
     out: Path,
@@ -167,118 +232,180 @@ def _analyze_group(
     cache: Path | None,
     progress: ProgressFn,
     cohort: bool,
+    *,
+    engine: EngineInfo = LOCAL_ENGINE,
+    staging_in: Path | None = None,
 ) -> list[RunResult]:
-    timer = _Timer()
+    """Analyse a slide group in this process: one model for ``paths`` (one slide, or a cohort), run folders
+    committed together. ``engine`` and ``staging_in``: see :class:`EngineInfo` and :class:`RunStaging` (a Dask
+    worker analysing one slide passes them)."""
+    timer = StageTimer()
     started = datetime.now(timezone.utc)
     slides: list[Slide] = []
     try:
         for path in paths:
             slides.append(open_slide(path, mpp=config.slide.mpp, mpp_override=config.slide.mpp_override))
-        hashes = [slide_quickhash(s.path) for s in slides]
-        key = cache_key([(h, s.mpp, s.dimensions) for s, h in zip(slides, hashes)], config)
-        cached = load_cached(cache, key) if cache else None
-
-        with timer.stage("tiles"):
-            data = [_read_tiles(s, h, config, progress, i, len(slides), cached)
-                    for i, (s, h) in enumerate(zip(slides, hashes))]
-        all_tiles = np.concatenate([d.tiles.tiles for d in data])
-
-        if cached is not None:
-            embedding = cached.embedding
-            progress("train", 1.0, "reused the cached model")
-            progress("embed", 1.0, "reused the cached embeddings")
-        else:
-            embedding = _embed(data, all_tiles, config, timer, progress)
-            if cache:
-                store_cached(cache, key, CachedEmbeddings(thumbnails=[d.tiles.thumbnail for d in data],
-                                                          embedding=embedding))
-        latents = embedding.vectors
-
-        with timer.stage("cluster"):
-            progress("cluster", 0.0, "clustering")
-            clustering = cluster_embeddings(latents, config.clusters, config.seed, posterior=embedding.posterior)
-            progress("cluster", 1.0, f"k = {clustering.k}")
-
-        offsets = np.cumsum([0] + [len(d.tiles.tiles) for d in data])
-        with RunStaging(out) as staging:
-            for i, (d, name) in enumerate(zip(data, names)):
-                part = slice(int(offsets[i]), int(offsets[i + 1]))
-                local = _slide_clustering(clustering, part)
-                reps = select_representatives(local, config.representatives.n)
-                with timer.stage("nuclei"):
-                    patches, tissue_features = _low_level(
-                        d.slide, d.tiles.boxes, reps, config,
-                        lambda f, m, i=i: progress("nuclei", (i + f) / len(data), m))
-                with timer.stage("outputs"):
-                    progress("outputs", i / len(data), f"writing {name}")
-                    analysis = SlideAnalysis(
-                        config=config, created=started, slide=SlideInfo.of(d.slide, d.quickhash), tiles=d.tiles,
-                        latents=latents[part], clustering=local, cohort=tuple(names) if cohort else None,
-                        cohort_tiles_per_tissue=tuple(clustering.sizes()), representatives=tuple(reps),
-                        patches=patches, tissue_features=tissue_features, embedding=embedding,
-                        cache_hit=cached is not None, reconstructions=_reconstructions(embedding, d.tiles.tiles),
-                        embedding_colours=_embedding_colours(latents[part], config),
-                        warnings=tuple(_warnings(d, config, clustering, local, embedding, cohort)),
-                        timings_s=dict(timer.seconds),
-                    )
-                    staged = staging.write(name, analysis)
-                    if config.output.report:
-                        # From the staging folder's own files: a report that fails to render leaves no run folder.
-                        render_report(staged, staged / REPORT_NAME)
+        infos = [SlideInfo.of(s, slide_quickhash(s.path)) for s in slides]
+        cached = load_cached(cache, group_cache_key(infos, config)) if cache else None
+        parts = [read_slide_tiles(s, info, config, progress, timer, index=i, count=len(slides),
+                                  thumbnail=cached.thumbnails[i] if cached is not None else None)
+                 for i, (s, info) in enumerate(zip(slides, infos))]
+        group = fit_group(parts, config, progress, timer, cache=cache, cached=cached)
+        with RunStaging(out, staging_in) as staging:
+            for i, (slide, part, name) in enumerate(zip(slides, parts, names)):
+                analysis = analyse_slide(slide, part, group, i, config, started, progress, timer,
+                                         cohort=tuple(names) if cohort else None, engine=engine)
+                stage_run(staging, name, analysis, progress, timer, index=i, count=len(parts))
             progress("outputs", 1.0, "run folders written")
             written = staging.commit(timer.seconds)
-        return [RunResult(slide=d.slide.path, run_dir=run_dir, manifest=manifest)
-                for d, (run_dir, manifest) in zip(data, written)]
+        return [RunResult(slide=s.path, run_dir=run_dir, manifest=manifest)
+                for s, (run_dir, manifest) in zip(slides, written)]
     finally:
         for slide in slides:
             slide.close()
 
 
-def _read_tiles(
+# --- the pieces of a group's analysis, which an engine may run in different processes ------------------------------
+
+def group_cache_key(infos: Sequence[SlideInfo], config: PipelineConfig) -> str:
+    """The embedding cache key of a slide group (:func:`tumls_qp.tissue.cache.cache_key`)."""
+    return cache_key([(i.quickhash, i.mpp, (i.width_px, i.height_px)) for i in infos], config)
+
+
+def read_slide_tiles(
     slide: Slide,
-    quickhash: str,
+    info: SlideInfo,
     config: PipelineConfig,
     progress: ProgressFn,
-    index: int,
-    count: int,
-    cached: CachedEmbeddings | None,
-) -> _SlideTiles:
+    timer: StageTimer,
+    *,
+    index: int = 0,
+    count: int = 1,
+    thumbnail: np.ndarray | None = None,
+) -> SlideTiles:
+    """Stage ``tiles`` of slide ``index`` of ``count``: its tissue level, read and filtered (and its views, when the
+    embedding method needs them).
+
+    ``thumbnail``: the slide's tissue-level image from the embedding cache, instead of reading it.
+    """
     label = slide.path.name if count == 1 else f"{slide.path.name} ({index + 1}/{count})"
     warnings = []
     if slide.mpp_source == "caller":
         warnings.append(f"pixel size {slide.mpp:g} µm/px was given by the caller, not read from the file")
-    if cached is not None:
+    if thumbnail is not None:
         progress("tiles", (index + 1) / count, f"{label}: reused cached tiles")
-    tiles = tissue_tiles(
-        slide, config.tiles, allow_non_he=config.slide.allow_non_he,
-        thumbnail=cached.thumbnails[index] if cached is not None else None,
-        progress=lambda done, total: progress("tiles", (index + done / total) / count, f"reading {label}"),
-    )
+    with timer.stage("tiles"):
+        tiles = tissue_tiles(
+            slide, config.tiles, allow_non_he=config.slide.allow_non_he, thumbnail=thumbnail,
+            progress=lambda done, total: progress("tiles", (index + done / total) / count, f"reading {label}"),
+        )
+        views, view_mpp = None, None
+        from .tissue.embeddings import needs_views  # torch: imported when a slide is analysed
+
+        if thumbnail is None and needs_views(config.embedding.method):
+            views, view_mpp = read_views(
+                slide, tiles.grid, tiles.selection.kept, config.embedding.view_um, config.embedding.view_px,
+                progress=lambda done, total: progress("tiles", (index + done / total) / count,
+                                                      f"reading views of {label}"))
     counts = tiles.selection.counts()
     if counts["artefact"] > 0.1 * tiles.grid.n_tiles:
         warnings.append(f"{counts['artefact']} tiles dropped as near-black artefacts (pen, folds, borders)")
-    return _SlideTiles(slide=slide, quickhash=quickhash, tiles=tiles, warnings=warnings)
+    return SlideTiles(info=info, tiles=tiles, warnings=warnings, views=views, view_mpp=view_mpp)
 
 
-def _embed(data: list[_SlideTiles], all_tiles: np.ndarray, config: PipelineConfig, timer: _Timer,
-           progress: ProgressFn) -> object:
-    """Fit ``embedding.method`` on the tiles of all slides (reading their views first when it needs them)."""
-    from .tissue.embeddings import TileImages, check_tile_count, fit_embedding, needs_views
-    from .tissue.tiles import read_views
+def fit_group(
+    parts: Sequence[SlideTiles],
+    config: PipelineConfig,
+    progress: ProgressFn,
+    timer: StageTimer,
+    *,
+    cache: Path | None = None,
+    cached: CachedEmbeddings | None = None,
+) -> GroupModel:
+    """Stages ``train``, ``embed`` and ``cluster``: one model and one clustering for the tiles of all ``parts``.
+
+    ``cached`` (the cache entry of :func:`group_cache_key`) replaces training and embedding;
+    otherwise the new model is stored in ``cache`` when one is given.
+    """
+    if cached is not None:
+        embedding = cached.embedding
+        progress("train", 1.0, "reused the cached model")
+        progress("embed", 1.0, "reused the cached embeddings")
+    else:
+        embedding = _fit_embedding(parts, config, progress, timer)
+        if cache:
+            store_cached(cache, group_cache_key([p.info for p in parts], config),
+                         CachedEmbeddings(thumbnails=[p.tiles.thumbnail for p in parts], embedding=embedding))
+    with timer.stage("cluster"):
+        progress("cluster", 0.0, "clustering")
+        clustering = cluster_embeddings(embedding.vectors, config.clusters, config.seed, posterior=embedding.posterior)
+        progress("cluster", 1.0, f"k = {clustering.k}")
+    offsets = np.cumsum([0] + [len(p.tiles.tiles) for p in parts])
+    return GroupModel(embedding=embedding, cache_hit=cached is not None,
+                      clustering=clustering, offsets=tuple(int(o) for o in offsets))
+
+
+def analyse_slide(
+    slide: Slide,
+    part: SlideTiles,
+    group: GroupModel,
+    index: int,
+    config: PipelineConfig,
+    started: datetime,
+    progress: ProgressFn,
+    timer: StageTimer,
+    *,
+    cohort: tuple[str, ...] | None,
+    engine: EngineInfo = LOCAL_ENGINE,
+) -> SlideAnalysis:
+    """Stage ``nuclei`` of slide ``index`` of the group, and everything its run folder will hold.
+
+    ``cohort``: the run folder names of the cohort, None for a slide analysed alone.
+    """
+    count = len(group.offsets) - 1
+    own = slice(group.offsets[index], group.offsets[index + 1])
+    local = _slide_clustering(group.clustering, own)
+    reps = select_representatives(local, config.representatives.n)
+    with timer.stage("nuclei"):
+        patches, tissue_features = _low_level(
+            slide, part.tiles.boxes, reps, config, lambda f, m: progress("nuclei", (index + f) / count, m))
+    with timer.stage("outputs"):
+        return SlideAnalysis(
+            config=config, created=started, slide=part.info, tiles=part.tiles, latents=group.latents[own],
+            clustering=local, cohort=cohort, cohort_tiles_per_tissue=tuple(group.clustering.sizes()),
+            representatives=tuple(reps), patches=patches, tissue_features=tissue_features,
+            embedding=group.embedding, cache_hit=group.cache_hit,
+            reconstructions=_reconstructions(group.embedding, part.tiles.tiles),
+            embedding_colours=_embedding_colours(group.latents[own], config),
+            warnings=tuple(_warnings(part, config, group.clustering, local, group.embedding, cohort is not None)),
+            timings_s=dict(timer.seconds), engine=engine,
+        )
+
+
+def stage_run(staging: RunStaging, name: str, analysis: SlideAnalysis, progress: ProgressFn, timer: StageTimer,
+              *, index: int = 0, count: int = 1) -> Path:
+    """Stage ``outputs`` of slide ``index`` of ``count``: its run folder (and report) in a staging folder; returns it."""
+    with timer.stage("outputs"):
+        progress("outputs", index / count, f"writing {name}")
+        staged = staging.write(name, analysis)
+        if analysis.config.output.report:
+            # From the staging folder's own files: a report that fails to render leaves no run folder.
+            render_report(staged, staged / REPORT_NAME)
+    return staged
+
+
+def _fit_embedding(parts: Sequence[SlideTiles], config: PipelineConfig, progress: ProgressFn,
+                   timer: StageTimer) -> Any:
+    """Stages ``train`` and ``embed``: ``embedding.method`` fitted on the tiles (and views) of all parts."""
+    from .tissue.embeddings import TileImages, check_tile_count, fit_embedding
 
     cfg = config.embedding
+    all_tiles = np.concatenate([p.tiles.tiles for p in parts])
     check_tile_count(cfg.method, len(all_tiles))
     images = TileImages(tiles=all_tiles)
-    if needs_views(cfg.method):
-        with timer.stage("tiles"):
-            views, mpps = [], []
-            for i, d in enumerate(data):
-                v, mpp = read_views(d.slide, d.tiles.grid, d.tiles.selection.kept, cfg.view_um, cfg.view_px,
-                                    progress=lambda done, total, i=i: progress(
-                                        "tiles", (i + done / total) / len(data), f"reading views of {d.slide.path.name}"))
-                views.append(v)
-                mpps.append(mpp)
-            images = TileImages(tiles=all_tiles, views=np.concatenate(views), view_mpp=float(np.mean(mpps)))
+    if parts[0].views is not None:
+        images = TileImages(tiles=all_tiles, views=np.concatenate([p.views for p in parts]),
+                            view_mpp=float(np.mean([p.view_mpp for p in parts])))
     with timer.stage("train"):
         progress("train", 0.0, f"{cfg.method}: learning from {len(all_tiles)} tiles")
         embedding = fit_embedding(images, cfg, config.seed, clusters=config.clusters,
@@ -303,7 +430,7 @@ def _slide_clustering(clustering: Clustering, part: slice) -> Clustering:
     )
 
 
-def _warnings(d: _SlideTiles, config: PipelineConfig, clustering: Clustering, local: Clustering, embedding: object,
+def _warnings(d: SlideTiles, config: PipelineConfig, clustering: Clustering, local: Clustering, embedding: object,
               cohort: bool) -> list[str]:
     warnings = list(d.warnings)
     if clustering.k == 1:

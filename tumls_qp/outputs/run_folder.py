@@ -72,7 +72,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence, Union
+from typing import Any, ClassVar, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -108,11 +108,11 @@ __all__ = [
     "DICTIONARY_TILE_COLUMNS", "CLUSTER_COLUMNS", "TILE_REPRESENTATIVE_COLUMNS",
     # manifests
     "SlideInfo", "TilesInfo", "EmbeddingInfo", "ClustersInfo", "RepresentativeInfo", "NucleiInfo", "OutputsInfo",
-    "Environment", "AnalysisManifest", "DictionaryInfo", "DictionaryTilesInfo", "QueryInfo", "DictionaryManifest",
+    "Environment", "EngineInfo", "LOCAL_ENGINE", "AnalysisManifest", "DictionaryInfo", "DictionaryTilesInfo", "QueryInfo", "DictionaryManifest",
     "TileFolderInfo", "TileClustersInfo", "TileClustersManifest", "ElbowInfo", "PrototypesManifest",
     # writing
     "Patch", "PatchNuclei", "SlideAnalysis", "DictionaryAnalysis", "TileClustersAnalysis", "PrototypeClusters",
-    "RunStaging", "write_run", "write_prototype_clusters", "write_embedding_colours",
+    "RunStaging", "StagedRun", "write_run", "write_prototype_clusters", "write_embedding_colours",
     # reading
     "RunFolder", "Table", "TileTable", "AnalysisEmbeddings", "DictionaryEmbeddings", "RepresentativeFiles",
     "read_run", "read_manifest", "folder_kind", "read_prototype_clusters", "display_name", "load_labels",
@@ -347,6 +347,25 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class EngineInfo:
+    """What ran the analysis: ``engine`` is ``"local"`` (the calling process) or ``"dask"``.
+
+    With Dask: the scheduler's address, the worker that read the slide and wrote its run folder
+    (``worker``), and the worker that trained the model and embedded the tiles (``model_worker``:
+    the same one for a slide analysed alone, one worker for the whole of a ``--cohort`` analysis).
+    """
+
+    engine: str
+    scheduler: str | None = None
+    worker: str | None = None
+    model_worker: str | None = None
+
+
+#: The engine record of an analysis run in the calling process.
+LOCAL_ENGINE = EngineInfo(engine="local")
+
+
+@dataclass(frozen=True)
 class AnalysisManifest:
     """``manifest.json`` of an analysis run folder."""
 
@@ -366,6 +385,8 @@ class AnalysisManifest:
     outputs: OutputsInfo
     #: Seconds per pipeline stage (summed over the slides of one analysis).
     timings_s: dict[str, float]
+    #: Where it ran: in-process or on a Dask cluster (which worker).
+    engine: EngineInfo
     environment: Environment
     warnings: tuple[str, ...]
     #: The effective configuration (also in ``config.toml``).
@@ -751,6 +772,8 @@ class SlideAnalysis:
     warnings : tuple of str
     timings_s : dict of str to float
         Seconds per stage so far (:meth:`RunStaging.commit` records the final ones).
+    engine : EngineInfo
+        Where the analysis ran (default: in the calling process).
     """
 
     config: PipelineConfig
@@ -770,6 +793,7 @@ class SlideAnalysis:
     embedding_colours: EmbeddingColours | None
     warnings: tuple[str, ...]
     timings_s: dict[str, float] = field(default_factory=dict)
+    engine: EngineInfo = LOCAL_ENGINE
 
 
 @dataclass(frozen=True)
@@ -855,6 +879,14 @@ class TileClustersAnalysis:
 _Analysis = Union[SlideAnalysis, DictionaryAnalysis, TileClustersAnalysis]
 
 
+class StagedRun(NamedTuple):
+    """A run folder written into its staging folder, not yet in place: where it is, where it goes, its manifest."""
+
+    stage: Path
+    target: Path
+    manifest: Any
+
+
 class RunStaging:
     """Run folders built in hidden staging folders and renamed into place together, or not at all.
 
@@ -868,24 +900,37 @@ class RunStaging:
                 staged = staging.write(name, analysis)
                 ...  # e.g. render a report from the staged files
             staging.commit()
+
+    Run folders staged by other processes (the workers of a distributed cohort) are committed
+    together by one of them: each hands its staged folders over (:meth:`release`), and the
+    committing one takes them (:meth:`adopt`) before :meth:`commit`.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Where the run folders go.
+    staging_in : path-like, optional
+        Where they are built (default ``out_dir``); on the same file system as ``out_dir``, so that the
+        final rename is atomic. A folder of its own lets a caller remove what a killed process left.
     """
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, staging_in: str | Path | None = None) -> None:
         self.out_dir = Path(out_dir)
-        self._staged: list[tuple[Path, Path, Any]] = []
+        self.staging_in = Path(staging_in) if staging_in is not None else self.out_dir
+        self._staged: list[StagedRun] = []
 
     def __enter__(self) -> RunStaging:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for stage, _, _ in self._staged:
-            shutil.rmtree(stage, ignore_errors=True)
+        for staged in self._staged:
+            shutil.rmtree(staged.stage, ignore_errors=True)
         self._staged.clear()
 
     def write(self, name: str, analysis: _Analysis) -> Path:
         """Write the run folder ``name`` of ``analysis`` into a new staging folder; returns that folder."""
-        stage = staging_dir(self.out_dir, name)
-        self._staged.append((stage, self.out_dir / name, None))
+        stage = staging_dir(self.staging_in, name)
+        self._staged.append(StagedRun(stage, self.out_dir / name, None))
         if isinstance(analysis, SlideAnalysis):
             manifest: Any = _write_analysis(stage, analysis)
         elif isinstance(analysis, DictionaryAnalysis):
@@ -894,8 +939,20 @@ class RunStaging:
             manifest = _write_tile_clusters(stage, analysis)
         else:
             raise TypeError(f"not an analysis result: {type(analysis).__name__}")
-        self._staged[-1] = (stage, self.out_dir / name, manifest)
+        self._staged[-1] = StagedRun(stage, self.out_dir / name, manifest)
         return stage
+
+    def release(self) -> list[StagedRun]:
+        """Hand the staged run folders over, uncommitted (to :meth:`adopt`); they are no longer removed on exit."""
+        staged, self._staged = self._staged, []
+        return staged
+
+    def adopt(self, staged: Sequence[StagedRun]) -> None:
+        """Take over run folders another :class:`RunStaging` released: committed, or removed, with this one's."""
+        for run in staged:
+            if run.target.parent != self.out_dir:
+                raise ValueError(f"{run.target} does not go into {self.out_dir}")
+            self._staged.append(run)
 
     def commit(self, timings_s: Mapping[str, float] | None = None) -> list[tuple[Path, Any]]:
         """Rename every staged folder into place; with ``timings_s``, record those (final) timings first.
@@ -910,7 +967,7 @@ class RunStaging:
             for i, (stage, target, manifest) in enumerate(self._staged):
                 manifest = dataclasses.replace(manifest, timings_s=rounded)
                 _write_manifest(stage, manifest)
-                self._staged[i] = (stage, target, manifest)
+                self._staged[i] = StagedRun(stage, target, manifest)
         for stage, target, _ in self._staged:
             replace_dir(stage, target)
         done = [(target, manifest) for _, target, manifest in self._staged]
@@ -1053,6 +1110,7 @@ def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int) -> A
         cohort=a.cohort,
         outputs=outputs,
         timings_s={name: round(seconds, 3) for name, seconds in a.timings_s.items()},
+        engine=a.engine,
         environment=Environment.now(a.embedding.history.get("device", "cpu")),
         warnings=tuple(a.warnings),
         config=config,

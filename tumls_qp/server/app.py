@@ -158,7 +158,7 @@ def create_app(settings: ServerSettings, runner: Runner | None = None) -> FastAP
         What runs the jobs; default :class:`~tumls_qp.server.runner.ProcessRunner` (worker
         processes). Started and stopped with the app (lifespan).
     """
-    runner = runner if runner is not None else ProcessRunner(settings)
+    runner = runner if runner is not None else _runner(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -191,6 +191,15 @@ def create_app(settings: ServerSettings, runner: Runner | None = None) -> FastAP
     app.include_router(public)
     app.include_router(protected)
     return app
+
+
+def _runner(settings: ServerSettings) -> Runner:
+    """Local worker processes, or the Dask cluster of ``settings.scheduler``."""
+    if settings.scheduler:
+        from .dask_runner import DaskRunner
+
+        return DaskRunner(settings)
+    return ProcessRunner(settings)
 
 
 def _retain(jobs: JobService, stop: threading.Event) -> None:
@@ -245,7 +254,7 @@ def serve(settings: ServerSettings, *, log_level: str = "info",
     try:
         settings = dataclasses.replace(settings, port=sock.getsockname()[1])
         # Started here rather than in the app's lifespan so that "data folder in use" is a clean error.
-        runner = ProcessRunner(settings)
+        runner = _runner(settings)
         runner.start()
         try:
             app = create_app(settings, runner)
@@ -253,9 +262,11 @@ def serve(settings: ServerSettings, *, log_level: str = "info",
                                     lifespan="on")
             if announce is not None:
                 roots = ", ".join(str(r) for r in settings.roots)
+                where = (f"jobs run on the Dask cluster at {settings.scheduler}" if settings.scheduler
+                         else f"workers: {settings.workers}")
                 hosts = ", ".join(sorted(settings.trusted_hosts))
                 announce(f"tumls-qp server {__version__} listening on {settings.url} (data: {settings.data_dir}; "
-                         f"slides from: {roots}; workers: {settings.workers}; host names: {hosts})")
+                         f"slides from: {roots}; {where}; host names: {hosts})")
             uvicorn.Server(config).run(sockets=[sock])
         finally:
             runner.stop()

@@ -106,6 +106,9 @@ class ServerSettings:
     min_free_mb : float
         Requests that write (a job, a dictionary, prototype clusters) answer 507 when the data folder's
         disk has less free space; 0 turns the check off.
+    scheduler : str or None
+        The address of a Dask scheduler: jobs run on its cluster's workers instead of ``workers``
+        local worker processes (:mod:`tumls_qp.server.dask_runner`).
     """
 
     host: str = "127.0.0.1"
@@ -126,6 +129,7 @@ class ServerSettings:
     max_data_gb: float | None = None
     max_dictionaries: int = 200
     min_free_mb: float = 500.0
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:

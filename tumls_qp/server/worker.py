@@ -128,7 +128,7 @@ def _run_analysis(store: JobStore, settings: ServerSettings, job: Job, slide: Pa
 
     config = config_from_dict(job.config)
     results = analyze([slide], out_dir, config, cache_dir=settings.cache_dir, progress=_Progress(store, job),
-                      run_names=[run_name(job.image_name)])
+                      run_names=[run_name(job.image_name)], engine=_engine(settings))
     run = results[0]
     manifest = run.manifest
     store.progress(job.id, job.attempt, 0.99, "publish", "preparing the GeoJSON for QuPath")
@@ -148,6 +148,18 @@ def _run_analysis(store: JobStore, settings: ServerSettings, job: Job, slide: Pa
         "embedding_colours": bool(colours_name),
     }
     return run.run_dir, served, classes, summary
+
+
+def _engine(settings: ServerSettings) -> Any:
+    """The EngineInfo of this job: this process, or (``serve --scheduler``) the Dask worker it runs on."""
+    from ..outputs.run_folder import LOCAL_ENGINE, EngineInfo
+
+    if not settings.scheduler:
+        return LOCAL_ENGINE
+    from distributed import get_worker
+
+    address = get_worker().address
+    return EngineInfo(engine="dask", scheduler=settings.scheduler, worker=address, model_worker=address)
 
 
 def _run_dictionary(store: JobStore, settings: ServerSettings, job: Job, slide: Path,

@@ -226,7 +226,7 @@ def main() -> int:
     code = {"baseline": f"`{args.baseline}` ({baseline})", "this": "this tree"}
     table = ["| report | code | pages | PDF size (MB) | render (s) | whole command (s) |",
              "|---|---|---|---|---|---|"]
-    for label, timing in (("case: CMU-1-Small-Region, k from the dendrogram", case_t),
+    for label, timing in (("case: CMU-1-Small-Region, k chosen by the tool", case_t),
                           (f"case of the cohort's {member.name} ({member_k} tissues)", member_t),
                           (f"cohort of 3 slides ({', '.join(p.name for p in cohort_slides)})", cohort_t)):
         for name in sources:

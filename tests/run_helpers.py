@@ -13,6 +13,7 @@ from tumls_qp.cells.nuclei import labels_to_polygons
 from tumls_qp.config import PipelineConfig, replace_in
 from tumls_qp.interactive.embedding_colours import embedding_colours
 from tumls_qp.tissue.clusters import Clustering
+from tumls_qp.tissue.regions import RegionMap, block_regions
 from tumls_qp.tissue.representatives import select_representatives
 from tumls_qp.tissue.tiles import TileGrid, TileSelection, TissueTiles, tile_pixels
 
@@ -48,20 +49,29 @@ def synthetic_analysis() -> rf.SlideAnalysis:
         distance=rng.random(n).astype(np.float32), uncertainty=rng.random(n).astype(np.float32),
         uncertainty_scale=1.25, gaps={2: 3.5, 3: 0.75}, split_statistic=4.2,
         linkage=np.column_stack([np.arange(n - 1), np.arange(1, n), np.linspace(0.1, 2, n - 1), np.full(n - 1, 2)]),
-        linkage_indices=None, k_votes={2: 7, 3: 3},
-        posterior=np.column_stack([np.linspace(0.2, 0.9, n), 1 - np.linspace(0.2, 0.9, n)]).astype(np.float32))
-    reps = select_representatives(clustering, 2)
+        linkage_indices=None, method="graph", k_votes={2: 7, 3: 3},
+        posterior=np.where((np.arange(n) % 2 == 0)[:, None], [0.75, 0.25], [0.25, 0.75]).astype(np.float32),
+        confidence=np.linspace(0.05, 0.95, n).astype(np.float32), warnings=("graph warning",))
+    reps = select_representatives(clustering, 2, min_confidence=0.85)
+    # Regions: whole tiles, then one corner tile half left out (glass) and half given to the other tissue.
+    blocks = block_regions(grid.shape, grid.tile_px, kept, clustering.labels)
+    labels = blocks.copy()
+    labels[16:24, 32:48] = -1
+    labels[24:32, 32:48] = 1 - labels[24:32, 32:48]
+    regions = RegionMap(labels=labels, downsample=4.0, method="felzenszwalb", segments=(40, 12, 3),
+                        changed_fraction=float((labels != blocks)[blocks >= 0].mean()))
     patches = []
     for i, rep in enumerate(reps):
         rgb, labels = _disks(64, [(16, 16), (44, 40)], 6 + i)
+        x, y = (int(v) for v in tiles.boxes[rep.tile][:2])
+        box = (x - 16, y - 16, 64, 64)
         if i == 1:  # one representative without nuclei (nuclei.representatives)
-            patches.append(rf.Patch(rgb=rgb, mpp=0.5, nuclei=None))
+            patches.append(rf.Patch(rgb=rgb, mpp=0.5, nuclei=None, box=box))
             continue
         table = measure_nuclei(labels, rgb, 0.5)
         roi = measure_tissue(labels, rgb, 0.5, nuclei=table)
-        x, y = (int(v) for v in tiles.boxes[rep.tile][:2])
         patches.append(rf.Patch(rgb=rgb, mpp=0.5, nuclei=rf.PatchNuclei(
-            labels=labels, table=table, roi=roi, polygons=labels_to_polygons(labels, offset=(x, y)))))
+            labels=labels, table=table, roi=roi, polygons=labels_to_polygons(labels, offset=box[:2])), box=box))
     rois = {}
     for rep, patch in zip(reps, patches):
         if patch.nuclei is not None:
@@ -87,7 +97,7 @@ def synthetic_analysis() -> rf.SlideAnalysis:
         tissue_features={t: combine_rois(r) for t, r in sorted(rois.items())}, embedding=embedding, cache_hit=False,
         reconstructions=(tiles.tiles[:2], tiles.tiles[:2][::-1].copy()),
         embedding_colours=embedding_colours(latents, "pca"), warnings=("a warning",),
-        timings_s={"tiles": 0.5, "train": 1.25},
+        timings_s={"tiles": 0.5, "train": 1.25}, regions=regions,
         engine=rf.EngineInfo(engine="dask", scheduler="tcp://10.0.0.1:8786", worker="tcp://10.0.0.2:40001",
                              model_worker="tcp://10.0.0.3:40002"),
     )

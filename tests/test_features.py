@@ -184,6 +184,24 @@ def test_bad_arguments(call, message):
         call()
 
 
+def test_tissue_roi_leaves_out_the_glass():
+    mpp = 0.5
+    labels = draw((200, 200), [(20.0, 20.0, 3.0, 3.0), (40.0, 60.0, 3.0, 3.0), (80.0, 30.0, 3.0, 3.0)], mpp)
+    rgb = tile(labels)
+    rgb[labels == 0] = (215, 140, 185)  # eosin-stained tissue (mean OD 0.15)
+    rgb[:, 120:] = (245, 244, 246)  # glass: the right 40 % of the patch
+    rgb[40:44, 40:44] = (245, 244, 246)  # a gap of 4 µm² between cells stays tissue
+    rgb[150:152, 160:162] = (200, 120, 180)  # a speck of 1 µm² on the glass is dust
+    roi = features.tissue_roi(rgb, mpp)
+    assert roi[:, :120].all() and not roi[:, 120:].any()
+    area_mm2 = 200 * 120 * mpp * mpp / 1e6
+    measured = measure_tissue(labels, rgb, mpp, roi=roi)
+    assert measured["ROI area um^2"] == pytest.approx(200 * 120 * mpp * mpp)
+    assert measured["Nuclei per mm^2"] == pytest.approx(2 / area_mm2)
+    with pytest.raises(InvalidInputError, match="mpp"):
+        features.tissue_roi(rgb, 0.0)
+
+
 @pytest.mark.realdata
 def test_vectorised_measurements_equal_regionprops_on_real_nuclei(shared_data):
     """The per-label sums give what scikit-image's regionprops gives, on annotated MoNuSeg nuclei (development set)."""

@@ -61,7 +61,7 @@ def test_tissue_features_union_multipolygon_and_counts():
     boxes = np.array([[0, 0, 10, 10], [10, 0, 10, 10], [100, 100, 10, 10], [20, 0, 10, 10]])
     labels = np.array([0, 0, 0, 1])
     unc = np.array([0.1, 0.3, 0.5, 0.2], np.float32)
-    reps = [Representative(tissue=0, rank=1, tile=0, distance=0.1, uncertainty=0.1)]
+    reps = [Representative(tissue=0, rank=1, tile=0, distance=0.1, uncertainty=0.1, confidence=0.8, confident=True)]
     features = tissue_features(boxes, labels, unc, mpp=0.5, representatives=reps)
     assert validate_geojson(feature_collection(features)) == []
     tissue1, tissue2, rep, *tiles = features
@@ -75,6 +75,26 @@ def test_tissue_features_union_multipolygon_and_counts():
     assert [t["properties"]["objectType"] for t in tiles] == ["tile"] * 4
     assert [t["properties"]["classification"]["name"] for t in tiles] == ["Tissue 1"] * 3 + ["Tissue 2"]
     assert tissue1["properties"]["classification"]["color"] != tissue2["properties"]["classification"]["color"]
+
+
+def test_tissue_features_with_regions_and_confidence():
+    boxes = np.array([[0, 0, 10, 10], [10, 0, 10, 10], [20, 0, 10, 10]])
+    labels = np.array([0, 0, 1])
+    unc = np.array([0.1, 0.3, 0.2], np.float32)
+    confidence = np.array([0.9, 0.5, 0.7], np.float32)
+    reps = [Representative(tissue=0, rank=1, tile=0, distance=0.1, uncertainty=0.1, confidence=0.9, confident=True)]
+    # Tissue 1's region stops inside the second tile; tissue 2 has no region (its tiles stay as tiles).
+    features = tissue_features(boxes, labels, unc, mpp=0.5, representatives=reps, confidence=confidence,
+                               regions={0: box(0, 0, 14.5, 10)}, representative_boxes=[(-5, -5, 20, 20)])
+    assert validate_geojson(feature_collection(features)) == []
+    tissue1, rep, *tiles = features
+    m = tissue1["properties"]["measurements"]
+    assert shape(tissue1["geometry"]).area == 145 and m["Area um^2"] == pytest.approx(145 * 0.25)
+    assert m["Tile count"] == 2 and m["Mean confidence"] == pytest.approx(0.7)
+    assert shape(rep["geometry"]).bounds == (-5, -5, 15, 15)
+    assert rep["properties"]["measurements"] == {"Rank": 1.0, "Uncertainty": pytest.approx(0.1),
+                                                 "Confidence": pytest.approx(0.9)}
+    assert [t["properties"]["measurements"]["Confidence"] for t in tiles] == pytest.approx([0.9, 0.5, 0.7])
 
 
 def test_write_is_atomic_strict_and_gzips(tmp_path):

@@ -208,7 +208,7 @@ def test_make_dictionary_needs_fresh_prototype_clusters(run, tmp_path):
     fresh = tmp_path / "run"
     fresh.mkdir()
     for name in ("embeddings.npz", "manifest.json", "model.pt", "model.json", "tiles.csv", "representatives.csv",
-                 "thumbnail.png"):
+                 "thumbnail.png", "regions.png"):
         (fresh / name).write_bytes((run / name).read_bytes())
     with pytest.raises(InvalidInputError, match="no prototype clusters yet"):
         make_dictionary(fresh, naming, tmp_path / "d.tumlsdict")

@@ -151,12 +151,13 @@ def test_pipeline_report_has_every_section_and_the_manifest_numbers(demo_run):
     ]
     for value in numbers:
         assert value in text, value
-    # Areas in µm² and shares in %, computed here from the manifest alone.
-    tile_um2 = m["tiles"]["tile_um"] ** 2
-    counts = m["clusters"]["tiles_per_tissue"]
-    for n in counts:
-        assert f"{n * tile_um2:,.0f}" in text
-        assert f"{100 * n / sum(counts):.1f}" in text
+    # Region areas in µm² and shares in %, computed here from the manifest alone.
+    areas = list(m["regions"]["area_um2"].values())
+    for area in areas:
+        assert f"{area:,.0f}" in text
+        assert f"{100 * area / sum(areas):.1f}" in text
+    # The confidence map's caption (figure text is not extracted).
+    assert "each tile's confidence, how sure its assignment is" in text
     # The nuclei of the real run: each tissue's count, from the manifest, on its headline line.
     assert m["nuclei"]["nuclei"] > 0
     for count in m["nuclei"]["per_tissue"].values():
@@ -229,13 +230,15 @@ def test_report_command_rerenders_from_the_run_folder_alone(demo_run, tmp_path, 
 
 # --- edge cases on the synthetic slide -----------------------------------------------------------------------------
 
-def _write_nuclei(run, radius_px=6, per_patch=3, features=True, empty=False):
-    """Nucleus files in the run-folder contract: disks drawn in each representative's label image."""
+def _write_nuclei(run, per_patch=3, features=True, empty=False):
+    """Nucleus files in the run-folder contract: disks drawn in each representative's label image (radius 1/21 of
+    the patch, so that their outlines are visible however large the patch)."""
     rows = []
     for patch in sorted((run / "patches").glob("tissue*-rank*.jpg")):
         t, r = (int(v) for v in patch.stem.replace("tissue", "").split("-rank"))
         with Image.open(patch) as image:
             w, h = image.size
+        radius_px = max(6, w // 21)
         labels = np.zeros((h, w), np.uint16)
         if not empty:
             yy, xx = np.mgrid[:h, :w]
@@ -265,7 +268,7 @@ def _write_nuclei(run, radius_px=6, per_patch=3, features=True, empty=False):
 def _nucleus_pixels(path):
     """Pixels in the nucleus class colour on the pages after the summary (whose uncertainty map has yellows)."""
     colour = np.array(NUCLEUS_COLOUR, dtype=int)
-    return [int((np.abs(img.astype(int) - colour).max(axis=2) < 40).sum()) for img in _page_images(path, 1.5)[1:]]
+    return [int((np.abs(img.astype(int) - colour).max(axis=2) < 40).sum()) for img in _page_images(path, 3.0)[1:]]
 
 
 def test_nuclei_files_give_outlines_and_feature_listings(synthetic_run, tmp_path):
@@ -280,6 +283,9 @@ def test_nuclei_files_give_outlines_and_feature_listings(synthetic_run, tmp_path
     # Headline line on the summary: "Nuclei", then density, then area.
     assert "Nuclei 3; Nuclei per mm² 1,234; Nucleus area mean (µm²) 29.25" in text
     assert "No nuclei were segmented" not in text
+    # Features that rest on 3 nuclei are flagged on each tissue's page, in words.
+    k = read_run(run).k
+    assert text.count("Few nuclei: its nucleus features rest on 3 nuclei, fewer than 30") == k
     _assert_pages_not_blank(result.path)
     # The outlines are drawn in the nucleus class colour; a report without nucleus files has none of it.
     bare = render_report(_copy_run(synthetic_run, tmp_path, "bare"))
@@ -349,9 +355,9 @@ def test_cohort_report(slides, tmp_path, capsys, figure_problems):
                   "Each tissue over the slides", "two-tissues.tif", "homogeneous.tif", "Tissue map",
                   "Share of tissue area (%)"):
         assert value in text, value
-    for r in results:
-        counts = r.manifest.clusters.tiles_per_tissue
-        assert " ".join(f"{100 * n / sum(counts):.1f}" for n in counts) in text
+    for r in results:  # shares of the regions' area
+        areas = list(r.manifest.regions.area_um2.values())
+        assert " ".join(f"{100 * a / sum(areas):.1f}" for a in areas) in text
         # Each slide's case report, which holds every page the cohort report summarises, is named.
         assert str(r.run_dir / REPORT_NAME) in text
     # A summary, an overview per slide, a page per tissue across the slides, then features, method and appendix:

@@ -60,7 +60,17 @@ def test_two_tissue_slide_run_folder(slides, fast_config, tmp_path):
     from PIL import Image
 
     with Image.open(run / "patches" / "tissue1-rank1.jpg") as patch:
-        assert patch.size == (128, 128)  # 64 µm at 0.5 µm/px
+        assert patch.size == (512, 512)  # 256 µm (representatives.patch_um) at 0.5 µm/px, whatever the tile size
+    for r in reps:  # centred on its 64 µm tile, inside the slide
+        x, y, px, py, pw = (int(r[c]) for c in ("x", "y", "patch_x", "patch_y", "patch_w"))
+        assert pw == 512 and 0 <= px <= 3072 - 512 and 0 <= py <= 2048 - 512
+        assert (px == 0 or px == 3072 - 512 or px + 256 == x + 64) and (py == 0 or py == 2048 - 512 or py + 256 == y + 64)
+    # Confidence beside uncertainty, and representatives among the confident tiles.
+    assert all(0 <= float(r["confidence"]) <= 1 for r in tiles)
+    assert all(rep.confident for rep in m.representatives)
+    assert m.regions.method == "felzenszwalb" and 0 < m.regions.changed_fraction < 0.5
+    regions = read_run(run).regions
+    assert set(np.unique(regions)) == {0, 1, 2}
     with np.load(run / "embeddings.npz") as npz:
         assert npz["latents"].shape == (len(tiles), 256)
     # The embedding-colour layer: one tile per tissue tile, in the tiles' order, each in its own colour.
@@ -89,7 +99,7 @@ def test_nuclei_of_the_representatives(slides, fast_config, tmp_path):
     assert len(nuclei) > 20 and result.manifest.nuclei.nuclei == len(nuclei)
     for (tissue, rank), rep in reps.items():
         with Image.open(run / "patches" / f"tissue{tissue}-rank{rank}.labels.png") as labels:
-            assert labels.size == (128, 128)
+            assert labels.size == (512, 512)
             assert int(np.asarray(labels).max()) == sum(1 for n in nuclei if (n["tissue"], n["rank"]) == (tissue, rank))
     # Which tissue is the epithelium: the one whose representatives lie right of the boundary.
     right = {t for (t, r), rep in reps.items() if int(rep["x"]) > 1900}
@@ -107,8 +117,8 @@ def test_nuclei_of_the_representatives(slides, fast_config, tmp_path):
     detections = [f for f in geojson["features"] if f["properties"]["objectType"] == "detection"]
     assert len(detections) == len(nuclei)
     assert {f["properties"]["classification"]["name"] for f in detections} == {"Nucleus"}
-    rep_boxes = [box(int(r["x"]), int(r["y"]), int(r["x"]) + int(r["w"]), int(r["y"]) + int(r["h"]))
-                 for r in reps.values()]
+    rep_boxes = [box(int(r["patch_x"]), int(r["patch_y"]), int(r["patch_x"]) + int(r["patch_w"]),
+                     int(r["patch_y"]) + int(r["patch_h"])) for r in reps.values()]
     assert all(any(b.buffer(0.01).contains(shape(f["geometry"])) for b in rep_boxes) for f in detections)
     tissue_annotations = [f for f in geojson["features"] if f["properties"].get("name", "").startswith("Tissue")
                           and "representative" not in f["properties"]["name"]]

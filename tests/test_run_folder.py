@@ -62,23 +62,36 @@ def test_every_field_written_is_read_back(analysis, written):
     np.testing.assert_allclose(tiles.uncertainty, c.uncertainty, atol=5e-6)
     np.testing.assert_allclose(tiles.distance, c.distance, atol=5e-6)
     np.testing.assert_allclose(tiles.tissue_fraction, sel.tissue_fraction.ravel()[sel.kept], atol=5e-4)
+    np.testing.assert_allclose(tiles.confidence, c.confidence, atol=5e-5)
     e = run.embeddings
     for name, value in (("latents", analysis.latents), ("boxes", analysis.tiles.boxes), ("tile_index", sel.kept),
                         ("labels", c.labels), ("uncertainty", c.uncertainty), ("distance", c.distance),
-                        ("centroids", c.centroids)):
+                        ("centroids", c.centroids), ("confidence", c.confidence), ("posterior", c.posterior)):
         assert np.array_equal(getattr(e, name), value), name
-    assert np.array_equal(e.posterior, c.posterior)
     assert [f.name for f in fields(e)] == ["latents", "boxes", "tile_index", "labels", "uncertainty", "distance",
-                                           "centroids", "posterior"]
+                                           "centroids", "confidence", "posterior"]
+    assert run.manifest.clusters.method == "graph"
     # Which method made the map, and how close the runner-up k came.
     assert run.manifest.embedding.method == "tumls-ae" and run.manifest.embedding.dim == 256
     assert run.manifest.embedding.view_mpp is None and run.manifest.embedding.final_loss == 0.06
     assert run.manifest.clusters.k_votes == {2: 7, 3: 3} and run.manifest.clusters.runner_up == (3, 3)
 
+    # The regions: the label image, and the manifest's summary of it.
+    regions = analysis.regions
+    assert np.array_equal(run.regions, regions.labels + 1)
+    info = run.manifest.regions
+    assert (info.method, info.segments) == ("felzenszwalb", (40, 12, 3))
+    assert info.changed_fraction == pytest.approx(regions.changed_fraction, abs=1e-4)
+    px_um2 = (regions.downsample * analysis.slide.mpp) ** 2
+    assert info.area_um2 == {t + 1: pytest.approx((regions.labels == t).sum() * px_um2) for t in range(2)}
+
     assert [(r.tissue, r.rank, r.tile) for r in run.representatives] == [
         (r.tissue + 1, r.rank, r.tile) for r in analysis.representatives]
+    assert [r.confident for r in run.representatives] == [r.confident for r in analysis.representatives]
+    assert not all(r.confident for r in run.representatives)
     for r, rep, patch in zip(run.representatives, analysis.representatives, analysis.patches):
         assert r.box == tuple(analysis.tiles.boxes[rep.tile]) and r.patch_mpp == patch.mpp
+        assert r.patch_box == patch.box and r.confidence == pytest.approx(rep.confidence)
         assert r.uncertainty == pytest.approx(rep.uncertainty) and r.distance == pytest.approx(rep.distance)
         with Image.open(r.patch) as image:
             assert image.size == patch.rgb.shape[1::-1] and image.format == "JPEG"
@@ -115,6 +128,26 @@ def test_every_field_written_is_read_back(analysis, written):
     kinds = [f["properties"]["objectType"] for f in run.geojson()]
     assert kinds.count("detection") == len(run.nuclei.rows) and kinds.count("tile") == len(tiles.boxes)
     assert len(kinds) == manifest.outputs.geojson_features
+    # Tissue annotations are the regions (not the union of tiles), with their area and mean confidence; the
+    # representatives are the areas their patches were read over; tiles carry uncertainty and confidence.
+    from shapely.geometry import shape
+
+    annotations = [f for f in run.geojson() if f["properties"]["objectType"] == "annotation"]
+    for t in range(2):
+        [region] = [f for f in annotations if f["properties"].get("name") == f"Tissue {t + 1}"]
+        m = region["properties"]["measurements"]
+        assert shape(region["geometry"]).area == pytest.approx((regions.labels == t).sum() * regions.downsample ** 2)
+        assert m["Area um^2"] == pytest.approx(info.area_um2[t + 1])
+        assert m["Mean confidence"] == pytest.approx(c.confidence[c.labels == t].mean(), rel=1e-5)
+    for rep, patch in zip(analysis.representatives, analysis.patches):
+        [feature] = [f for f in annotations
+                     if f["properties"].get("name") == f"Tissue {rep.tissue + 1} representative {rep.rank}"]
+        assert shape(feature["geometry"]).bounds == (patch.box[0], patch.box[1], patch.box[0] + patch.box[2],
+                                                     patch.box[1] + patch.box[3])
+        assert feature["properties"]["measurements"]["Confidence"] == pytest.approx(rep.confidence, rel=1e-5)
+    tile_measurements = [f["properties"]["measurements"] for f in run.geojson()
+                         if f["properties"]["objectType"] == "tile"]
+    assert [m["Confidence"] for m in tile_measurements] == pytest.approx(c.confidence.tolist(), rel=1e-5)
     from tumls_qp.tissue.embeddings import load_checkpoint
 
     model, meta = load_checkpoint(folder)
@@ -125,7 +158,8 @@ def test_every_field_written_is_read_back(analysis, written):
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [rf.TISSUE_GEOJSON, rf.TILES_CSV, rf.REPRESENTATIVES_CSV, rf.TRAINING_CSV, rf.NUCLEI_CSV,
          rf.PATCH_FEATURES_CSV, rf.FEATURES_CSV, rf.EMBEDDINGS_NPZ, rf.EMBEDDING_COLOURS_GEOJSON,
-         rf.EMBEDDING_COLOURS_NPZ, rf.DENDROGRAM_NPZ, rf.RECONSTRUCTIONS_NPZ, rf.THUMBNAIL_PNG, *rf.MODEL_FILES,
+         rf.EMBEDDING_COLOURS_NPZ, rf.DENDROGRAM_NPZ, rf.RECONSTRUCTIONS_NPZ, rf.THUMBNAIL_PNG, rf.REGIONS_PNG,
+         *rf.MODEL_FILES,
          rf.CONFIG_TOML, rf.MANIFEST, rf.PATCHES_DIR])
 
 
@@ -139,10 +173,10 @@ def test_the_round_trip_covers_every_field():
     assert [f.name for f in fields(rf.SlideAnalysis)] == [
         "config", "created", "slide", "tiles", "latents", "clustering", "cohort", "cohort_tiles_per_tissue",
         "representatives", "patches", "tissue_features", "embedding", "cache_hit", "reconstructions",
-        "embedding_colours", "warnings", "timings_s", "engine"]
+        "embedding_colours", "warnings", "timings_s", "engine", "regions"]
     assert [f.name for f in fields(rf.AnalysisManifest)] == [
         "version", "created", "seed", "slide", "tiles", "embedding", "clusters", "representatives", "nuclei", "cohort",
-        "outputs", "timings_s", "engine", "environment", "warnings", "config"]
+        "outputs", "timings_s", "engine", "environment", "warnings", "config", "regions"]
 
 
 def test_model_file_names_are_the_checkpoints():

@@ -24,6 +24,7 @@ __all__ = [
     "TileConfig",
     "EmbeddingConfig",
     "ClusterConfig",
+    "RegionConfig",
     "RepresentativeConfig",
     "NucleiConfig",
     "OutputConfig",
@@ -185,7 +186,7 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """k-means on the latents, with k from the Ward dendrogram (TUMLS section 3.2)."""
+    """Tissues from the latents: k from the Ward dendrogram (TUMLS section 3.2), then k-means or graph clustering."""
 
     #: Number of tissues. None: chosen from the dendrogram (see ``clusters.choose_k``).
     k: int | None = None
@@ -198,6 +199,19 @@ class ClusterConfig:
     linkage_max_tiles: int = 3000
     #: k-means restarts.
     n_init: int = 10
+    #: ``kmeans``: k-means on the latents (TUMLS). ``graph``: the patch graph of the CDAC study
+    #: (UnSeGArmaNet): tiles are nodes, spatial neighbours with similar latents are joined, and a small
+    #: graph neural network trained with a modularity loss gives k soft assignments. With an embedding
+    #: that has its own mixture (``vade``), ``kmeans`` leaves the assignment to the mixture.
+    method: str = "kmeans"
+    #: Graph clustering: tiles whose centres lie within this many tile sides are neighbours
+    #: (1.5: the 8 surrounding tiles).
+    graph_radius: float = 1.5
+    #: Graph clustering: two neighbours are joined when the cosine similarity of their centred
+    #: latents (the slide's mean latent subtracted) exceeds this.
+    graph_similarity: float = 0.0
+    #: Graph clustering: training steps of the graph network (full batch).
+    graph_epochs: int = 300
     #: The automatic k is voted over this many random subsets of 80 % of the tiles (each
     #: chooses k from its own dendrogram and split test); the manifest and the report give the
     #: votes, so the runner-up k and how close it came are visible. 0: the tiles' own choice only.
@@ -213,20 +227,79 @@ class ClusterConfig:
                  "clusters.linkage_max_tiles", self.linkage_max_tiles, "an integer >= 50")
         _require(isinstance(self.n_init, int) and self.n_init >= 1, "clusters.n_init", self.n_init,
                  "an integer >= 1")
+        _require(self.method in ("kmeans", "graph"), "clusters.method", self.method, "one of kmeans, graph")
+        _require(_is_number(self.graph_radius) and 1 <= self.graph_radius <= 10, "clusters.graph_radius",
+                 self.graph_radius, "a distance in tile sides in [1, 10]")
+        _require(_is_number(self.graph_similarity) and -1 <= self.graph_similarity < 1,
+                 "clusters.graph_similarity", self.graph_similarity, "a cosine similarity in [-1, 1)")
+        _require(isinstance(self.graph_epochs, int) and not isinstance(self.graph_epochs, bool)
+                 and 1 <= self.graph_epochs <= 100_000, "clusters.graph_epochs", self.graph_epochs,
+                 "an integer in [1, 100000]")
         _require(isinstance(self.resamples, int) and not isinstance(self.resamples, bool)
                  and 0 <= self.resamples <= 1000, "clusters.resamples", self.resamples, "an integer in [0, 1000]")
 
 
 @dataclass(frozen=True)
+class RegionConfig:
+    """Tissue regions whose borders follow the tissue below the tile size (see ``tissue.regions``)."""
+
+    #: ``felzenszwalb``: multi-scale Felzenszwalb segmentation of the tissue-level image fused with the
+    #: tiles' soft assignments, borders to a fraction of a tile; ``blocks``: each region is the union of
+    #: its tiles (TUMLS as published; borders on the tile grid).
+    method: str = "felzenszwalb"
+    #: Felzenszwalb scales, one segmentation each, as the colour difference (0-255 RGB units) that a
+    #: segment of one tile's area still merges across; larger scales give larger segments. The
+    #: finest places the borders; the coarser ones give the finer segments their prior.
+    scales: tuple[float, ...] = (0.5, 4.0, 16.0)
+    #: Gaussian smoothing before segmentation, in tiles (0.05 = 0.8 px of a 16 px tile). The tissue-level
+    #: image is already an average over many level-0 pixels; smoothing it more blurs the borders.
+    sigma_tiles: float = 0.0
+    #: Smallest segment, in tile areas (1/16: a quarter of a tile's side squared).
+    min_segment_tiles: float = 0.0625
+    #: Weight of a segment's prior (its coarser segment's answer and the interpolated tile evidence)
+    #: against the evidence of the tiles it covers, per tile of its area. Small values let a segment of
+    #: one tile's area keep what its tile says when the surrounding tissue says otherwise, so foci of
+    #: about one tile survive.
+    prior_weight: float = 0.5
+    #: Regions smaller than this (in tile areas) join the neighbouring tissue they share most border with.
+    min_region_tiles: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(self.method in ("felzenszwalb", "blocks"), "regions.method", self.method,
+                 "one of felzenszwalb, blocks")
+        _require(isinstance(self.scales, tuple) and 1 <= len(self.scales) <= 8
+                 and all(_is_number(s) and 0 < s <= 10_000 for s in self.scales), "regions.scales", self.scales,
+                 "1 to 8 numbers in (0, 10000]")
+        _require(_is_number(self.sigma_tiles) and 0 <= self.sigma_tiles <= 1, "regions.sigma_tiles",
+                 self.sigma_tiles, "a number of tiles in [0, 1]")
+        _require(_is_number(self.min_segment_tiles) and 0 < self.min_segment_tiles <= 1,
+                 "regions.min_segment_tiles", self.min_segment_tiles, "an area in tiles in (0, 1]")
+        _require(_is_number(self.prior_weight) and 0 <= self.prior_weight <= 100, "regions.prior_weight",
+                 self.prior_weight, "a number in [0, 100]")
+        _require(_is_number(self.min_region_tiles) and 0 <= self.min_region_tiles <= 100,
+                 "regions.min_region_tiles", self.min_region_tiles, "an area in tiles in [0, 100]")
+
+
+@dataclass(frozen=True)
 class RepresentativeConfig:
-    """The representative tiles of each tissue (closest to its centroid)."""
+    """The representative tiles of each tissue (confident, closest to its centroid) and their patches."""
 
     #: Representatives per tissue.
     n: int = 5
+    #: Representatives are chosen among the tiles whose confidence (0-1, see ``tissue.clusters``)
+    #: is at least this; a tissue with fewer such tiles completes its set with its next-closest tiles.
+    min_confidence: float = 0.2
+    #: Side in µm of the patch read at full resolution around each representative, centred on its
+    #: tile whatever the tile size (256 µm: TUMLS's 1024 px at 0.25 µm/px).
+    patch_um: float = 256.0
 
     def __post_init__(self) -> None:
         _require(isinstance(self.n, int) and 1 <= self.n <= 100, "representatives.n", self.n,
                  "an integer in [1, 100]")
+        _require(_is_number(self.min_confidence) and 0 <= self.min_confidence < 1,
+                 "representatives.min_confidence", self.min_confidence, "a confidence in [0, 1)")
+        _require(_is_number(self.patch_um) and 8 <= self.patch_um <= 4096, "representatives.patch_um",
+                 self.patch_um, "a side in µm between 8 and 4096")
 
 
 @dataclass(frozen=True)
@@ -355,6 +428,7 @@ class PipelineConfig:
     tiles: TileConfig = field(default_factory=TileConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
+    regions: RegionConfig = field(default_factory=RegionConfig)
     representatives: RepresentativeConfig = field(default_factory=RepresentativeConfig)
     nuclei: NucleiConfig = field(default_factory=NucleiConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -383,6 +457,10 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         raise ConfigError(f"{name} must be {' or '.join(_type_name(o) for o in options)}; got {value!r}")
     if origin is tuple:
         args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{name} must be a list; got {value!r}")
+            return tuple(_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{name} must be a list of {len(args)} values; got {value!r}")
         return tuple(_coerce(f"{name}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))

@@ -1,8 +1,8 @@
 """The only place where all stages meet: slides in, one run folder per slide out.
 
 The pipeline calls the stages in order (tiles, and the views when the embedding method
-looks at them; the embedding method's training; embeddings; clusters; representatives;
-nuclei) and hands each slide's results, one :class:`SlideAnalysis`, to
+looks at them; the embedding method's training; embeddings; clusters; regions;
+representatives; nuclei) and hands each slide's results, one :class:`SlideAnalysis`, to
 :mod:`tumls_qp.outputs.run_folder`, which writes the run folder (see the README's
 "Outputs"). Run folders are built in hidden staging folders and renamed into place at the
 very end, together for a cohort, so a failed or cancelled run leaves no half-written
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .cells.features import combine_rois, measure_nuclei, measure_tissue
+from .cells.features import FEW_NUCLEI, combine_rois, measure_nuclei, measure_tissue, tissue_roi
 from .cells.nuclei import labels_to_polygons, segment_nuclei
 from .config import PipelineConfig
 from .errors import ConfigError, TumlsQpError
@@ -50,7 +50,8 @@ from .outputs.run_folder import (
 from .slide import Slide, open_slide, slide_quickhash
 from .tissue.cache import CachedEmbeddings, cache_key, load_cached, store_cached
 from .tissue.clusters import Clustering, cluster_embeddings
-from .tissue.representatives import Representative, select_representatives
+from .tissue.regions import RegionMap, refine_regions
+from .tissue.representatives import Representative, patch_box, select_representatives
 from .tissue.tiles import TissueTiles, read_views, tissue_tiles
 
 __all__ = ["analyze", "analyze_group", "RunResult", "ProgressFn", "STAGES", "PATCH_MAX_PX", "plan_runs",
@@ -60,7 +61,7 @@ __all__ = ["analyze", "analyze_group", "RunResult", "ProgressFn", "STAGES", "PAT
 log = logging.getLogger(__name__)
 
 #: Stages in the order they run; progress callbacks name one of them.
-STAGES = ("tiles", "train", "embed", "cluster", "nuclei", "outputs")
+STAGES = ("tiles", "train", "embed", "cluster", "regions", "nuclei", "outputs")
 #: progress(stage, fraction of that stage done in [0, 1], message).
 ProgressFn = Callable[[str, float, str], None]
 #: Largest side in pixels of a saved representative patch (larger tiles are saved downsampled).
@@ -338,7 +339,12 @@ def fit_group(
                          CachedEmbeddings(thumbnails=[p.tiles.thumbnail for p in parts], embedding=embedding))
     with timer.stage("cluster"):
         progress("cluster", 0.0, "clustering")
-        clustering = cluster_embeddings(embedding.vectors, config.clusters, config.seed, posterior=embedding.posterior)
+        # Tile positions (grid column, row) for graph clustering; tiles of different slides are never joined.
+        positions = np.concatenate([np.column_stack(np.divmod(p.tiles.selection.kept, p.tiles.grid.shape[0])[::-1])
+                                    for p in parts]).astype(np.float64)
+        groups = np.concatenate([np.full(len(p.tiles.tiles), i) for i, p in enumerate(parts)])
+        clustering = cluster_embeddings(embedding.vectors, config.clusters, config.seed, positions=positions,
+                                        groups=groups, posterior=embedding.posterior)
         progress("cluster", 1.0, f"k = {clustering.k}")
     offsets = np.cumsum([0] + [len(p.tiles.tiles) for p in parts])
     return GroupModel(embedding=embedding, cache_hit=cached is not None,
@@ -364,8 +370,15 @@ def analyse_slide(
     """
     count = len(group.offsets) - 1
     own = slice(group.offsets[index], group.offsets[index + 1])
-    local = _slide_clustering(group.clustering, own)
-    reps = select_representatives(local, config.representatives.n)
+    local = group.clustering.select(own)
+    with timer.stage("regions"):
+        progress("regions", index / count, f"{config.regions.method} regions of {slide.path.name}")
+        grid = part.tiles.grid
+        regions = refine_regions(part.tiles.thumbnail, grid.shape, grid.tile_px, part.tiles.selection.kept,
+                                 local.labels, local.posterior, config.regions, tissue=part.tiles.mask,
+                                 downsample=grid.tile_size / grid.tile_px)
+        progress("regions", (index + 1) / count, f"{regions.method} regions of {slide.path.name}")
+    reps = select_representatives(local, config.representatives.n, config.representatives.min_confidence)
     with timer.stage("nuclei"):
         patches, tissue_features = _low_level(
             slide, part.tiles.boxes, reps, config, lambda f, m: progress("nuclei", (index + f) / count, m))
@@ -377,8 +390,9 @@ def analyse_slide(
             embedding=group.embedding, cache_hit=group.cache_hit,
             reconstructions=_reconstructions(group.embedding, part.tiles.tiles),
             embedding_colours=_embedding_colours(group.latents[own], config),
-            warnings=tuple(_warnings(part, config, group.clustering, local, group.embedding, cohort is not None)),
-            timings_s=dict(timer.seconds), engine=engine,
+            warnings=tuple(_warnings(part, config, group.clustering, local, group.embedding, cohort is not None,
+                                     regions, reps, tissue_features)),
+            timings_s=dict(timer.seconds), engine=engine, regions=regions,
         )
 
 
@@ -418,27 +432,28 @@ def _fit_embedding(parts: Sequence[SlideTiles], config: PipelineConfig, progress
     return embedding
 
 
-def _slide_clustering(clustering: Clustering, part: slice) -> Clustering:
-    """The part of a (cohort) clustering that covers one slide's tiles; centroids, gaps and linkage stay the whole's."""
-    return Clustering(
-        k=clustering.k, k_source=clustering.k_source, labels=clustering.labels[part],
-        centroids=clustering.centroids, distance=clustering.distance[part],
-        uncertainty=clustering.uncertainty[part], uncertainty_scale=clustering.uncertainty_scale,
-        gaps=clustering.gaps, split_statistic=clustering.split_statistic, linkage=clustering.linkage,
-        linkage_indices=None, k_votes=clustering.k_votes,
-        posterior=None if clustering.posterior is None else clustering.posterior[part],
-    )
-
-
 def _warnings(d: SlideTiles, config: PipelineConfig, clustering: Clustering, local: Clustering, embedding: object,
-              cohort: bool) -> list[str]:
-    warnings = list(d.warnings)
+              cohort: bool, regions: RegionMap, reps: list[Representative],
+              tissue_features: dict[int, dict[str, float]]) -> list[str]:
+    warnings = list(d.warnings) + list(clustering.warnings) + list(regions.warnings)
     if clustering.k == 1:
         warnings.append(f"one tissue only (k = 1, {clustering.k_source})")
     runner = clustering.runner_up
     if runner is not None and 2 * runner[1] >= clustering.k_votes.get(clustering.k, 0):  # at least half the winner's
         warnings.append(f"k = {clustering.k} won only narrowly: k = {runner[0]} was chosen in {runner[1]} of "
                         f"{sum(clustering.k_votes.values())} resamples of the tiles; consider --k {runner[0]}")
+    for t in range(clustering.k):
+        mine = [r for r in reps if r.tissue == t]
+        unsure = [r for r in mine if not r.confident]
+        if unsure:
+            warnings.append(f"tissue {t + 1}: {len(unsure)} of its {len(mine)} representatives have a confidence "
+                            f"below representatives.min_confidence ({config.representatives.min_confidence:g}): it "
+                            "has too few tiles the tool is sure of")
+    for t, values in tissue_features.items():
+        count = int(values["Nuclei"])
+        if count < FEW_NUCLEI:
+            warnings.append(f"tissue {t + 1}: its nucleus features rest on {count} nuclei (fewer than {FEW_NUCLEI}); "
+                            "read them as an anecdote, not a measurement")
     history = embedding.history  # type: ignore[attr-defined]
     if embedding.method == "tumls-ae" and not history.get("early_stopped", True):  # type: ignore[attr-defined]
         warnings.append(f"autoencoder training stopped at max_epochs ({config.embedding.max_epochs}) before "
@@ -476,8 +491,10 @@ def _low_level(
 ) -> tuple[tuple[Patch, ...], dict[int, dict[str, float]]]:
     """Read each representative at full resolution; segment and measure its nuclei (TUMLS's low level).
 
-    A patch is level 0 of the tile, downsampled only when its side exceeds ``PATCH_MAX_PX``.
-    Nuclei are segmented in the ``nuclei.representatives`` best representatives of each tissue.
+    A patch is level 0 over ``representatives.patch_um`` centred on the tile (whatever the tile size),
+    downsampled only when its side exceeds ``PATCH_MAX_PX``. Nuclei are segmented in the
+    ``nuclei.representatives`` best representatives of each tissue; the tissue features are
+    measured over the patch's tissue only (glass left out, ``cells.features.tissue_roi``).
 
     Returns
     -------
@@ -491,20 +508,21 @@ def _low_level(
     per_tissue: dict[int, list[dict[str, float]]] = {}
     for j, rep in enumerate(reps):
         progress(j / max(len(reps), 1), f"tissue {rep.tissue + 1}, representative {rep.rank}")
-        box = tuple(int(v) for v in boxes[rep.tile])
+        box = patch_box(boxes[rep.tile], config.representatives.patch_um, slide.mpp, slide.dimensions)
         mpp = slide.mpp * max(1.0, max(box[2], box[3]) / PATCH_MAX_PX)
         rgb = slide.read_box(box, mpp)
         if not cfg.enabled or (cfg.representatives is not None and rep.rank > cfg.representatives):
-            patches.append(Patch(rgb=rgb, mpp=mpp, nuclei=None))
+            patches.append(Patch(rgb=rgb, mpp=mpp, nuclei=None, box=box))
             continue
         result = segment_nuclei(rgb, mpp, cfg)
         labels = result.mask2
         table = measure_nuclei(labels, rgb, mpp, haematoxylin=result.haematoxylin)
-        roi = measure_tissue(labels, rgb, mpp, haematoxylin=result.haematoxylin, nuclei=table)
+        roi = measure_tissue(labels, rgb, mpp, roi=tissue_roi(rgb, mpp, cfg.tissue_od),
+                             haematoxylin=result.haematoxylin, nuclei=table)
         per_tissue.setdefault(rep.tissue, []).append(roi)
         polygons = labels_to_polygons(labels, offset=(box[0], box[1]), scale=mpp / slide.mpp)
         patches.append(Patch(rgb=rgb, mpp=mpp, nuclei=PatchNuclei(labels=labels, table=table, roi=roi,
-                                                                  polygons=polygons)))
+                                                                  polygons=polygons), box=box))
     tissue_features = {t: combine_rois(rois) for t, rois in sorted(per_tissue.items())} if cfg.enabled else {}
     nuclei = sum(len(p.nuclei.table["Label"]) for p in patches if p.nuclei is not None)
     progress(1.0, f"{nuclei} nuclei in {sum(p.nuclei is not None for p in patches)} representatives")

@@ -38,7 +38,9 @@ __all__ = [
     "GLCM_DISTANCE_UM",
     "measure_nuclei",
     "measure_tissue",
+    "tissue_roi",
     "combine_rois",
+    "FEW_NUCLEI",
     "POOLING",
 ]
 
@@ -439,6 +441,52 @@ def measure_tissue(labels: np.ndarray, rgb: np.ndarray, mpp: float, *, roi: np.n
         "roi_area": roi_area_um2,
     }
     return {f.name: float(values[f.key]) for f in TISSUE_FEATURES}
+
+
+#: A tissue whose pooled features rest on fewer nuclei than this is flagged (manifest warning, report): its
+#: means and spread are too noisy to compare tissues by.
+FEW_NUCLEI = 30
+#: Glass-coloured gaps inside the tissue smaller than this (µm²) are tissue (spaces between cells, small
+#: vessels); larger ones are glass (e.g. an empty corner of the patch, the slide edge, a tear).
+TISSUE_HOLE_UM2 = 2000.0
+#: Tissue specks smaller than this (µm²) are dust, not tissue.
+TISSUE_SPECK_UM2 = 50.0
+
+
+def tissue_roi(rgb: np.ndarray, mpp: float, min_od: float = 0.1) -> np.ndarray:
+    """The tissue of a patch, without the glass: the region of interest for :func:`measure_tissue`.
+
+    A pixel is tissue when its optical density averaged over R, G and B, OD = −log10((I + 1) / 256),
+    exceeds ``min_od`` (the ``nuclei.tissue_od`` of the segmentation; glass is below 0.05). Gaps
+    smaller than ``TISSUE_HOLE_UM2`` inside the tissue are filled; specks smaller than
+    ``TISSUE_SPECK_UM2`` are dropped.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8 ndarray
+    mpp : float
+        Pixel size in µm/px.
+    min_od : float
+        Mean optical density above which a pixel is tissue.
+
+    Returns
+    -------
+    (H, W) bool ndarray
+    """
+    from scipy import ndimage as ndi
+
+    rgb = check_rgb(rgb)
+    mpp = check_mpp(mpp)
+    od = np.log10(256.0 / (rgb.astype(np.float32) + 1.0)).mean(axis=2)
+    tissue = od > min_od
+    px_area = mpp * mpp
+    for value, limit in ((False, TISSUE_HOLE_UM2), (True, TISSUE_SPECK_UM2)):
+        parts, n = ndi.label(tissue == value)
+        if n:
+            small = np.bincount(parts.ravel()) * px_area < limit
+            small[0] = False
+            tissue[small[parts]] = not value
+    return tissue
 
 
 #: How :func:`combine_rois` pools each per-ROI feature into one value per tissue.

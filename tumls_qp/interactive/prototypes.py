@@ -30,7 +30,9 @@ Confidence of a query
 ---------------------
 ``(d₂ − d₁) / (d₂ + d₁)`` with d₁ the distance to the nearest prototype and d₂ to the
 nearest prototype of another class (for Cluster-then-Query, measured at the group's
-centre): 0 on the boundary between two classes, 1 on a prototype.
+centre): 0 on the boundary between two classes, 1 on a prototype. This is the tool's one
+confidence (:func:`tumls_qp.tissue.clusters.assignment_confidence`), the same as the tissue
+map's and seeded clustering's.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from ..classes import check_class_names, check_colour, class_colour
 from ..config import PipelineConfig, config_from_dict, config_to_dict
 from ..errors import ConfigError, InvalidInputError, OutputError
 from ..files import atomic_write
+from ..tissue.clusters import assignment_confidence
 
 __all__ = [
     "ElbowCurve",
@@ -807,11 +810,11 @@ def _query(points: np.ndarray, prototypes: np.ndarray, prototype_class: np.ndarr
     nearest = d.argmin(axis=1)
     labels = prototype_class[nearest]
     d1 = d[np.arange(len(points)), nearest]
-    other = np.where(prototype_class[None, :] != labels[:, None], d, np.inf).min(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        margin = np.where(np.isfinite(other), (other - d1) / (other + d1), 1.0)
-    margin = np.where(np.isfinite(margin), margin, 0.0)
-    return labels.astype(np.int64), np.clip(margin, 0.0, 1.0), d1
+    # Distance to each class = to its nearest prototype; the confidence is the tool's one definition.
+    classes = np.unique(prototype_class)
+    class_d = np.stack([d[:, prototype_class == c].min(axis=1) for c in classes], axis=1)
+    margin = assignment_confidence(class_d, np.searchsorted(classes, labels))
+    return labels.astype(np.int64), margin, d1
 
 
 def direct_query(latents: np.ndarray, prototypes: np.ndarray, prototype_class: np.ndarray) -> QueryResult:

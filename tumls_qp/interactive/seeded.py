@@ -49,7 +49,8 @@ Confidence
 Each accepted split assigns a tile to the nearest of its centres. For that decision, the
 tile's relative margin is ``(d₂ − d₁) / (d₂ + d₁)``, with d₁ the distance (in the embedding
 space) to the centre it joined and d₂ to the nearest other centre: 0 on the boundary between
-two classes, 1 on the centre itself. A tile's confidence is the smallest margin over the
+two classes, 1 on the centre itself (the tool's one confidence,
+:func:`tumls_qp.tissue.clusters.assignment_confidence`). A tile's confidence is the smallest margin over the
 splits that decided its class (from the first seeded k-means down to its final cluster): it is
 low as soon as one of these decisions was close. It is not a probability; it compares
 tiles within one request.
@@ -66,6 +67,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from ..errors import InvalidInputError
+from ..tissue.clusters import assignment_confidence
 
 __all__ = [
     "SeededResult",
@@ -149,6 +151,9 @@ def _sq_distances(x: np.ndarray, sq: np.ndarray, centres: np.ndarray) -> np.ndar
 def relative_margin(sq_distances: np.ndarray) -> np.ndarray:
     """``(d₂ − d₁) / (d₂ + d₁)`` per row, from squared distances to k centres.
 
+    The tool's one confidence, :func:`tumls_qp.tissue.clusters.assignment_confidence`, with
+    d₁ the nearest centre.
+
     Parameters
     ----------
     sq_distances : (n, k) ndarray
@@ -159,13 +164,7 @@ def relative_margin(sq_distances: np.ndarray) -> np.ndarray:
     (n,) float64 ndarray
         In [0, 1]; 1 when k = 1, 0 where the two nearest centres are equally near.
     """
-    if sq_distances.shape[1] < 2:
-        return np.ones(len(sq_distances))
-    two = np.sqrt(np.partition(sq_distances, 1, axis=1)[:, :2])
-    total = two[:, 0] + two[:, 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        margin = np.where(total > 0, (two[:, 1] - two[:, 0]) / total, 0.0)
-    return np.clip(margin, 0.0, 1.0)
+    return assignment_confidence(np.sqrt(np.maximum(sq_distances, 0.0)))
 
 
 def seeded_kmeans(

@@ -599,7 +599,7 @@ def outlined(patch: np.ndarray, labels: np.ndarray, colour: tuple[int, int, int]
     overlay = patch.copy()
     edges = find_boundaries(labels, mode="inner")
     # Thicken the outline with the patch size so it stays visible once the patch is shrunk on the page.
-    width = max(1, int(round(max(patch.shape[:2]) / 350)))
+    width = max(1, int(round(max(patch.shape[:2]) / 250)))
     if width > 1:
         from scipy import ndimage
 

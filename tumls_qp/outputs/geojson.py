@@ -157,6 +157,9 @@ def tissue_features(
     mpp: float,
     representatives: Iterable[Any],
     *,
+    confidence: np.ndarray | None = None,
+    regions: Mapping[int, Any] | None = None,
+    representative_boxes: Sequence[Sequence[float]] | None = None,
     tissue_measurements: Mapping[int, Mapping[str, float]] | None = None,
     tile_objects: bool = True,
 ) -> list[dict[str, Any]]:
@@ -169,21 +172,30 @@ def tissue_features(
     labels : (n,) int ndarray
         Tissue of each tile (0-based).
     uncertainty : (n,) float ndarray
+        Each tile's uncertainty (typicality, 0 = its tissue's centre).
     mpp : float
         Level-0 pixel size in µm/px (for areas in µm²).
     representatives : iterable of Representative
         ``tile`` indexes into ``boxes``.
+    confidence : (n,) float ndarray, optional
+        Each tile's confidence (0-1); adds "Confidence" / "Mean confidence" measurements.
+    regions : mapping of tissue to shapely geometry, optional
+        Each tissue's region in level-0 px (:func:`tumls_qp.tissue.regions.region_geometries`); a
+        tissue without one gets no annotation. None: each region is the union of its tiles.
+    representative_boxes : sequence of (x, y, width, height), optional
+        The area each representative was read over (level-0 px), in the order of
+        ``representatives``; None: its tile.
     tissue_measurements : mapping of tissue to {name: value}, optional
         Extra measurements of each tissue annotation (e.g. nucleus features).
     tile_objects : bool
-        Add one ``tile`` object per tile, with its uncertainty.
+        Add one ``tile`` object per tile, with its uncertainty (and confidence).
 
     Returns
     -------
     list of dict
-        One annotation per tissue (the union of its tiles; MultiPolygon when split)
-        with "Area um^2", "Tile count", "Mean uncertainty"; one annotation per
-        representative with "Rank" and "Uncertainty"; and the tile objects.
+        One annotation per tissue (MultiPolygon when split) with "Area um^2" (of the region),
+        "Tile count", "Mean uncertainty" and "Mean confidence"; one annotation per representative
+        with "Rank", "Uncertainty" and "Confidence"; and the tile objects.
     """
     features: list[dict[str, Any]] = []
     k = int(labels.max()) + 1 if len(labels) else 0
@@ -191,31 +203,43 @@ def tissue_features(
         members = np.flatnonzero(labels == tissue)
         if len(members) == 0:
             continue
-        union = shapely.unary_union([box(x, y, x + w, y + h) for x, y, w, h in boxes[members]])
+        if regions is None:
+            region = shapely.unary_union([box(x, y, x + w, y + h) for x, y, w, h in boxes[members]])
+        elif tissue in regions:
+            region = regions[tissue]
+        else:
+            continue
         measurements = {
-            "Area um^2": union.area * mpp * mpp,
+            "Area um^2": region.area * mpp * mpp,
             "Tile count": len(members),
             "Mean uncertainty": float(uncertainty[members].mean()),
         }
+        if confidence is not None:
+            measurements["Mean confidence"] = float(confidence[members].mean())
         if tissue_measurements and tissue in tissue_measurements:
             measurements.update(tissue_measurements[tissue])
-        feature = make_feature(union, "annotation", tissue_class_name(tissue), class_colour(tissue), measurements,
+        feature = make_feature(region, "annotation", tissue_class_name(tissue), class_colour(tissue), measurements,
                                name=tissue_class_name(tissue))
         if feature is not None:
             features.append(feature)
-    for rep in representatives:
-        x, y, w, h = boxes[rep.tile]
+    for i, rep in enumerate(representatives):
+        x, y, w, h = representative_boxes[i] if representative_boxes is not None else boxes[rep.tile]
+        measurements = {"Rank": rep.rank, "Uncertainty": rep.uncertainty}
+        if confidence is not None:
+            measurements["Confidence"] = float(confidence[rep.tile])
         feature = make_feature(
             box(x, y, x + w, y + h), "annotation", tissue_class_name(rep.tissue), class_colour(rep.tissue),
-            {"Rank": rep.rank, "Uncertainty": rep.uncertainty},
-            name=f"{tissue_class_name(rep.tissue)} representative {rep.rank}",
+            measurements, name=f"{tissue_class_name(rep.tissue)} representative {rep.rank}",
         )
         if feature is not None:
             features.append(feature)
     if tile_objects:
-        for (x, y, w, h), tissue, u in zip(boxes, labels, uncertainty):
+        for i, ((x, y, w, h), tissue, u) in enumerate(zip(boxes, labels, uncertainty)):
+            measurements = {"Uncertainty": float(u)}
+            if confidence is not None:
+                measurements["Confidence"] = float(confidence[i])
             feature = make_feature(box(x, y, x + w, y + h), "tile", tissue_class_name(int(tissue)),
-                                   class_colour(int(tissue)), {"Uncertainty": float(u)})
+                                   class_colour(int(tissue)), measurements)
             if feature is not None:
                 features.append(feature)
     return features

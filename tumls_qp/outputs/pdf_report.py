@@ -8,15 +8,17 @@ they are printed); both are imported only when a report is rendered.
 Pages of a case report, in order (one page each; a case of 3 tissues takes 7 pages):
 
 1. Case summary: slide, dates, tool version, k and how it was chosen; the slide, its tissue
-   map with every representative as a box labelled ``t.r`` (its QuPath annotation "Tissue t
-   representative r") and the uncertainty per tile; one line per tissue (tiles, area in µm²
-   and %, mean uncertainty, headline features); the warnings; a statement that these are
-   pre-decision insights, not a diagnosis.
-2. One page per tissue: where it lies (a locator with its representatives), its tiles'
-   uncertainty, its best representatives at the tissue level and at full resolution, named as
-   in QuPath; the best one with its nuclei outlined and their measurements (another layer of
-   the same patch, such as glands, is one more panel beside the nuclei: ``overlays`` in
-   ``_tissue_page``); the tissue's features. A page that would overflow shrinks its gallery.
+   regions (``regions.png``) with every representative as a box labelled ``t.r`` (its QuPath
+   annotation "Tissue t representative r"), the uncertainty and the confidence per tile; one
+   line per tissue (tiles, region area in µm² and %, mean uncertainty and confidence, headline
+   features); the warnings; a statement that these are pre-decision insights, not a diagnosis.
+2. One page per tissue: what to read with care (features resting on fewer than ``FEW_NUCLEI``
+   nuclei, no region of its own, missing patches); where it lies (a locator with its
+   representatives), its tiles' uncertainty and confidence, its best representatives at the
+   tissue level and at full resolution, named as in QuPath; the best one with its nuclei
+   outlined and their measurements (another layer of the same patch, such as glands, is one
+   more panel beside the nuclei: ``overlays`` in ``_tissue_page``); the tissue's features. A
+   page that would overflow shrinks its gallery.
 3. Comparison across tissues: every per-tissue value in its own unit, one small panel each;
    the tiles in the embedding (when the run folder has ``embedding_colours.npz``).
 4. Method and quality: dendrogram with the chosen cut and how the resamples voted on k; the
@@ -56,7 +58,7 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
-from ..cells.features import NUCLEUS_FEATURES, TISSUE_FEATURES
+from ..cells.features import FEW_NUCLEI, NUCLEUS_FEATURES, TISSUE_FEATURES
 from ..classes import NUCLEUS_COLOUR, class_colour, tissue_class_name
 from ..errors import InvalidInputError, OutputError
 from ..files import atomic_write
@@ -370,8 +372,9 @@ def _area(um2: float) -> str:
 
 
 def _shares(run: RunFolder) -> np.ndarray:
-    counts = run.tiles_per_tissue().astype(np.float64)
-    return 100 * counts / counts.sum() if counts.sum() else counts
+    """Share of the mapped tissue area in each tissue's region, %."""
+    areas = run.tissue_areas_um2()
+    return 100 * areas / areas.sum() if areas.sum() else areas
 
 
 def _feature_columns(run: RunFolder) -> list[str]:
@@ -500,13 +503,13 @@ def _tile_descriptors(run: RunFolder) -> tuple[list[str], np.ndarray]:
     """Per-tissue values the run folder itself gives (tiles, uncertainty, thumbnail): labels and (k, n) values."""
     k, tiles = run.k, run.tiles
     present = [(tiles.tissue == t).any() for t in range(1, k + 1)]
-    mean_u = np.array([tiles.uncertainty[tiles.tissue == t].mean() if present[t - 1] else np.nan
-                       for t in range(1, k + 1)])
+    mean_u, mean_c = (np.array([v[tiles.tissue == t].mean() if present[t - 1] else np.nan for t in range(1, k + 1)])
+                      for v in (tiles.uncertainty, tiles.confidence))
     fraction = np.array([np.nanmean(tiles.tissue_fraction[tiles.tissue == t]) if present[t - 1] else np.nan
                          for t in range(1, k + 1)])
-    names = ["Share of tissue area (%)", "Mean uncertainty (unitless)", "Mean tissue fraction of tiles (unitless)",
-             "Tissue-level luminance mean (0-255)"]
-    return names, np.stack([_shares(run), mean_u, fraction, _tile_luminance(run)], axis=1)
+    names = ["Share of tissue area (%)", "Mean uncertainty (unitless)", "Mean confidence (unitless)",
+             "Mean tissue fraction of tiles (unitless)", "Tissue-level luminance mean (0-255)"]
+    return names, np.stack([_shares(run), mean_u, mean_c, fraction, _tile_luminance(run)], axis=1)
 
 
 def _tissue_values(run: RunFolder) -> tuple[list[str], np.ndarray]:
@@ -542,8 +545,8 @@ def _tile_map(run: RunFolder, values: np.ndarray | None) -> np.ndarray:
 
 
 def _regions(run: RunFolder) -> tuple[np.ndarray, float]:
-    """The tissue map as a label image and the thumbnail pixels per label pixel: the tissue of each tile."""
-    return _tile_map(run, None).astype(np.int64), float(run.tile_px)
+    """The tissue regions as drawn (``regions.png``, the thumbnail's size) and the thumbnail pixels per label pixel."""
+    return run.regions, 1.0
 
 
 def _annotation_name(tissue: int, rank: int) -> str:
@@ -552,9 +555,12 @@ def _annotation_name(tissue: int, rank: int) -> str:
 
 
 def _marks(run: RunFolder, tissue: int | None = None) -> list[figures.Mark]:
-    """The representatives as boxes on a map: all, labelled "t.r", or one tissue's, labelled by rank."""
+    """The representatives as boxes on a map: all, labelled "t.r", or one tissue's, labelled by rank.
+
+    A box is the area read at full resolution, the geometry of the representative's QuPath annotation.
+    """
     reps = run.representatives if tissue is None else run.representatives_of(tissue)
-    return [(f"{r.tissue}.{r.rank}" if tissue is None else str(r.rank), r.tissue, r.box) for r in reps]
+    return [(f"{r.tissue}.{r.rank}" if tissue is None else str(r.rank), r.tissue, r.patch_box) for r in reps]
 
 
 def _load_patch(path: Path | None) -> np.ndarray | None:
@@ -596,8 +602,27 @@ def _warnings(run: RunFolder) -> list[str]:
 
 def _tissue_warnings(run: RunFolder, t: int) -> list[str]:
     """What should make the reader of one tissue's page careful."""
-    return [f"patch image of {_annotation_name(t, r.rank)} missing" for r in run.representatives_of(t)
-            if r.patch is None]
+    warnings = []
+    few = _few_nuclei(run, t)
+    if few:
+        warnings.append(few)
+    if (run.tiles.tissue == t).any() and run.tissue_areas_um2()[t - 1] == 0:
+        warnings.append("No region: every tile of this tissue lies on a border between other tissues, and the border "
+                        "refinement gave its area to them. Its tiles stay in QuPath's tile layer.")
+    return warnings + [f"patch image of {_annotation_name(t, r.rank)} missing" for r in run.representatives_of(t)
+                       if r.patch is None]
+
+
+def _few_nuclei(run: RunFolder, t: int) -> str | None:
+    """A warning in words when a tissue's features rest on fewer than FEW_NUCLEI nuclei; None otherwise."""
+    row = run.feature_row(t)
+    if row is None or not math.isfinite(row.get("Nuclei", math.nan)):
+        return None
+    count = int(row["Nuclei"])
+    if count >= FEW_NUCLEI:
+        return None
+    return (f"Few nuclei: its nucleus features rest on {count} nuclei, fewer than {FEW_NUCLEI}; a few nuclei more or "
+            "less could change them a lot. Read them as an example, not a measurement.")
 
 
 # --- layout helpers ---------------------------------------------------------------------------------------------------
@@ -677,12 +702,16 @@ def _overview_page(styles: _Styles, run: RunFolder, title: str) -> list[Any]:
                        extra=[("FONTNAME", (0, 0), (0, -1), styles.bold), ("FONTNAME", (2, 0), (2, -1), styles.bold)]))
     head.append(_para(f"<b>How k was chosen.</b> {_k_explanation(run)}{_vote_explanation(run)}", styles.small))
 
+    drawn = ("borders drawn within the tiles from the image (multi-scale segmentation)"
+             if m.regions.method == "felzenszwalb" else "whole tiles")
     tail: list[Any] = [_para(
-        "<b>Slide</b>: the slide at the tissue level. <b>Tissue map</b>: each tissue's region in its QuPath class "
-        "colour and hatch, its number at its largest region; each box is a representative patch, labelled <b>t.r</b> "
-        "for its QuPath annotation “Tissue t representative r”. <b>Uncertainty</b>: each tile's distance to its "
-        "tissue's centre in the embedding, scaled so that 1 is as atypical as the most atypical 1 % of tiles. Faded "
-        "areas were not analysed (background or artefact).", styles.small)]
+        "<b>Slide</b>: the slide at the tissue level. <b>Tissue map</b>: the tissue regions, " + drawn + ", in QuPath "
+        "class colours and hatches, each tissue's number at its largest region; each box is a representative patch, "
+        "labelled <b>t.r</b> for its QuPath annotation “Tissue t representative r”. <b>Uncertainty</b>: how "
+        "atypical each tile is of its tissue (its distance to the tissue's centre in the embedding; 1 is as atypical "
+        "as the most atypical 1 % of tiles). <b>Confidence</b>: each tile's confidence, how sure its assignment is (1: "
+        "far nearer its own tissue's centre than any other; 0: as near another tissue); a tile between two tissues "
+        "can be typical enough yet unsure. Faded areas were not mapped (background or artefact).", styles.small)]
     tail.append(_tissue_table(styles, run))
     warnings = _warnings(run)
     tail.append(_box("Warnings", warnings, styles) if warnings else
@@ -691,21 +720,24 @@ def _overview_page(styles: _Styles, run: RunFolder, title: str) -> list[Any]:
 
     room = _FRAME_HEIGHT - _height(head) - _height(tail) - 10
     regions, regions_px = _regions(run)
-    png = figures.overview_figure(run.thumbnail, regions, regions_px, _tile_map(run, run.tiles.uncertainty), None,
-                                  k, run.tile_px, run.thumbnail_scale, run.thumbnail_mpp, _shares(run), _marks(run),
+    png = figures.overview_figure(run.thumbnail, regions, regions_px, _tile_map(run, run.tiles.uncertainty),
+                                  _tile_map(run, run.tiles.confidence), k, run.tile_px, run.thumbnail_scale,
+                                  run.thumbnail_mpp, _shares(run), _marks(run),
                                   max_height_in=room / 72)
     return head + [_image(png)] + tail
 
 
 def _tissue_table(styles: _Styles, run: RunFolder) -> Any:
-    """One line per tissue: tiles, area, share, mean uncertainty, headline features; its colour as a swatch."""
+    """One line per tissue: tiles, region area and share, mean uncertainty and confidence, headline features; its
+    colour as a swatch."""
     k, tiles = run.k, run.tiles
     headline = _headline_columns(run)
-    header = ["", "Tissue", "Tiles", "Area (µm²)", "Share (%)", "Mean uncertainty",
+    header = ["", "Tissue", "Tiles", "Area (µm²)", "Share (%)", "Mean uncer­tainty", "Mean confi­dence",
               "Headline features" if headline else "Nucleus features"]
     rows: list[list[Any]] = [header]
     extra: list[tuple] = []
     counts = run.tiles_per_tissue()
+    areas = run.tissue_areas_um2()
     shares = _shares(run)
     for t in range(1, k + 1):
         mask = tiles.tissue == t
@@ -719,10 +751,11 @@ def _tissue_table(styles: _Styles, run: RunFolder) -> Any:
         else:
             text = "none in this run folder"
         rows.append([_swatch_cell(t, styles), tissue_class_name(t - 1), _fmt(int(counts[t - 1])),
-                     _area(counts[t - 1] * run.tile_area_um2), f"{shares[t - 1]:.1f}",
-                     f"{tiles.uncertainty[mask].mean():.3f}" if mask.any() else "n/a", text])
+                     _area(areas[t - 1]), f"{shares[t - 1]:.1f}",
+                     f"{tiles.uncertainty[mask].mean():.3f}" if mask.any() else "n/a",
+                     f"{tiles.confidence[mask].mean():.3f}" if mask.any() else "n/a", text])
         extra += _swatch_commands(t, t)
-    return _table(rows, styles, widths=[16, 52, 38, 72, 44, 58, 230], extra=extra)
+    return _table(rows, styles, widths=[16, 50, 34, 64, 40, 46, 46, 214], extra=extra)
 
 
 def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
@@ -732,8 +765,11 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     values = run.tiles.uncertainty[mask]
     share = _shares(run)[t - 1]
     story: list[Any] = [_para(tissue_class_name(t - 1), styles.title)]
-    story.append(_para(f"{_fmt(count)} tiles · area {_area(count * run.tile_area_um2)} µm² ({share:.1f} % of the "
-                       f"slide's tissue) · mean uncertainty {values.mean():.3f}", styles.body))
+    confidence = run.tiles.confidence[mask]
+    area = run.tissue_areas_um2()[t - 1]
+    story.append(_para(f"{_fmt(count)} tiles · region area {_area(area)} µm² ({share:.1f} % of the slide's tissue)"
+                       f" · mean uncertainty {values.mean():.3f} · mean confidence {confidence.mean():.3f}",
+                       styles.body))
     warnings = _tissue_warnings(run, t)
     if warnings:
         story.append(_box("Read with care", warnings, styles))
@@ -748,6 +784,8 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
              ["Uncertainty mean", f"{values.mean():.3f}"], ["Uncertainty median", f"{np.median(values):.3f}"],
              ["90th percentile", f"{np.percentile(values, 90):.3f}"],
              ["Tiles with u > 0.8", f"{int((values > 0.8).sum())} ({100 * (values > 0.8).mean():.1f} %)"],
+             ["Tiles with confidence < 0.2",
+              f"{int((confidence < 0.2).sum())} ({100 * (confidence < 0.2).mean():.1f} %)"],
              *[[n, _fmt(v)] for n, v in zip(names[2:], descriptors[t - 1, 2:])]]
     rest = _FRAME_WIDTH - locator.drawWidth - histogram.drawWidth - 12
     story.append(_row([locator, histogram, _table(stats, styles, widths=[0.6 * rest, 0.4 * rest], header=False)],
@@ -760,15 +798,16 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
         return story
 
     patches = [_load_patch(r.patch) for r in reps]
-    titles = [f"{_annotation_name(t, r.rank)}\nu {r.uncertainty:.2f}" for r in reps]
+    titles = [f"{_annotation_name(t, r.rank)}\nu {r.uncertainty:.2f} · c {r.confidence:.2f}" for r in reps]
     story.append(_para(f"The {len(reps)} best representatives", styles.h2))
     gallery = _image(figures.representatives_figure(run.thumbnail, run.thumbnail_scale, run.thumbnail_mpp, reps,
                                                     patches, titles))
     story.append(gallery)
     story.append(_para(
-        "The tiles closest to the tissue's centre in the embedding, best first, named as their annotations in QuPath "
-        "(u: uncertainty). Top: at the tissue level, as the embedding saw them. Bottom: the same regions at full "
-        "resolution.", styles.small))
+        "The confident tiles closest to the tissue's centre in the embedding, best first, named as their annotations "
+        "in QuPath (u: uncertainty, c: confidence). Top: the tile at the tissue level, as the embedding saw it. "
+        f"Bottom: {_patch_size(run, reps[0])} centred on the tile, at full resolution (the annotation's area).",
+        styles.small))
 
     best, patch = reps[0], patches[0]
     labels, note = _best_labels(run, best, patch)
@@ -805,6 +844,10 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
                            styles.body))
     _fit(story, gallery)
     return story
+
+
+def _patch_size(run: RunFolder, rep: Any) -> str:
+    return f"a {rep.patch_box[2] * run.mpp:.0f} µm square"
 
 
 def _row(cells: Sequence[Any], widths: Sequence[float]) -> Any:
@@ -845,7 +888,8 @@ def _comparison_page(styles: _Styles, run: RunFolder) -> list[Any]:
     story.append(_para("Every value per tissue", styles.h2))
     story.append(_image(figures.feature_panels_figure(names, values, texts, list(range(1, k + 1)))))
     text = ("One panel per value, in its own unit and on its own scale; the bars are numbered by tissue. The first "
-            "four come from the tiles, the others from the nuclei of the representatives (features.csv). ")
+            f"{len(_tile_descriptors(run)[0])} come from the tiles and regions, the others from the nuclei of the "
+            "representatives (features.csv). ")
     if k == 1:
         text += "With one tissue there is nothing to compare on this slide. "
     if not _feature_columns(run):
@@ -1103,10 +1147,10 @@ def _cohort_summary(styles: _Styles, runs: list[RunFolder], same: bool) -> list[
     for i, run in enumerate(runs):
         counts = np.zeros(k)
         counts[: run.k] = run.tiles_per_tissue()
-        shares[i] = 100 * counts / counts.sum() if counts.sum() else 0
-        areas[i] = counts * (run.tile_area_um2 / 1e6)
-        total_area = counts.sum() * run.tile_area_um2
-        largest = int(np.argmax(counts)) + 1
+        areas[i, : run.k] = run.tissue_areas_um2() / 1e6
+        shares[i] = 100 * areas[i] / areas[i].sum() if areas[i].sum() else 0
+        total_area = areas[i].sum() * 1e6
+        largest = int(np.argmax(areas[i])) + 1
         present = [str(t) for t in range(1, k + 1) if counts[t - 1] > 0]
         rows.append([run.slide_name, _fmt(int(counts.sum())), _area(total_area), ", ".join(present),
                      f"{largest} ({shares[i, largest - 1]:.1f} %)",
@@ -1120,11 +1164,11 @@ def _cohort_summary(styles: _Styles, runs: list[RunFolder], same: bool) -> list[
     width = min(55.0, 380.0 / k)
     story.append(_table([header] + [[nm] + [f"{v:.1f}" for v in shares[i]] for i, nm in enumerate(names)], styles,
                         widths=[130] + [width] * k))
-    story.append(_para("Share of each slide's analysed tissue area in each tissue.", styles.small))
+    story.append(_para("Share of each slide's mapped tissue area in each tissue's regions.", styles.small))
     story.append(KeepTogether([
         _para("Each tissue over the slides", styles.h2),
         _image(figures.cohort_tissue_figure(names, areas, k, "area (mm²)")),
-        _para("The area of each tissue on each slide.", styles.small),
+        _para("The area of each tissue's regions on each slide.", styles.small),
     ]))
     reports = [[r.slide_name, str(r.report_path) if r.report_path.is_file() else
                 f"not rendered: tumls-qp report {r.path}"] for r in runs]
@@ -1159,7 +1203,8 @@ def _gallery_row(styles: _Styles, run: RunFolder, t: int, title: str, n_reps: in
     mask = run.tiles.tissue == t
     count = int(mask.sum())
     summary = (f"<b>{_escape(title)}</b> · {_fmt(count)} tiles, {_shares(run)[t - 1]:.1f} % of the slide's tissue · "
-               f"uncertainty mean {run.tiles.uncertainty[mask].mean():.3f}")
+               f"uncertainty mean {run.tiles.uncertainty[mask].mean():.3f}, confidence mean "
+               f"{run.tiles.confidence[mask].mean():.3f}")
     return [KeepTogether([_para(summary, styles.row), _image(png)])]
 
 
@@ -1192,7 +1237,8 @@ def _tissue_across_page(styles: _Styles, runs: list[RunFolder], t: int) -> list[
             text = "none in this run folder"
         else:
             text = "; ".join(f"{_headline_label(c)} {_fmt(row.get(c, math.nan))}" for c in headline)
-        rows.append([run.slide_name, _fmt(count), _area(count * run.tile_area_um2), f"{_shares(run)[t - 1]:.1f}",
+        rows.append([run.slide_name, _fmt(count), _area(run.tissue_areas_um2()[t - 1]),
+                     f"{_shares(run)[t - 1]:.1f}",
                      f"{run.tiles.uncertainty[mask].mean():.3f}" if count else "n/a", text])
     story.append(_table(rows, styles, widths=[110, 36, 62, 42, 56, 204]))
     for run in runs:
@@ -1234,7 +1280,8 @@ def _cohort_features_page(styles: _Styles, runs: list[RunFolder], same: bool) ->
             story.append(_table([header] + [[n] + [_fmt(v) for v in values[:, j]] for j, n in enumerate(names)],
                                 styles, widths=[170] + [width] * run.k))
             story.append(_para("", styles.small))
-    story.append(_para("The first four values come from the tiles, the others from the nuclei of the representatives "
+    story.append(_para(f"The first {len(_tile_descriptors(runs[0])[0])} values come from the tiles and regions, the "
+                       "others from the nuclei of the representatives "
                        "(features.csv of each run folder); n/a: not measured on that slide.", styles.small))
     return story
 

@@ -88,6 +88,7 @@ from ..interactive.prototypes import Overclustering
 from ..provenance import package_versions
 from ..slide import Slide
 from ..tissue.clusters import Clustering
+from ..tissue.regions import RegionMap, block_regions, region_geometries
 from ..tissue.representatives import Representative
 from ..tissue.tiles import TissueTiles
 from . import _report_figures as figures
@@ -100,14 +101,14 @@ __all__ = [
     # file names
     "MANIFEST", "TISSUE_GEOJSON", "TILES_CSV", "REPRESENTATIVES_CSV", "TRAINING_CSV", "NUCLEI_CSV",
     "PATCH_FEATURES_CSV", "FEATURES_CSV", "EMBEDDINGS_NPZ", "DENDROGRAM_NPZ", "RECONSTRUCTIONS_NPZ",
-    "THUMBNAIL_PNG", "CONFIG_TOML", "MODEL_FILES", "PATCHES_DIR", "REPORT_PDF", "EMBEDDING_COLOURS_GEOJSON",
+    "THUMBNAIL_PNG", "REGIONS_PNG", "CONFIG_TOML", "MODEL_FILES", "PATCHES_DIR", "REPORT_PDF", "EMBEDDING_COLOURS_GEOJSON",
     "EMBEDDING_COLOURS_NPZ", "EMBEDDING_COLOURS_PNG", "DICTIONARY_GEOJSON", "CLUSTERS_CSV", "PROTOTYPES_DIR",
     "PROTOTYPE_CLUSTERS_NPZ", "PROTOTYPES_GEOJSON", "NAMES_TOML",
     # columns
     "TILE_COLUMNS", "REPRESENTATIVE_COLUMNS", "TRAINING_COLUMNS", "NUCLEUS_ID_COLUMNS", "PATCH_ID_COLUMNS",
     "DICTIONARY_TILE_COLUMNS", "CLUSTER_COLUMNS", "TILE_REPRESENTATIVE_COLUMNS",
     # manifests
-    "SlideInfo", "TilesInfo", "EmbeddingInfo", "ClustersInfo", "RepresentativeInfo", "NucleiInfo", "OutputsInfo",
+    "SlideInfo", "TilesInfo", "EmbeddingInfo", "ClustersInfo", "RegionsInfo", "RepresentativeInfo", "NucleiInfo", "OutputsInfo",
     "Environment", "EngineInfo", "LOCAL_ENGINE", "AnalysisManifest", "DictionaryInfo", "DictionaryTilesInfo", "QueryInfo", "DictionaryManifest",
     "TileFolderInfo", "TileClustersInfo", "TileClustersManifest", "ElbowInfo", "PrototypesManifest",
     # writing
@@ -138,6 +139,8 @@ EMBEDDINGS_NPZ = "embeddings.npz"
 DENDROGRAM_NPZ = "dendrogram.npz"
 RECONSTRUCTIONS_NPZ = "reconstructions.npz"
 THUMBNAIL_PNG = "thumbnail.png"
+#: The tissue regions at the tissue level (the thumbnail's size): 16-bit PNG, 0 = no region, t = tissue t.
+REGIONS_PNG = "regions.png"
 CONFIG_TOML = "config.toml"
 #: The fitted embedding method (``tissue.embeddings.Encoder.save``; ``load_encoder`` reads it): weights, then
 #: the method, its settings and history.
@@ -169,10 +172,13 @@ def _patch_name(tissue: int, rank: int, suffix: str = ".jpg") -> str:
 # --- columns --------------------------------------------------------------------------------------------------------
 
 #: ``tiles.csv`` of an analysis: one row per tissue tile, in the order of ``embeddings.npz``; box in level-0 px,
-#: tissue 1..k, uncertainty 0-1, distance to the tissue's centroid in latent space, tissue fraction 0-1.
-TILE_COLUMNS = ("x", "y", "w", "h", "tissue", "uncertainty", "distance", "tissue_fraction")
-#: ``representatives.csv``: per tissue its best tiles; ``tile`` is the row in ``tiles.csv``.
-REPRESENTATIVE_COLUMNS = ("tissue", "rank", "tile", "x", "y", "w", "h", "uncertainty", "distance")
+#: tissue 1..k, uncertainty 0-1, distance to the tissue's centroid in latent space, tissue fraction 0-1,
+#: confidence 0-1 (``tissue.clusters.assignment_confidence``).
+TILE_COLUMNS = ("x", "y", "w", "h", "tissue", "uncertainty", "distance", "tissue_fraction", "confidence")
+#: ``representatives.csv``: per tissue its best tiles; ``tile`` is the row in ``tiles.csv``; the box is the tile's,
+#: ``patch_x .. patch_h`` the area read at full resolution (level-0 px).
+REPRESENTATIVE_COLUMNS = ("tissue", "rank", "tile", "x", "y", "w", "h", "uncertainty", "distance", "confidence",
+                          "patch_x", "patch_y", "patch_w", "patch_h")
 #: ``training.csv``: the loss per epoch of the embedding's training. ``tumls-ae``: these columns (MSE);
 #: ``contrastive``: ``epoch, loss`` (NT-Xent); ``vade``: ``epoch, pretrain_mse, loss`` (pretraining MSE, then the
 #: negative ELBO; empty in the other phase); ``handcrafted``: ``epoch, loss`` and no rows (``embeddings.training_table``).
@@ -288,11 +294,26 @@ class ClustersInfo:
     tiles_per_tissue: tuple[int, ...]
     #: Tiles per tissue over the analysis (the cohort's, with ``--cohort``).
     cohort_tiles_per_tissue: tuple[int, ...]
+    #: ``kmeans`` or ``graph`` (``clusters.method``; k-means when graph clustering fell back, see the warnings),
+    #: or ``mixture`` when the embedding's own mixture (``vade``) assigned the tiles.
+    method: str
     #: How many resamples of the tiles chose each k (``clusters.resamples``; empty when k was given or came
     #: from the embedding's mixture).
     k_votes: dict[int, int] = field(default_factory=dict)
     #: (k, votes) of the second most chosen k: how close another k came. None: unanimous, or no vote.
     runner_up: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class RegionsInfo:
+    """The tissue regions (``tissue.regions``): the method that drew them (``felzenszwalb``, or ``blocks`` asked for
+    or fallen back to), segments per scale (finest first), each tissue's region area in µm² (1..k), and the share
+    of the tissue tiles' area whose tissue the refinement changed (glass left out included)."""
+
+    method: str
+    segments: tuple[int, ...]
+    area_um2: dict[int, float]
+    changed_fraction: float
 
 
 @dataclass(frozen=True)
@@ -306,6 +327,11 @@ class RepresentativeInfo:
     uncertainty: float
     patch: str
     patch_mpp: float
+    #: Confidence of the tile's assignment (0-1), and whether it reached ``representatives.min_confidence``.
+    confidence: float
+    confident: bool
+    #: The area read at full resolution, (x, y, width, height) in level-0 px.
+    patch_box: tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -391,6 +417,7 @@ class AnalysisManifest:
     warnings: tuple[str, ...]
     #: The effective configuration (also in ``config.toml``).
     config: PipelineConfig
+    regions: RegionsInfo
 
 
 @dataclass(frozen=True)
@@ -727,11 +754,13 @@ class PatchNuclei:
 
 @dataclass(frozen=True)
 class Patch:
-    """A representative read at full resolution: ``rgb`` (H, W, 3) uint8 at ``mpp`` µm/px; its nuclei, if segmented."""
+    """A representative read at full resolution: ``rgb`` (H, W, 3) uint8 at ``mpp`` µm/px; its nuclei, if segmented;
+    ``box`` the area read, (x, y, width, height) in level-0 px (None: the representative's tile)."""
 
     rgb: np.ndarray
     mpp: float
     nuclei: PatchNuclei | None
+    box: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -774,6 +803,8 @@ class SlideAnalysis:
         Seconds per stage so far (:meth:`RunStaging.commit` records the final ones).
     engine : EngineInfo
         Where the analysis ran (default: in the calling process).
+    regions : RegionMap or None
+        The tissue regions at the tissue level (:func:`tumls_qp.tissue.regions.refine_regions`); None: whole tiles.
     """
 
     config: PipelineConfig
@@ -794,6 +825,7 @@ class SlideAnalysis:
     warnings: tuple[str, ...]
     timings_s: dict[str, float] = field(default_factory=dict)
     engine: EngineInfo = LOCAL_ENGINE
+    regions: RegionMap | None = None
 
 
 @dataclass(frozen=True)
@@ -999,11 +1031,28 @@ def _geojson_name(base: str, gzip: bool) -> str:
     return f"{base}.gz" if gzip else base
 
 
+def _regions(a: SlideAnalysis) -> RegionMap:
+    """The analysis's regions; whole tiles when it has none."""
+    if a.regions is not None:
+        return a.regions
+    grid = a.tiles.grid
+    labels = block_regions(grid.shape, grid.tile_px, a.tiles.selection.kept, a.clustering.labels)
+    return RegionMap(labels=labels, downsample=grid.tile_size / grid.tile_px, method="blocks")
+
+
+def _patch_box(a: SlideAnalysis, rep: Representative, patch: Patch) -> tuple[int, int, int, int]:
+    return patch.box if patch.box is not None else tuple(int(v) for v in a.tiles.boxes[rep.tile])  # type: ignore
+
+
 def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
     config, clustering = a.config, a.clustering
     boxes = a.tiles.boxes
+    regions = _regions(a)
     detections, nuclei = _write_patches(folder, a)
     features = tissue_features(boxes, clustering.labels, clustering.uncertainty, a.slide.mpp, a.representatives,
+                               confidence=clustering.confidence,
+                               regions=region_geometries(regions.labels, regions.downsample),
+                               representative_boxes=[_patch_box(a, r, p) for r, p in zip(a.representatives, a.patches)],
                                tile_objects=config.output.tile_objects,
                                tissue_measurements=a.tissue_features) + detections
     geojson = _geojson_name(TISSUE_GEOJSON, config.output.gzip)
@@ -1011,14 +1060,17 @@ def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
     _write_tiles(folder, a)
     write_csv(folder / REPRESENTATIVES_CSV, REPRESENTATIVE_COLUMNS,
               [[r.tissue + 1, r.rank, r.tile, *map(int, boxes[r.tile]), _fmt("uncertainty", r.uncertainty),
-                _fmt("distance", r.distance)] for r in a.representatives])
+                _fmt("distance", r.distance), _fmt("confidence", r.confidence), *_patch_box(a, r, p)]
+               for r, p in zip(a.representatives, a.patches)])
     _write_training(folder, a.embedding.history)
+    Image.fromarray((regions.labels + 1).astype(np.uint16)).save(folder / REGIONS_PNG, optimize=True)
 
     # Arrays for re-rendering and for the label-efficient methods (seeded clustering, dictionaries).
     np.savez_compressed(folder / EMBEDDINGS_NPZ, latents=a.latents.astype(np.float32), boxes=boxes.astype(np.int64),
                         tile_index=a.tiles.selection.kept, labels=clustering.labels,
                         uncertainty=clustering.uncertainty, distance=clustering.distance,
-                        centroids=clustering.centroids, **_posterior(clustering))
+                        centroids=clustering.centroids, confidence=clustering.confidence,
+                        posterior=clustering.posterior)
     colours = None
     if a.embedding_colours is not None:
         colours = _write_colours(folder, boxes, a.embedding_colours, config.output.gzip)
@@ -1035,7 +1087,7 @@ def _write_analysis(folder: Path, a: SlideAnalysis) -> AnalysisManifest:
     (folder / CONFIG_TOML).write_text(dump_config(config), encoding="utf-8")
 
     manifest = _analysis_manifest(a, OutputsInfo(geojson=geojson, geojson_features=len(features),
-                                                 embedding_colours=colours), nuclei)
+                                                 embedding_colours=colours), nuclei, regions)
     _write_manifest(folder, manifest)
     return manifest
 
@@ -1078,12 +1130,16 @@ def _write_tiles(folder: Path, a: SlideAnalysis) -> None:
     c, selection = a.clustering, a.tiles.selection
     fraction = selection.tissue_fraction.ravel()[selection.kept]
     write_csv(folder / TILES_CSV, TILE_COLUMNS,
-              [[*map(int, b), int(t) + 1, _fmt("uncertainty", u), _fmt("distance", d), _fmt("tissue_fraction", f)]
-               for b, t, u, d, f in zip(a.tiles.boxes, c.labels, c.uncertainty, c.distance, fraction)])
+              [[*map(int, b), int(t) + 1, _fmt("uncertainty", u), _fmt("distance", d), _fmt("tissue_fraction", f),
+                _fmt("confidence", q)]
+               for b, t, u, d, f, q in zip(a.tiles.boxes, c.labels, c.uncertainty, c.distance, fraction,
+                                           c.confidence)])
 
 
-def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int) -> AnalysisManifest:
+def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int, regions: RegionMap) -> AnalysisManifest:
     config, clustering, grid = a.config, a.clustering, a.tiles.grid
+    px_um2 = (regions.downsample * a.slide.mpp) ** 2
+    areas = regions.areas_px(clustering.k)
     counts = a.tiles.selection.counts()
     return AnalysisManifest(
         version=__version__,
@@ -1098,11 +1154,12 @@ def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int) -> A
                               split_statistic=clustering.split_statistic,
                               uncertainty_scale=clustering.uncertainty_scale,
                               tiles_per_tissue=tuple(np.bincount(clustering.labels, minlength=clustering.k).tolist()),
-                              cohort_tiles_per_tissue=tuple(a.cohort_tiles_per_tissue),
+                              cohort_tiles_per_tissue=tuple(a.cohort_tiles_per_tissue), method=clustering.method,
                               k_votes=dict(clustering.k_votes), runner_up=clustering.runner_up),
         representatives=tuple(
             RepresentativeInfo(tissue=r.tissue + 1, rank=r.rank, tile=r.tile, distance=r.distance,
-                               uncertainty=r.uncertainty, patch=_patch_name(r.tissue + 1, r.rank), patch_mpp=p.mpp)
+                               uncertainty=r.uncertainty, patch=_patch_name(r.tissue + 1, r.rank), patch_mpp=p.mpp,
+                               confidence=r.confidence, confident=r.confident, patch_box=_patch_box(a, r, p))
             for r, p in zip(a.representatives, a.patches)),
         nuclei=NucleiInfo(enabled=config.nuclei.enabled,
                           representatives_segmented=sum(p.nuclei is not None for p in a.patches), nuclei=nuclei,
@@ -1114,6 +1171,9 @@ def _analysis_manifest(a: SlideAnalysis, outputs: OutputsInfo, nuclei: int) -> A
         environment=Environment.now(a.embedding.history.get("device", "cpu")),
         warnings=tuple(a.warnings),
         config=config,
+        regions=RegionsInfo(method=regions.method, segments=tuple(regions.segments),
+                            area_um2={t + 1: round(float(areas[t]) * px_um2, 3) for t in range(clustering.k)},
+                            changed_fraction=round(float(regions.changed_fraction), 4)),
     )
 
 
@@ -1144,9 +1204,10 @@ def _write_model(folder: Path, embedding: Any, config: PipelineConfig) -> None:
                                     "tiles": config_to_dict(config.tiles), "seed": config.seed})
 
 
-def _posterior(clustering: Clustering) -> dict[str, np.ndarray]:
-    """``posterior`` for ``embeddings.npz`` when the embedding has a mixture (``vade``): p(tissue | tile), (n, k)."""
-    return {} if clustering.posterior is None else {"posterior": clustering.posterior.astype(np.float32)}
+def _mixture_posterior(clustering: Clustering) -> dict[str, np.ndarray]:
+    """``posterior`` for a tile folder's ``embeddings.npz`` when the embedding's mixture (``vade``) assigned the
+    tiles: p(tissue | tile), (n, k)."""
+    return {"posterior": clustering.posterior.astype(np.float32)} if clustering.method == "mixture" else {}
 
 
 def _write_colours(folder: Path, boxes: np.ndarray, colours: EmbeddingColours, gzip: bool) -> str:
@@ -1225,7 +1286,7 @@ def _write_tile_clusters(folder: Path, a: TileClustersAnalysis) -> TileClustersM
     np.savez_compressed(folder / EMBEDDINGS_NPZ, files=np.array(files), latents=a.latents.astype(np.float32),
                         labels=clustering.labels, uncertainty=clustering.uncertainty, distance=clustering.distance,
                         centroids=clustering.centroids, embedding_3d=colours.coords, embedding_rgb=colours.rgb,
-                        **_posterior(clustering))
+                        **_mixture_posterior(clustering))
     names = [f"Cluster {j + 1}" for j in range(clustering.k)]
     (folder / EMBEDDING_COLOURS_PNG).write_bytes(figures.embedding_colours_figure(
         colours, labels=clustering.labels, label_names=names,
@@ -1374,6 +1435,8 @@ class TileTable:
     distance : (n,) float64 ndarray
         To the tissue's centroid in latent space.
     tissue_fraction : (n,) float64 ndarray
+    confidence : (n,) float64 ndarray
+        0-1.
     """
 
     boxes: np.ndarray
@@ -1381,13 +1444,15 @@ class TileTable:
     uncertainty: np.ndarray
     distance: np.ndarray
     tissue_fraction: np.ndarray
+    confidence: np.ndarray
 
 
 @dataclass(frozen=True)
 class AnalysisEmbeddings:
     """``embeddings.npz`` of an analysis: ``latents`` (n, d) float32, ``boxes`` (n, 4) int64, ``tile_index`` (row-major
-    index in the grid), ``labels`` (0-based tissue), ``uncertainty``, ``distance`` (n,), ``centroids`` (k, d);
-    ``posterior`` (n, k) float32 p(tissue | tile) when the embedding has a mixture (``vade``), else None."""
+    index in the grid), ``labels`` (0-based tissue), ``uncertainty``, ``distance`` (n,), ``centroids`` (k, d),
+    ``confidence`` (n,), ``posterior`` (n, k) (each tile's soft assignment, ``Clustering.posterior``: p(tissue | tile)
+    of the embedding's mixture for ``vade``)."""
 
     latents: np.ndarray
     boxes: np.ndarray
@@ -1396,7 +1461,8 @@ class AnalysisEmbeddings:
     uncertainty: np.ndarray
     distance: np.ndarray
     centroids: np.ndarray
-    posterior: np.ndarray | None = None
+    confidence: np.ndarray
+    posterior: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -1424,6 +1490,10 @@ class RepresentativeFiles:
     patch: Path | None
     patch_mpp: float
     labels: Path | None
+    confidence: float
+    confident: bool
+    #: The area the patch was read over, (x, y, width, height) in level-0 px.
+    patch_box: tuple[int, int, int, int]
 
 
 def _damaged(folder: Path, name: str, problem: Any) -> InvalidInputError:
@@ -1524,18 +1594,16 @@ class RunFolder:
             raise _damaged(self.path, TILES_CSV, "a box or tissue value is missing or not positive")
         return TileTable(boxes=boxes.astype(np.int64), tissue=tissue.astype(np.int64),
                          uncertainty=table.column("uncertainty"), distance=table.column("distance"),
-                         tissue_fraction=table.column("tissue_fraction"))
+                         tissue_fraction=table.column("tissue_fraction"), confidence=table.column("confidence"))
 
     @cached_property
     def embeddings(self) -> AnalysisEmbeddings | DictionaryEmbeddings:
         """``embeddings.npz`` (its arrays depend on the kind)."""
         kind = AnalysisEmbeddings if self.kind == "analysis" else DictionaryEmbeddings
-        names = [f.name for f in fields(kind) if f.name != "posterior"]
+        names = [f.name for f in fields(kind)]
         try:
             with np.load(self.path / EMBEDDINGS_NPZ, allow_pickle=False) as npz:
                 arrays = {name: np.asarray(npz[name]) for name in names}
-                if kind is AnalysisEmbeddings and "posterior" in npz.files:
-                    arrays["posterior"] = np.asarray(npz["posterior"])
         except (OSError, ValueError, KeyError) as exc:
             raise _damaged(self.path, EMBEDDINGS_NPZ, exc) from exc
         latents, boxes = arrays["latents"], arrays["boxes"]
@@ -1562,7 +1630,8 @@ class RunFolder:
             out.append(RepresentativeFiles(
                 tissue=r.tissue, rank=r.rank, tile=r.tile, box=tuple(int(v) for v in boxes[r.tile]),  # type: ignore
                 uncertainty=r.uncertainty, distance=r.distance, patch=patch if patch.is_file() else None,
-                patch_mpp=r.patch_mpp, labels=labels if labels.is_file() else None))
+                patch_mpp=r.patch_mpp, labels=labels if labels.is_file() else None, confidence=r.confidence,
+                confident=r.confident, patch_box=r.patch_box))
         return tuple(out)
 
     @cached_property
@@ -1573,6 +1642,20 @@ class RunFolder:
                 return np.asarray(image.convert("RGB"))
         except (OSError, ValueError) as exc:
             raise _damaged(self.path, THUMBNAIL_PNG, exc) from exc
+
+    @cached_property
+    def regions(self) -> np.ndarray:
+        """(H, W) int64 of the thumbnail's size: the tissue (1..k) of each pixel's region, 0 outside every region."""
+        self._analysis()
+        try:
+            with Image.open(self.path / REGIONS_PNG) as image:
+                regions = np.asarray(image).astype(np.int64)
+        except (OSError, ValueError) as exc:
+            raise _damaged(self.path, REGIONS_PNG, exc) from exc
+        if regions.shape != self.thumbnail.shape[:2] or regions.max(initial=0) > self.k:
+            raise _damaged(self.path, REGIONS_PNG, f"shape {regions.shape} or tissue {regions.max(initial=0)} does "
+                           f"not fit the thumbnail {self.thumbnail.shape[:2]} and k = {self.k}")
+        return regions
 
     @cached_property
     def training(self) -> Table | None:
@@ -1696,6 +1779,11 @@ class RunFolder:
         """Tissue tiles per tissue, index 0 = tissue 1."""
         return np.bincount(self.tiles.tissue - 1, minlength=self.k)[: self.k]
 
+    def tissue_areas_um2(self) -> np.ndarray:
+        """Area of each tissue's region in µm² (``manifest.regions``), index 0 = tissue 1."""
+        areas = self._analysis().regions.area_um2
+        return np.array([areas.get(t, 0.0) for t in range(1, self.k + 1)], dtype=np.float64)
+
     def representatives_of(self, tissue: int) -> list[RepresentativeFiles]:
         """Representatives of tissue ``tissue`` (1..k), best first."""
         return sorted((r for r in self.representatives if r.tissue == tissue), key=lambda r: r.rank)
@@ -1714,7 +1802,7 @@ class RunFolder:
 
 
 #: Files without which a folder is not an analysis run folder.
-_REQUIRED = (MANIFEST, TILES_CSV, REPRESENTATIVES_CSV, THUMBNAIL_PNG)
+_REQUIRED = (MANIFEST, TILES_CSV, REPRESENTATIVES_CSV, THUMBNAIL_PNG, REGIONS_PNG)
 
 
 def read_run(path: str | Path, kinds: Sequence[str] = ("analysis",)) -> RunFolder:

@@ -27,13 +27,55 @@ How k is chosen (TUMLS's "optimal tree cut", plus a rule for one tissue)
    With ``resamples = 0`` only the tiles' own choice counts.
 5. A user-given k skips all of this.
 
-Uncertainty
------------
-d = Euclidean distance of a tile's latent to its tissue's centroid;
-uncertainty = min(1, d / D), with D the 99th percentile of d over all tiles of the
-run (of the cohort in cohort mode). 0 is the centroid itself; 1 is as far as the
-1 % most atypical tiles. One scale for all tissues, so uncertainties compare across
-tissues and slides of a cohort.
+Methods (``clusters.method``)
+-----------------------------
+``kmeans``
+    k-means on the latents (TUMLS).
+``graph``
+    The patch graph of the CDAC study (UnSeGArmaNet): every tile is a node; two tiles are
+    joined when their centres lie within ``graph_radius`` tile sides and the cosine
+    similarity of their centred latents (the mean latent subtracted, so that "similar"
+    means similar relative to this slide) exceeds ``graph_similarity``. A small graph
+    neural network (ARMA convolutions, :mod:`tumls_qp.tissue.embeddings.graph`) trained
+    with the modularity loss gives every tile a soft assignment to k clusters; a tile's
+    tissue is the largest. Clusters left empty are dropped (with a warning). A graph with
+    no edge (no two neighbouring tiles similar enough, or every tile alone on its tissue
+    fragment) cannot be partitioned by modularity: the tiles are clustered with k-means
+    (or the mixture, below) instead, and a warning says so.
+
+When the embedding has its own mixture (``embedding.method = 'vade'``), the mixture
+chooses k (or ``clusters.k`` sets it) and, with ``kmeans``, assigns each tile to its most
+probable component (``Clustering.method`` is then ``mixture``); ``graph`` partitions the
+tiles into the mixture's k. Otherwise both methods use the same k (from the dendrogram
+or the user). Centroids are the mean latent of each tissue's tiles (for k-means, its
+centres).
+
+Typicality and confidence: two questions about a tile
+------------------------------------------------------
+*Typicality* (the ``uncertainty`` of TUMLS): how far a tile lies from its own tissue's
+centre. d = Euclidean distance of the tile's latent to its tissue's centroid;
+uncertainty = min(1, d / D), with D the 99th percentile of d over all tiles of the run
+(of the cohort in cohort mode). 0 is the centroid itself; 1 is as far as the 1 % most
+atypical tiles. One scale for all tissues, so it compares across tissues and slides of a
+cohort. It does not see a tile that sits between two tissues: such a tile can be close
+to both centroids.
+
+*Confidence* (:func:`assignment_confidence`): how sure the assignment is. With d₁ the
+distance to the tile's own centroid and d₂ to the nearest other one,
+confidence = max(0, (d₂ − d₁) / (d₂ + d₁)), in [0, 1]: 0 when another tissue is as
+near (or nearer), 1 on the centroid itself; 1 when k = 1. For k-means d₁ is the nearest
+centroid, so this is the margin between the nearest and the second-nearest. It equals
+p₁ − p₂ for the two-way posterior p ∝ 1/d between the two tissues
+(:func:`distance_posterior`). Seeded clustering and the prototype dictionary use the same
+function with their own centres (classes, prototypes). The graph network's softmax and
+the mixture's posterior are not used for confidence, so that it means one thing whatever
+the method; the softmax also saturates (on the lung mosaic of ``reports/regions.md`` most
+tiles have a softmax margin of 1.0, straddling tiles included).
+
+*Posterior* (``Clustering.posterior``): each tile's soft assignment, the evidence the
+region refinement (:mod:`tumls_qp.tissue.regions`) shares out below the tile: the
+two-way posterior for k-means, the network's softmax for graph clustering, the
+embedding's p(tissue | tile) for a mixture.
 
 Tissues are numbered by size: tissue 0 ("Tissue 1") has the most tiles.
 """
@@ -42,7 +84,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.cluster.hierarchy import linkage
@@ -53,6 +95,9 @@ from ..errors import InvalidInputError
 __all__ = [
     "Clustering",
     "cluster_embeddings",
+    "assignment_confidence",
+    "distance_posterior",
+    "tile_graph",
     "choose_k",
     "vote_k",
     "dendrogram_gaps",
@@ -99,10 +144,19 @@ class Clustering:
         Ward linkage matrix of the subset (for the report's dendrogram).
     linkage_indices : (m,) int64 ndarray or None
         Tiles in the linkage, in its leaf numbering.
+    method : str
+        ``"kmeans"`` or ``"graph"``: the method that made ``labels`` (k-means when graph
+        clustering had to fall back; see ``warnings``), or ``"mixture"`` when the embedding's
+        own mixture (``vade``) assigned the tiles.
+    posterior : (n, k) float32 ndarray
+        Soft assignment of each tile (rows sum to 1): the embedding's mixture p(tissue | tile)
+        when it has one, the graph network's softmax, or else the two-way distance posterior.
+    confidence : (n,) float32 ndarray
+        :func:`assignment_confidence` of each tile, in [0, 1].
+    warnings : tuple of str
+        What a reader of the result should know (e.g. a fallback).
     k_votes : dict of int to int
         How many resamples chose each k (empty when k was given or not voted on).
-    posterior : (n, k) float32 ndarray or None
-        p(tissue | tile) from the embedding's mixture, columns in tissue order (``vade``); None otherwise.
     """
 
     k: int
@@ -116,13 +170,21 @@ class Clustering:
     split_statistic: float | None
     linkage: np.ndarray | None
     linkage_indices: np.ndarray | None
+    method: str
+    posterior: np.ndarray
+    confidence: np.ndarray
+    warnings: tuple[str, ...] = ()
     k_votes: dict[int, int] = field(default_factory=dict)
-    posterior: np.ndarray | None = None
 
     def sizes(self) -> list[int]:
         """Tiles per tissue."""
         return np.bincount(self.labels, minlength=self.k).tolist()
 
+    def select(self, part: slice | np.ndarray) -> "Clustering":
+        """The part that covers some tiles (e.g. one slide of a cohort); centroids, gaps and linkage stay the whole's."""
+        return replace(self, labels=self.labels[part], distance=self.distance[part],
+                       uncertainty=self.uncertainty[part], posterior=self.posterior[part],
+                       confidence=self.confidence[part], linkage_indices=None)
     @property
     def runner_up(self) -> tuple[int, int] | None:
         """(k, votes) of the second most chosen k, or None when every resample chose the same k."""
@@ -183,6 +245,144 @@ def split_statistic(x: np.ndarray, seed: int) -> float:
     return float(a2 * (1 + 4 / n - 25 / n**2))
 
 
+def assignment_confidence(distances: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """How sure each assignment is: max(0, (d₂ − d₁) / (d₂ + d₁)), in [0, 1].
+
+    Parameters
+    ----------
+    distances : (n, k) float ndarray
+        Distance of each point to each of k centres (or classes).
+    labels : (n,) int ndarray, optional
+        The centre each point is assigned to (d₁ is the distance to it, d₂ to the nearest
+        other). None: the nearest centre, so that this is the margin between the nearest
+        and the second-nearest.
+
+    Returns
+    -------
+    (n,) float64 ndarray
+        0 where another centre is at least as near, 1 on the centre itself; 1 when k = 1.
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    if d.ndim != 2:
+        raise InvalidInputError(f"distances must be an (n, k) array; got shape {d.shape}")
+    if d.shape[1] < 2:
+        return np.ones(len(d))
+    own, other = _own_and_other(d, labels)
+    total = own + other
+    with np.errstate(invalid="ignore", divide="ignore"):
+        margin = np.where(total > 0, (other - own) / total, 0.0)
+    return np.clip(np.nan_to_num(margin, nan=0.0), 0.0, 1.0)
+
+
+def distance_posterior(distances: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """Two-way posterior p ∝ 1/d between each point's own centre and the nearest other one; 0 elsewhere.
+
+    ``p_own = d₂ / (d₁ + d₂)`` and ``p_other = d₁ / (d₁ + d₂)``, so that
+    ``p_own − p_other`` is :func:`assignment_confidence` (when the own centre is the nearer).
+
+    Parameters
+    ----------
+    distances : (n, k) float ndarray
+    labels : (n,) int ndarray, optional
+        Own centre of each point; None: the nearest.
+
+    Returns
+    -------
+    (n, k) float64 ndarray
+        Rows sum to 1 (both nearest at distance 0: ½ each).
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    n, k = d.shape
+    own_index = np.argmin(d, axis=1) if labels is None else np.asarray(labels, dtype=np.int64)
+    p = np.zeros((n, k))
+    rows = np.arange(n)
+    if k == 1:
+        p[:, 0] = 1.0
+        return p
+    own, other = _own_and_other(d, own_index)
+    other_d = np.where(np.arange(k)[None, :] == own_index[:, None], np.inf, d)
+    other_index = np.argmin(other_d, axis=1)
+    total = own + other
+    share = np.where(total > 0, other / np.where(total > 0, total, 1.0), 0.5)
+    p[rows, own_index] = share
+    p[rows, other_index] = 1.0 - share
+    return p
+
+
+def _own_and_other(d: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Distance to the own centre (the nearest when labels is None) and to the nearest other."""
+    rows = np.arange(len(d))
+    own_index = np.argmin(d, axis=1) if labels is None else np.asarray(labels, dtype=np.int64)
+    own = d[rows, own_index]
+    other = np.where(np.arange(d.shape[1])[None, :] == own_index[:, None], np.inf, d).min(axis=1)
+    return own, other
+
+
+def tile_graph(latents: np.ndarray, positions: np.ndarray, radius: float, similarity: float,
+               groups: np.ndarray | None = None) -> np.ndarray:
+    """Edges of the patch graph: spatial neighbours whose centred latents are similar (CDAC study).
+
+    Parameters
+    ----------
+    latents : (n, d) float ndarray
+    positions : (n, 2) float ndarray
+        Tile centres in tile sides (e.g. grid column and row).
+    radius : float
+        Tiles whose centres are at most this far apart are neighbours.
+    similarity : float
+        Neighbours are joined when the cosine similarity of their latents, less the mean
+        latent, exceeds this.
+    groups : (n,) int ndarray, optional
+        Tiles of different groups (slides of a cohort) are never joined.
+
+    Returns
+    -------
+    (m, 2) int64 ndarray
+        Edges (i, j) with i < j, each once.
+    """
+    from scipy.spatial import cKDTree
+
+    x = np.asarray(latents, dtype=np.float64)
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.shape != (len(x), 2) or not np.isfinite(pos).all():
+        raise InvalidInputError(f"positions must be an ({len(x)}, 2) array of finite tile coordinates; "
+                                f"got shape {pos.shape}")
+    if groups is not None:
+        groups = np.asarray(groups, dtype=np.int64)
+        if groups.shape != (len(x),):
+            raise InvalidInputError(f"groups must give one group per tile; got shape {groups.shape}")
+        # Groups side by side, more than the radius apart: no edge can cross.
+        span = float(np.ptp(pos[:, 0])) + 2 * radius + 1
+        pos = pos + np.column_stack([groups * span, np.zeros(len(pos))])
+    pairs = cKDTree(pos).query_pairs(radius + 1e-9, output_type="ndarray")
+    if len(pairs) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    centred = x - x.mean(axis=0)
+    norm = np.linalg.norm(centred, axis=1)
+    unit = centred / np.where(norm > 0, norm, 1.0)[:, None]
+    cosine = np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]])
+    edges = np.sort(pairs[cosine > similarity], axis=1)
+    return edges[np.lexsort((edges[:, 1], edges[:, 0]))].astype(np.int64)
+
+
+def _graph_labels(x: np.ndarray, k: int, cfg: ClusterConfig, seed: int, positions: np.ndarray | None,
+                  groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | str:
+    """Labels and softmax of graph clustering, or why it cannot run (the caller falls back to k-means)."""
+    if positions is None:
+        raise InvalidInputError("clusters.method = 'graph' needs the tiles' positions on the slide; tiles without "
+                                "positions (a tile folder) can only use clusters.method = 'kmeans'")
+    edges = tile_graph(x, positions, cfg.graph_radius, cfg.graph_similarity, groups)
+    if len(edges) == 0:
+        return (f"the patch graph has no edge (no two tiles within {cfg.graph_radius:g} tile sides have a "
+                f"latent cosine similarity above clusters.graph_similarity = {cfg.graph_similarity:g})")
+    from .embeddings.graph import train_graph_partition
+
+    std = x.std(axis=0)
+    features = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    posterior = train_graph_partition(features, edges, k, seed=seed, epochs=cfg.graph_epochs)
+    return posterior.argmax(axis=1).astype(np.int64), posterior
+
+
 def vote_k(x: np.ndarray, cfg: ClusterConfig, seed: int, n_distinct: int | None = None) -> dict[int, int]:
     """How many of ``cfg.resamples`` random subsets of the tiles choose each k (dendrogram gap and split test).
 
@@ -202,8 +402,9 @@ def vote_k(x: np.ndarray, cfg: ClusterConfig, seed: int, n_distinct: int | None 
     return dict(sorted(votes.items()))
 
 
-def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
-                       posterior: np.ndarray | None = None, posterior_source: str = "VaDE mixture (lowest BIC)") -> Clustering:
+def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *, positions: np.ndarray | None = None,
+                       groups: np.ndarray | None = None, posterior: np.ndarray | None = None,
+                       posterior_source: str = "VaDE mixture (lowest BIC)") -> Clustering:
     """Group tiles into tissues.
 
     Parameters
@@ -212,13 +413,25 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
         One embedding per tile.
     cfg : ClusterConfig
     seed : int
-        Seeds the linkage subset, the reference clouds and k-means.
+        Seeds the linkage subset, the reference clouds, k-means and the graph network.
+    positions : (n, 2) float ndarray, optional
+        Tile centres in tile sides (grid column, row); needed by graph clustering.
+    groups : (n,) int ndarray, optional
+        Slide of each tile in a cohort: graph clustering joins no tiles of different slides.
     posterior : (n, m) float ndarray, optional
-        The embedding's own mixture posteriors p(component | tile) (``vade``): then each tile
-        goes to its most probable component, k is the number of components that receive
-        tiles (the mixture chose it, or ``cfg.k`` set it) and ``k_source`` is
-        ``posterior_source``; the dendrogram is still computed for the report. Unless k is
-        given, the one-tissue split test still applies: one Gaussian cloud is one tissue.
+        The embedding's own mixture posteriors p(component | tile) (``vade``): k is the
+        number of components that receive tiles (the mixture chose it, or ``cfg.k`` set it)
+        and ``k_source`` is ``posterior_source``; with ``clusters.method = 'kmeans'`` each
+        tile goes to its most probable component (``method`` is then ``"mixture"``), with
+        ``'graph'`` the graph network partitions the tiles into that k. The dendrogram is
+        still computed for the report. Unless k is given, the one-tissue split test still
+        applies: one Gaussian cloud is one tissue.
+
+    Raises
+    ------
+    InvalidInputError
+        Latents that are not an (n >= 2, d) finite array; a k larger than the distinct tiles;
+        a posterior of the wrong shape; graph clustering without positions.
     """
     from sklearn.cluster import KMeans
 
@@ -269,12 +482,30 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
                 k = min(kk for kk, v in votes.items() if v == top)
                 source = "split test: one tissue" if k == 1 else "dendrogram"
 
+    mixture = posterior is not None and k > 1
+    method, warnings = ("mixture" if mixture and cfg.method == "kmeans" else cfg.method), []
+    soft = None  # the method's own soft assignment (graph network or mixture), one column per tissue
     if k == 1:
         labels = np.zeros(len(x), dtype=np.int64)
         centroids = x.mean(axis=0, keepdims=True)
     else:
-        if posterior is not None:
-            labels = post.argmax(axis=1).astype(np.int64)
+        graph = _graph_labels(x, k, cfg, seed, positions, groups) if cfg.method == "graph" else None
+        if isinstance(graph, str):
+            method = "mixture" if mixture else "kmeans"
+            warnings.append(f"graph clustering fell back to {'the mixture' if mixture else 'k-means'}: {graph}")
+            log.warning("%s", warnings[-1])
+        if isinstance(graph, tuple):
+            labels, soft = graph
+            present = np.flatnonzero(np.bincount(labels, minlength=k))
+            if len(present) < k:
+                warnings.append(f"graph clustering left {k - len(present)} of the k = {k} tissues empty; "
+                                f"{len(present)} remain")
+            soft = soft[:, present]
+            labels = np.searchsorted(present, labels)
+            k = len(present)
+        elif mixture:
+            labels, soft = post.argmax(axis=1).astype(np.int64), post
+        if soft is not None:
             centroids = np.stack([x[labels == j].mean(axis=0) for j in range(k)])
         else:
             km = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=seed).fit(x)
@@ -286,13 +517,18 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
         remap = np.empty(k, dtype=np.int64)
         remap[order] = np.arange(k)
         labels, centroids = remap[labels], centroids[order]
-        if posterior is not None:
-            post = post[:, order]
+        if soft is not None:
+            soft = soft[:, order]
 
+    all_distances = np.sqrt(np.maximum(
+        (x * x).sum(axis=1)[:, None] - 2.0 * x @ centroids.T + (centroids * centroids).sum(axis=1)[None, :], 0.0))
     distance = np.linalg.norm(x - centroids[labels], axis=1)
     scale = float(np.percentile(distance, UNCERTAINTY_PERCENTILE))
     uncertainty = np.clip(distance / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(distance)
-    log.info("k = %d (%s); tiles per tissue %s", k, source, np.bincount(labels).tolist())
+    confidence = assignment_confidence(all_distances, labels)
+    assignment = soft / soft.sum(axis=1, keepdims=True) if soft is not None \
+        else distance_posterior(all_distances, labels)
+    log.info("k = %d (%s, %s); tiles per tissue %s", k, source, method, np.bincount(labels).tolist())
     return Clustering(
         k=k,
         k_source=source,
@@ -305,7 +541,10 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *,
         split_statistic=statistic,
         linkage=z,
         linkage_indices=sub,
+        method=method,
+        posterior=assignment.astype(np.float32),
+        confidence=confidence.astype(np.float32),
+        warnings=tuple(warnings),
         k_votes=votes,
-        posterior=None if posterior is None else post.astype(np.float32),
     )
 

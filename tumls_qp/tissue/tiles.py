@@ -364,6 +364,8 @@ class TissueTiles:
     selection: TileSelection
     #: (n, tile_px, tile_px, 3) uint8 pixels of the kept tiles, in the order of ``selection.kept``.
     tiles: np.ndarray
+    #: (rows * tile_px, columns * tile_px) bool: the tissue mask of ``thumbnail`` (None: not kept).
+    mask: np.ndarray | None = None
 
     @property
     def boxes(self) -> np.ndarray:
@@ -412,4 +414,4 @@ def tissue_tiles(
     selection = select_tiles(thumbnail, mask, grid, cfg)
     require_tissue(selection, grid, cfg, slide.path.name)
     return TissueTiles(grid=grid, thumbnail=thumbnail, selection=selection,
-                       tiles=tile_pixels(thumbnail, grid, selection.kept))
+                       tiles=tile_pixels(thumbnail, grid, selection.kept), mask=mask)

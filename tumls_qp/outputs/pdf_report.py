@@ -1312,12 +1312,14 @@ def _cohort_method_page(styles: _Styles, runs: list[RunFolder], same: bool) -> l
     story.append(_para("Per slide", styles.h2))
     header = ["Slide", "Tiles in the grid", "Kept", "Back­ground", "Artefact", "Tiles per tissue", "Warnings"]
     rows: list[list[Any]] = [header]
-    for run in runs:
+    for i, run in enumerate(runs, start=1):
         m = run.manifest
+        # The warnings themselves are on the slide's overview page; a list here could fill the page.
+        count = len(_warnings(run))
         rows.append([run.slide_name, _fmt(m.tiles.total), _fmt(m.tiles.kept), _fmt(m.tiles.dropped.get("background")),
                      _fmt(m.tiles.dropped.get("artefact")), ", ".join(_fmt(int(v)) for v in run.tiles_per_tissue()),
-                     "; ".join(_warnings(run)) or "none"])
-    story.append(_table(rows, styles, widths=[110, 50, 40, 48, 42, 80, 140]))
+                     f"{count} (on the page of slide {i})" if count else "none"])
+    story.append(_table(rows, styles, widths=[130, 50, 40, 48, 42, 90, 110]))
     return story
 
 

@@ -1,7 +1,9 @@
-"""The PDF report: every section, the manifest's numbers, pages that are not blank, and the edge cases.
+"""The PDF report: every section, the manifest's numbers, one page per section, legible figures, the edge cases.
 
 PDFs are read back with pypdfium2 (PDFium, an independent reader): its text for the
-sections and numbers, and each page rendered to pixels for "not blank".
+sections and numbers, and each page rendered to pixels for "not blank". Figures are checked
+as matplotlib lays them out, before they are saved: no two texts overlap, none is cut off
+or smaller than 6 pt (``_report_figures.legibility_problems``).
 """
 
 import csv
@@ -27,10 +29,10 @@ from tumls_qp.pipeline import analyze
 
 pdfium = pytest.importorskip("pypdfium2")
 
-SECTIONS = ("Case summary", "Tissue 1", "The 5 best representatives", "The best representative: nuclei and features",
-            "Uncertainty of the tissue's tiles", "Comparison across tissues", "Normalised features",
-            "Tissue distribution", "Method and quality", "Background filtering and embedding quality",
-            "Warnings raised during the run", "Parameters and provenance", "Effective configuration")
+SECTIONS = ("Case summary", "Tissue 1", "The 5 best representatives", "Nuclei of the best representative",
+            "Features of Tissue 1", "Comparison across tissues", "Every value per tissue", "The tiles in the embedding",
+            "Method and quality", "Number of tissues", "Background filtering and embedding quality", "Warnings",
+            "Appendix: parameters and provenance", "Effective configuration")
 
 
 def _config(**changes):
@@ -76,6 +78,20 @@ def _copy_run(run, tmp_path, name="copy"):
     return target
 
 
+@pytest.fixture()
+def figure_problems(monkeypatch):
+    """The legibility problems of every figure drawn while the test runs, one list per figure (checked as laid out)."""
+    found = []
+    encode = figures._encode
+
+    def checked(fig, photo=False):
+        found.append(figures.legibility_problems(fig))
+        return encode(fig, photo)
+
+    monkeypatch.setattr(figures, "_encode", checked)
+    return found
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """The bundled real slide (CMU-1-Small-Region, H&E) analysed with a report, in seconds (3 epochs)."""
@@ -114,14 +130,14 @@ def test_pipeline_report_has_every_section_and_the_manifest_numbers(demo_run):
     k = m["clusters"]["k"]
     for t in range(1, k + 1):
         assert f"Tissue {t}" in text
-    # Sections come in the issue's order, one tissue page per tissue.
+    # Sections come in the issue's order, and each fits on one page: a page per tissue, four more.
     first_page = {s: next(i for i, p in enumerate(pages) if s in " ".join(p.split()))
                   for s in ("Case summary", "Comparison across tissues", "Method and quality",
-                            "Parameters and provenance")}
-    assert first_page["Case summary"] == 0
-    assert first_page["Case summary"] < first_page["Comparison across tissues"] < first_page["Method and quality"] \
-        < first_page["Parameters and provenance"]
-    assert first_page["Comparison across tissues"] >= k + 1
+                            "Appendix: parameters and provenance")}
+    assert first_page == {"Case summary": 0, "Comparison across tissues": k + 1, "Method and quality": k + 2,
+                          "Appendix: parameters and provenance": k + 3}
+    assert [p.split("\n", 1)[0].strip() for p in pages[1: k + 1]] == [f"Tissue {t}" for t in range(1, k + 1)]
+    assert len(pages) == k + 4
     assert "not a diagnosis" in text and " ".join(DISCLAIMER.split()[:8]) in text
 
     numbers = [
@@ -147,11 +163,47 @@ def test_pipeline_report_has_every_section_and_the_manifest_numbers(demo_run):
     for count in m["nuclei"]["per_tissue"].values():
         assert f"Nuclei {count:,}" in text
     assert "No nuclei were segmented" not in text
-    assert "Embedding colours" in text and "PCA; red, green, blue" in text
+    assert "The tiles in the embedding" in text and "PCA; red, green, blue" in text
 
 
 def test_every_page_of_the_real_report_is_drawn(demo_run):
     _assert_pages_not_blank(demo_run / REPORT_NAME)
+
+
+def test_every_figure_of_the_real_report_is_legible(demo_run, tmp_path, figure_problems):
+    render_report(demo_run, tmp_path / "again.pdf")
+    k = read_run(demo_run).k
+    assert len(figure_problems) >= 4 + 4 * k  # overview, a locator, histogram, representatives, nuclei per tissue, ...
+    assert not [p for p in figure_problems if p], figure_problems
+
+
+def test_representatives_are_drawn_where_their_qupath_annotations_are(demo_run, tmp_path, monkeypatch):
+    """Each box on the tissue map is labelled t.r and sits on the annotation "Tissue t representative r"."""
+    drawn = []
+    encode = figures._encode
+    monkeypatch.setattr(figures, "_encode", lambda fig, photo=False: (drawn.append(fig), encode(fig, photo))[1])
+    render_report(demo_run, tmp_path / "again.pdf")
+    run = read_run(demo_run)
+    annotations = {f["properties"]["name"]: f for f in run.geojson() if "representative" in
+                   f["properties"].get("name", "")}
+    assert len(annotations) == len(run.representatives) > 0
+
+    [tissue_map] = [ax for fig in drawn for ax in fig.axes if ax.get_title() == "Tissue map and representatives"]
+    labels = [t.get_text() for t in tissue_map.texts if "." in t.get_text()]
+    boxes = [p for p in tissue_map.patches if p.get_edgecolor()[3] > 0 and p.get_facecolor()[3] == 0]
+    assert len(labels) == len(boxes) == len(annotations)
+    for label, box in zip(labels, boxes):
+        t, r = label.split(".")
+        feature = annotations.pop(f"Tissue {t} representative {r}")
+        xs, ys = zip(*feature["geometry"]["coordinates"][0])
+        centre = ((min(xs) + max(xs)) / 2 * run.thumbnail_scale, (min(ys) + max(ys)) / 2 * run.thumbnail_scale)
+        assert box.get_x() + box.get_width() / 2 == pytest.approx(centre[0], abs=0.5)
+        assert box.get_y() + box.get_height() / 2 == pytest.approx(centre[1], abs=0.5)
+        assert box.get_edgecolor()[:3] == pytest.approx(figures.tissue_rgb(int(t)))
+    assert not annotations
+    # The tissue pages name each representative as its annotation, above its images.
+    titles = {ax.get_title().split("\n")[0] for fig in drawn for ax in fig.axes}
+    assert {f"Tissue {r.tissue} representative {r.rank}" for r in run.representatives} <= titles
 
 
 def test_report_command_rerenders_from_the_run_folder_alone(demo_run, tmp_path, capsys):
@@ -167,7 +219,7 @@ def test_report_command_rerenders_from_the_run_folder_alone(demo_run, tmp_path, 
     after = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert set(after) - set(before) == {REPORT_NAME} and all(after[p] == before[p] for p in before)
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
-    assert "Parameters and provenance" in _text(run / REPORT_NAME)
+    assert "Appendix: parameters and provenance" in _text(run / REPORT_NAME)
     # --out to a file and to a folder
     assert main(["report", str(run), "--out", str(tmp_path / "elsewhere.pdf")]) == 0
     assert (tmp_path / "elsewhere.pdf").is_file()
@@ -224,13 +276,16 @@ def test_nuclei_files_give_outlines_and_feature_listings(synthetic_run, tmp_path
     _write_nuclei(run)
     result = render_report(run)
     text = _text(result.path)
-    for value in ("GLCM contrast 13.5", "GLCM contrast 14.5", "Nucleus area mean µm² 29.25", "Nuclei per mm² 2,469",
-                  "Spread µm 7.75", "Nuclei in this patch (nuclei.csv) 3", "Area µm², mean ± sd",
-                  "Headline features"):
+    for value in ("GLCM contrast (unitless) 13.5", "GLCM contrast (unitless) 14.5", "Nucleus area mean (µm²) 29.25",
+                  "Nuclei per mm² 2,469", "Spread (µm) 7.75", "Nuclei (count, nuclei.csv) 3", "Area (µm²)",
+                  "Perimeter (µm)", "Circularity (unitless) 0.98 ± 0", "Headline features"):
         assert value in text, value
     # Headline line on the summary: "Nuclei", then density, then area.
-    assert "Nuclei 3; Nuclei per mm² 1,234; Nucleus area mean µm² 29.25" in text
+    assert "Nuclei 3; Nuclei per mm² 1,234; Nucleus area mean (µm²) 29.25" in text
     assert "No nuclei were segmented" not in text
+    # Features that rest on 3 nuclei are flagged on each tissue's page, in words.
+    k = read_run(run).k
+    assert text.count("Few nuclei: its nucleus features rest on 3 nuclei, fewer than 30") == k
     _assert_pages_not_blank(result.path)
     # The outlines are drawn in the nucleus class colour; a report without nucleus files has none of it.
     bare = render_report(_copy_run(synthetic_run, tmp_path, "bare"))
@@ -245,7 +300,7 @@ def test_a_run_where_no_nuclei_were_found_renders(synthetic_run, tmp_path):
     result = render_report(run)
     text = _text(result.path)
     assert "No nuclei were found in this patch." in text
-    assert "Nuclei in this patch (nuclei.csv) 0" in text and "undefined" in text
+    assert "Nuclei (count, nuclei.csv) 0" in text and "undefined" in text
     _assert_pages_not_blank(result.path)
 
 
@@ -265,11 +320,11 @@ def test_one_tissue_renders(slides, tmp_path):
     assert result.manifest.clusters.k == 1
     text = _text(result.run_dir / REPORT_NAME)
     assert "k = 1 (one tissue)" in text and "Tissue 1" in text and "Tissue 2" not in text
-    assert "With one tissue every bar is 1" in text
+    assert "With one tissue there is nothing to compare on this slide" in text
     _assert_pages_not_blank(result.run_dir / REPORT_NAME)
 
 
-def test_another_embedding_method_and_the_k_vote_are_reported(slides, tmp_path):
+def test_another_embedding_method_and_the_k_vote_are_reported(slides, tmp_path, figure_problems):
     [result] = analyze([slides["two-tissues"]], tmp_path,
                        _config(**{"embedding.method": "handcrafted", "nuclei.enabled": False}))
     m = result.manifest
@@ -281,33 +336,55 @@ def test_another_embedding_method_and_the_k_vote_are_reported(slides, tmp_path):
         f"All 10 resamples of 80 % of the tiles chose k = {m.clusters.k}" in text
     assert "reconstructions.npz is missing" not in text  # only the autoencoder reconstructs
     _assert_pages_not_blank(result.run_dir / REPORT_NAME)
+    assert figure_problems and not [p for p in figure_problems if p], figure_problems
 
 
-def test_cohort_report(slides, tmp_path, capsys):
+COHORT_PAGES = ("Cohort report: 2 slides", "Slide 1 of 2", "Slide 2 of 2", "Tissue 1 across the slides",
+                "Tissue 2 across the slides", "Features per tissue and slide", "Method and quality",
+                "Appendix: parameters and provenance")
+
+
+def test_cohort_report(slides, tmp_path, capsys, figure_problems):
     results = analyze([slides["two-tissues"], slides["homogeneous"]], tmp_path, _config(**{"clusters.k": 2}),
                       cohort=True)
     cohort_pdf = tmp_path / COHORT_REPORT_NAME
     assert cohort_pdf.is_file() and all((r.run_dir / REPORT_NAME).is_file() for r in results)
+    pages = _pages_text(cohort_pdf)
     text = _text(cohort_pdf)
     for value in ("Cohort report: 2 slides", "analysed together", "Per-slide summary", "Tissue distribution per slide",
-                  "Each tissue over the slides", "two-tissues.tif", "homogeneous.tif", "Case summary"):
+                  "Each tissue over the slides", "two-tissues.tif", "homogeneous.tif", "Tissue map",
+                  "Share of tissue area (%)"):
         assert value in text, value
     for r in results:  # shares of the regions' area
         areas = list(r.manifest.regions.area_um2.values())
         assert " ".join(f"{100 * a / sum(areas):.1f}" for a in areas) in text
-    assert text.count("Parameters and provenance") == 2  # each slide's case report follows
+        # Each slide's case report, which holds every page the cohort report summarises, is named.
+        assert str(r.run_dir / REPORT_NAME) in text
+    # A summary, an overview per slide, a page per tissue across the slides, then features, method and appendix:
+    # the slides' tissue pages are not repeated.
+    titles = [p.split("\n", 1)[0].strip() for p in pages]
+    assert [t for t in titles if t in COHORT_PAGES] == list(COHORT_PAGES)
+    assert len(pages) <= len(COHORT_PAGES) + 1
+    assert "Case summary" not in titles and text.count("Appendix: parameters and provenance") == 1
     _assert_pages_not_blank(cohort_pdf)
+    assert figure_problems and not [p for p in figure_problems if p]
     # Re-rendered from one member with --cohort: the same cohort, the same pages.
     again = tmp_path / "again.pdf"
     assert main(["report", str(results[0].run_dir), "--cohort", "--out", str(again)]) == 0
     assert "cohort report of 2 slides" in capsys.readouterr().out
-    assert len(_pages_text(again)) == len(_pages_text(cohort_pdf))
+    assert len(_pages_text(again)) == len(pages)
 
 
-def test_run_folders_of_separate_analyses_are_flagged_in_a_cohort_report(synthetic_run, demo_run, tmp_path):
+def test_run_folders_of_separate_analyses_are_flagged_in_a_cohort_report(synthetic_run, demo_run, tmp_path,
+                                                                         figure_problems):
     result = render_report([synthetic_run, demo_run], tmp_path / "mixed.pdf")
     assert result.slides == 2
-    assert "these slides were not analysed as one cohort" in _text(result.path)
+    text = _text(result.path)
+    assert "these slides were not analysed as one cohort" in text
+    # Tissue numbers do not compare across these slides: each slide's tissues follow its overview instead.
+    assert "The tissues of two-tissues.tif" in text and "The tissues of CMU-1-Small-Region.svs" in text
+    assert "across the slides" not in text
+    assert figure_problems and not [p for p in figure_problems if p]
     with pytest.raises(InvalidInputError, match="was not analysed with --cohort"):
         render_report(synthetic_run, tmp_path / "x.pdf", cohort=True)
 
@@ -402,3 +479,95 @@ def test_read_run(synthetic_run):
     assert run.thumbnail_scale == pytest.approx(16 / 128)
     assert run.features is None and run.nuclei is None and run.notes == []
     assert run.embedding_colours.rgb.shape == (len(run.tiles.boxes), 3) and run.embedding_colours.method == "pca"
+
+
+# --- legibility of the figures ---------------------------------------------------------------------------------------
+
+def test_the_legibility_check_finds_overlapping_cut_off_and_tiny_text():
+    with figures._figure(2.0, 1.5, layout="constrained") as fig:
+        ax = fig.subplots()
+        ax.set_xticks(range(8), [f"a long tick label {i}" for i in range(8)])
+        assert any("overlaps" in p for p in figures.legibility_problems(fig))
+    with figures._figure(2.0, 1.5) as fig:
+        ax = fig.subplots()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "tiny", fontsize=4, transform=ax.transAxes)
+        ax.text(1.2, 0.5, "beyond the edge", transform=ax.transAxes)
+        problems = figures.legibility_problems(fig)
+        assert any("'tiny' is 4 pt" in p for p in problems) and any("cut off" in p for p in problems)
+        assert not any("overlaps" in p for p in problems)
+    with figures._figure(3.0, 2.0, layout="constrained") as fig:
+        ax = fig.subplots()
+        ax.set_xticks(range(4), ["one", "two", "three", "four"])
+        assert figures.legibility_problems(fig) == []
+
+
+def _blocks(rows, cols, k, seed=0):
+    """A tile grid of k tissues in blocks, 0 around it."""
+    rng = np.random.default_rng(seed)
+    grid = np.zeros((rows, cols), np.int64)
+    grid[1:-1, 1:-1] = 1 + (np.add.outer(np.arange(rows - 2) // 3, np.arange(cols - 2) // 4) + rng.integers(
+        0, 2, (rows - 2, cols - 2))) % k
+    return grid
+
+
+@pytest.mark.parametrize(("rows", "cols", "k", "with_confidence", "height"),
+                         [(60, 40, 8, False, 6.0), (20, 70, 3, True, 3.0), (45, 45, 8, True, 4.0),
+                          (30, 22, 1, False, 2.5)])
+def test_the_overview_stays_legible_with_many_tissues_and_representatives(rows, cols, k, with_confidence, height,
+                                                                           figure_problems):
+    tile_px, tile_size = 8, 128
+    grid = _blocks(rows, cols, k)
+    thumbnail = np.full((rows * tile_px, cols * tile_px, 3), 235, np.uint8)
+    rng = np.random.default_rng(1)
+    marks = []
+    for t in range(1, k + 1):
+        cells = np.argwhere(grid == t)
+        for r, (y, x) in enumerate(cells[rng.choice(len(cells), size=min(5, len(cells)), replace=False)], start=1):
+            marks.append((f"{t}.{r}", t, (x * tile_size, y * tile_size, tile_size, tile_size)))
+    values = np.where(grid > 0, rng.random(grid.shape), np.nan)
+    figures.overview_figure(thumbnail, grid, tile_px, values, values if with_confidence else None, k, tile_px,
+                            tile_px / tile_size, 2.0, [100 / k] * k, marks, max_height_in=height)
+    figures.locator_figure(thumbnail, grid, tile_px, 1, [m for m in marks if m[1] == 1], tile_px / tile_size, 2.0)
+    assert len(figure_problems) == 2 and not [p for p in figure_problems if p], figure_problems
+
+
+def test_the_charts_stay_legible_with_many_tissues_slides_and_features(figure_problems):
+    rng = np.random.default_rng(0)
+    k, n_features, n_slides = 8, 22, 12
+    names = [f"A rather long feature name number {i} (µm²)" for i in range(n_features)]
+    values = rng.random((k, n_features)) * 10.0 ** rng.integers(-2, 6, n_features)
+    values[2, 3] = np.nan
+    texts = [[_fmt(v) for v in row] for row in values]
+    figures.feature_panels_figure(names, values, texts, list(range(1, k + 1)))
+    slides = [f"a-slide-with-a-long-file-name-{i}.svs" for i in range(n_slides)]
+    shares = rng.dirichlet(np.ones(k), n_slides) * 100
+    figures.distribution_figure(slides, shares, k)
+    figures.cohort_tissue_figure(slides, shares * 12.345, k, "area (mm²)")
+    figures.uncertainty_histogram(rng.random(200), rng.random(900), [0.1, 0.12, 0.13, 0.2, 0.21], 8)
+    from scipy.cluster.hierarchy import linkage
+
+    figures.dendrogram_figure(linkage(rng.random((700, 4)), "ward"), {kk: float(rng.random()) for kk in range(2, 13)},
+                              5, "dendrogram")
+    assert len(figure_problems) == 5 and not [p for p in figure_problems if p], figure_problems
+
+
+def test_the_k_explanation_says_when_the_vote_overruled_the_largest_gap():
+    from types import SimpleNamespace
+
+    from tumls_qp.outputs.pdf_report import _k_explanation, _vote_explanation
+
+    def run(k, gaps, votes, runner_up):
+        clusters = SimpleNamespace(k_source="dendrogram", split_statistic=None, gaps=gaps, k_votes=votes,
+                                   runner_up=runner_up)
+        return SimpleNamespace(k=k, manifest=SimpleNamespace(clusters=clusters))
+
+    overruled = run(2, {2: 30.44, 3: 47.0, 4: 3.0}, {2: 6, 3: 4}, (3, 4))
+    text = _k_explanation(overruled) + _vote_explanation(overruled)
+    assert "chosen by the vote of resamples" in text and "largest gap is at the cut into 3 tissues (47 latent" in text
+    assert "30.44 at k = 2" in text and "k = 2 was chosen 6 times and the runner-up, k = 3, 4 times" in text
+    agreed = run(3, {2: 30.44, 3: 47.0, 4: 3.0}, {3: 10}, None)
+    text = _k_explanation(agreed) + _vote_explanation(agreed)
+    assert "the largest gap between merge heights (47 latent units) is at the cut into 3 tissues" in text
+    assert "All 10 resamples of 80 % of the tiles chose k = 3" in text and "vote of resamples" not in text

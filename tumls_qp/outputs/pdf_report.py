@@ -2,29 +2,37 @@
 
 Everything is read back from run folders (:func:`~tumls_qp.outputs.run_folder.read_run`): a report can be
 re-rendered at any time without the slide and without recomputing anything. reportlab
-lays the pages out; matplotlib draws the figures; both are imported only when a report
-is rendered.
+lays the pages out; matplotlib draws the figures (:mod:`._report_figures`, drawn at the size
+they are printed); both are imported only when a report is rendered.
 
-Pages of a case report, in order:
+Pages of a case report, in order (one page each; a case of 3 tissues takes 7 pages):
 
-1. Case summary: slide, dates, tool version; the tissue regions, the uncertainty map and the
-   confidence map over the slide thumbnail; k and how it was chosen; one line per tissue
-   (tiles, region area in µm² and %, mean uncertainty and confidence, headline features); a
-   statement that these are pre-decision insights, not a diagnosis.
-2. One page per tissue: its best representatives at the tissue level and at full
-   resolution; the best one with its nucleus outlines and feature listing (with a warning
-   in words when the features rest on fewer than ``FEW_NUCLEI`` nuclei); the distribution of
-   its tiles' uncertainty.
-3. Comparison across tissues: normalised features; the tissue distribution.
-4. Method and quality: dendrogram with the chosen cut and how the resamples voted on k, the
-   embedding method (for the autoencoder its losses and reconstructions), the embedding
-   colours (when the run folder has ``embedding_colours.npz``), background filtering
-   counts, MSE, warnings.
-5. Parameters and provenance: versions, seed, device, timings, slide hash, the effective
-   configuration.
+1. Case summary: slide, dates, tool version, k and how it was chosen; the slide, its tissue
+   regions (``regions.png``) with every representative as a box labelled ``t.r`` (its QuPath
+   annotation "Tissue t representative r"), the uncertainty and the confidence per tile; one
+   line per tissue (tiles, region area in µm² and %, mean uncertainty and confidence, headline
+   features); the warnings; a statement that these are pre-decision insights, not a diagnosis.
+2. One page per tissue: what to read with care (features resting on fewer than ``FEW_NUCLEI``
+   nuclei, no region of its own, missing patches); where it lies (a locator with its
+   representatives), its tiles' uncertainty and confidence, its best representatives at the
+   tissue level and at full resolution, named as in QuPath; the best one with its nuclei
+   outlined and their measurements (another layer of the same patch, such as glands, is one
+   more panel beside the nuclei: ``overlays`` in ``_tissue_page``); the tissue's features. A
+   page that would overflow shrinks its gallery.
+3. Comparison across tissues: every per-tissue value in its own unit, one small panel each;
+   the tiles in the embedding (when the run folder has ``embedding_colours.npz``).
+4. Method and quality: dendrogram with the chosen cut and how the resamples voted on k; the
+   embedding method (for the autoencoder its losses and reconstructions, for the others what
+   they are and their training loss); background filtering counts, embedding quality.
+5. Appendix: parameters and provenance: versions, seed, device, timings, slide hash, the
+   effective configuration.
 
-A cohort report starts with the cohort's pages (a summary per slide, the distribution of
-each tissue over the slides) and then holds each slide's case report.
+A cohort report summarises instead of repeating every slide's case report (each run folder
+keeps its own): a summary (a line per slide, the distribution of the tissues over the
+slides, where each case report is); each slide's overview page; each tissue across the
+slides (one row per slide: where it lies, its best representatives, their nuclei) when the
+slides were analysed as one cohort, otherwise each slide's tissues; every per-tissue value
+side by side; the method; an appendix with each slide's provenance.
 
 Nucleus content comes from these run folder files when they are there (a run without
 them renders with a note): ``patches/tissue{t}-rank{r}.labels.png`` (uint16 instance
@@ -38,6 +46,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -49,8 +58,8 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
-from ..cells.features import FEW_NUCLEI
-from ..classes import class_colour, tissue_class_name
+from ..cells.features import FEW_NUCLEI, NUCLEUS_FEATURES, TISSUE_FEATURES
+from ..classes import NUCLEUS_COLOUR, class_colour, tissue_class_name
 from ..errors import InvalidInputError, OutputError
 from ..files import atomic_write
 from . import _report_figures as figures
@@ -69,13 +78,14 @@ DISCLAIMER = (
     "the representatives, then decide."
 )
 _FOOTER = "Pre-decision insights, not a diagnosis"
-# A4 less 15 mm margins, in points.
+# The text frame: A4 less 15 mm side margins, 15 mm at the top and 14 mm at the bottom, in points.
 _FRAME_WIDTH = 595.2756 - 2 * 42.5197
+_FRAME_HEIGHT = 841.8898 - 42.5197 - 39.6850
 
 # Feature columns that are identifiers, not measurements.
 _ID_COLUMNS = {"tissue", "rank", "label"}
 #: nuclei.csv columns that locate a nucleus rather than describe it: no mean in the listing.
-_POSITION_COLUMNS = {"x", "y"}
+_POSITION_COLUMNS = {f.name for f in NUCLEUS_FEATURES if f.key in ("x", "y")}
 # Keywords of the feature columns shown first on the summary line of each tissue (others follow in file order).
 _HEADLINE = (("nuclei",), ("per mm", "density"), ("area",), ("circularity",))
 _HEADLINE_COUNT = 4
@@ -136,7 +146,7 @@ def render_report(
     else:
         folder, name = Path(os.path.commonpath([p.resolve() for p in paths])), COHORT_REPORT_NAME
     target = folder / name if out is None else Path(out) / name if Path(out).is_dir() else Path(out)
-    story = _case_story(_Styles(), runs[0], level=0) if len(runs) == 1 else _cohort_story(_Styles(), runs)
+    story = _case_story(_Styles(), runs[0]) if len(runs) == 1 else _cohort_story(_Styles(), runs)
     title = runs[0].slide_name if len(runs) == 1 else f"Cohort of {len(runs)} slides"
     pages = _write_pdf(target, story, title)
     return ReportResult(path=target, pages=pages, slides=len(runs), seconds=time.perf_counter() - started)
@@ -198,6 +208,10 @@ class _Styles:
         self.box = ParagraphStyle("box", parent=self.body, fontName=bold, borderColor=colors.black, borderWidth=0.8,
                                   borderPadding=5, backColor=colors.HexColor("#f2f2f2"), spaceBefore=8, spaceAfter=8,
                                   leftIndent=5, rightIndent=5)
+        self.row = ParagraphStyle("row", parent=self.body, spaceBefore=7, spaceAfter=1)
+        self.warning = ParagraphStyle("warning", parent=self.small, borderColor=colors.HexColor("#b36b00"),
+                                      borderWidth=0.8, borderPadding=4, backColor=colors.HexColor("#fff4e0"),
+                                      spaceBefore=6, spaceAfter=6, leftIndent=4, rightIndent=4)
 
 
 def _escape(text: Any) -> str:
@@ -264,15 +278,6 @@ def _swatch_cell(tissue: int, styles: _Styles) -> Any:
     return _para(str(tissue), style)
 
 
-def _side_by_side(left: Any, right: Any, widths: tuple[float, float]) -> Any:
-    from reportlab.platypus import Table, TableStyle
-
-    table = Table([[left, right]], colWidths=widths, hAlign="LEFT")
-    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
-                               ("RIGHTPADDING", (0, 0), (-1, -1), 4)]))
-    return table
-
-
 def _marker(header: str | None, outline: str | None, level: int) -> Any:
     """A zero-size flowable that sets the running header and/or adds an entry to the PDF's outline."""
     from reportlab.platypus import Flowable
@@ -302,7 +307,8 @@ def _decorate(canvas: Any, doc: Any) -> None:
     canvas.saveState()
     canvas.setFont(sans, 7)
     canvas.setFillGray(0.3)
-    canvas.drawString(15 * mm, height - 10 * mm, f"tumls-qp {__version__} report · {getattr(canvas, '_tumls_header', '')}")
+    header = getattr(canvas, "_tumls_header", "")
+    canvas.drawString(15 * mm, height - 10 * mm, f"tumls-qp {__version__} report · {header}")
     canvas.drawString(15 * mm, 8 * mm, _FOOTER)
     canvas.drawRightString(width - 15 * mm, 8 * mm, f"page {doc.page}")
     canvas.setLineWidth(0.3)
@@ -338,7 +344,6 @@ def _write_pdf(target: Path, story: list[Any], title: str) -> int:
         ) from exc
     return int(doc.page)
 
-
 # --- numbers ----------------------------------------------------------------------------------------------------------
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -366,7 +371,6 @@ def _area(um2: float) -> str:
     return f"{um2:,.0f}"
 
 
-
 def _shares(run: RunFolder) -> np.ndarray:
     """Share of the mapped tissue area in each tissue's region, %."""
     areas = run.tissue_areas_um2()
@@ -377,6 +381,33 @@ def _feature_columns(run: RunFolder) -> list[str]:
     if run.features is None:
         return []
     return [c for c in run.features.columns if c not in _ID_COLUMNS]
+
+
+# Units of the feature columns whose names do not end in one (the others end in "um", "um^2", "mm^2", ...).
+_UNITS = {f.name: f.unit for f in (*TISSUE_FEATURES, *NUCLEUS_FEATURES)}
+_UNIT_SUFFIX = re.compile(r"^(.*\S)(?<! per) (µm²|µm|mm²|px|%)$")
+
+
+def _feature_label(column: str) -> str:
+    """A feature column as a label with its unit: "Nucleus area mean (µm²)", "GLCM contrast (unitless)".
+
+    A name that already says its unit ("Nuclei per mm²", "haematoxylin OD mean") is kept as it is.
+    """
+    name = display_name(column)
+    found = _UNIT_SUFFIX.match(name)
+    if found:
+        return f"{found.group(1)} ({found.group(2)})"
+    unit = _UNITS.get(column)
+    if column == "Nuclei":
+        return "Nuclei (count)"
+    if unit is None or re.search(r" per \S+$", name) or (unit and unit in name.split()):
+        return name
+    return f"{name} ({unit or 'unitless'})"
+
+
+def _headline_label(column: str) -> str:
+    """A feature's label on a summary line: with its unit, without "(unitless)" or "(count)"."""
+    return re.sub(r" \((unitless|count)\)$", "", _feature_label(column))
 
 
 def _headline_columns(run: RunFolder) -> list[str]:
@@ -416,6 +447,12 @@ def _k_explanation(run: RunFolder) -> str:
         gaps = run.manifest.clusters.gaps
         candidates = f" among k = {min(gaps)} to {max(gaps)}" if gaps else ""
         gap = f" ({_fmt(gaps[k])} latent units)" if k in gaps else ""
+        widest = max(gaps, key=gaps.get) if gaps else k
+        if widest != k and k in gaps:  # the resamples' vote overruled the cut on all tiles
+            return (f"k = {k}, chosen by the vote of resamples of the tiles, each cutting its Ward dendrogram "
+                    f"of the tile embeddings at the largest gap between merge heights. On all tiles the largest gap "
+                    f"is at the cut into {widest} tissues ({_fmt(gaps[widest])} latent units; {_fmt(gaps[k])} at "
+                    f"k = {k}){candidates}.{test}")
         return (f"k = {k}, chosen from the Ward dendrogram of the tile embeddings: the largest gap between merge "
                 f"heights{gap} is at the cut into {k} tissues{candidates}.{test}")
     if source.startswith("split test"):
@@ -426,10 +463,8 @@ def _k_explanation(run: RunFolder) -> str:
     if source.startswith("VaDE"):
         bic = run.manifest.embedding.bic
         listed = ", ".join(f"k = {kk}: {v:.0f}" for kk, v in sorted(bic.items()))
-        assigned = ("each tile goes to its most probable component" if run.manifest.clusters.method == "mixture"
-                    else f"graph clustering partitioned the tiles into {k} tissues")
         return (f"k = {k}, chosen by the embedding itself: VaDE's Gaussian mixture has the lowest BIC with {k} "
-                f"components ({listed}); {assigned}.")
+                f"components ({listed}); each tile goes to its most probable component.")
     return f"k = {k} ({_escape(source)})."
 
 
@@ -465,113 +500,34 @@ def _tile_luminance(run: RunFolder) -> np.ndarray:
 
 
 def _tile_descriptors(run: RunFolder) -> tuple[list[str], np.ndarray]:
-    """Per-tissue values the run folder itself gives (tiles, uncertainty, thumbnail): names and (k, n) values."""
+    """Per-tissue values the run folder itself gives (tiles, uncertainty, thumbnail): labels and (k, n) values."""
     k, tiles = run.k, run.tiles
     present = [(tiles.tissue == t).any() for t in range(1, k + 1)]
-    mean_u = np.array([tiles.uncertainty[tiles.tissue == t].mean() if present[t - 1] else np.nan
-                       for t in range(1, k + 1)])
+    mean_u, mean_c = (np.array([v[tiles.tissue == t].mean() if present[t - 1] else np.nan for t in range(1, k + 1)])
+                      for v in (tiles.uncertainty, tiles.confidence))
     fraction = np.array([np.nanmean(tiles.tissue_fraction[tiles.tissue == t]) if present[t - 1] else np.nan
                          for t in range(1, k + 1)])
-    names = ["Share of tissue area %", "Mean uncertainty", "Mean tissue fraction of tiles",
-             "Tissue-level luminance mean (0-255)"]
-    return names, np.stack([_shares(run), mean_u, fraction, _tile_luminance(run)], axis=1)
+    names = ["Share of tissue area (%)", "Mean uncertainty (unitless)", "Mean confidence (unitless)",
+             "Mean tissue fraction of tiles (unitless)", "Tissue-level luminance mean (0-255)"]
+    return names, np.stack([_shares(run), mean_u, mean_c, fraction, _tile_luminance(run)], axis=1)
 
 
-def _normalise(values: np.ndarray) -> np.ndarray:
-    """Each column divided by its largest absolute value over the rows (NaN where undefined)."""
-    finite = np.isfinite(values)
-    scale = np.where(finite, np.abs(values), 0.0).max(axis=0, initial=0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(finite & (scale > 0), values / np.where(scale > 0, scale, 1.0), np.nan)
+def _tissue_values(run: RunFolder) -> tuple[list[str], np.ndarray]:
+    """Every per-tissue value of a run, labelled with its unit: the tile descriptors, then ``features.csv``."""
+    names, values = _tile_descriptors(run)
+    columns = _feature_columns(run)
+    if columns:
+        features = np.full((run.k, len(columns)), np.nan)
+        for t in range(1, run.k + 1):
+            row = run.feature_row(t)
+            if row is not None:
+                features[t - 1] = [row.get(c, math.nan) for c in columns]
+        names = names + [_feature_label(c) for c in columns]
+        values = np.concatenate([values, features], axis=1)
+    return names, values
 
 
-# --- case report ------------------------------------------------------------------------------------------------------
-
-def _case_story(styles: _Styles, run: RunFolder, level: int) -> list[Any]:
-    from reportlab.platypus import PageBreak
-
-    name = run.slide_name
-    # In a cohort report the slide is an outline entry of its own, its sections one level below.
-    story: list[Any] = [_marker(name, name if level > 0 else None, 0)]
-    # A tissue of a cohort that does not occur on this slide gets no page (the summary table shows it with 0 tiles).
-    present = [t for t in range(1, run.k + 1) if (run.tiles.tissue == t).any()]
-    sections = [
-        ("Case summary", _summary_page),
-        *[(f"Tissue {t}", lambda s, r, t=t: _tissue_page(s, r, t)) for t in present],
-        ("Comparison across tissues", _comparison_page),
-        ("Method and quality", _method_page),
-        ("Parameters and provenance", _provenance_page),
-    ]
-    for i, (title, build) in enumerate(sections):
-        if i:
-            story.append(PageBreak())
-        story.append(_marker(None, title, level))
-        story += build(styles, run)
-    return story
-
-
-def _summary_page(styles: _Styles, run: RunFolder) -> list[Any]:
-    m = run.manifest
-    k = run.k
-    story = [_para("Case summary", styles.title), _para(f"<b>{_escape(run.slide_name)}</b>", styles.h2)]
-    width_px, height_px = m.slide.width_px, m.slide.height_px
-    size = (f"{_fmt(width_px)} × {_fmt(height_px)} px ({width_px * run.mpp / 1000:.2f} × "
-            f"{height_px * run.mpp / 1000:.2f} mm)")
-    info = [
-        ["Slide", run.slide_name, "Tool", f"tumls-qp {m.version}"],
-        ["Analysed", m.created, "Report rendered", datetime.now(timezone.utc).isoformat(timespec="seconds")],
-        ["Slide size", size, "Pixel size", f"{run.mpp:g} µm/px ({m.slide.mpp_source})"],
-        ["Tissue tiles", f"{_fmt(len(run.tiles.tissue))} of {_fmt(m.tiles.total)} tiles of {run.tile_um:g} µm",
-         "Tissues (k)", str(k)],
-    ]
-    story.append(_table(info, styles, widths=[58, 197, 70, 185], header=False,
-                        extra=[("FONTNAME", (0, 0), (0, -1), styles.bold)]))
-    story.append(_para(f"<b>How k was chosen.</b> {_k_explanation(run)}", styles.small))
-
-    tiles = run.tiles
-    unc = figures.tissue_grid(tiles.boxes, tiles.tissue, tiles.uncertainty, run.tile_size_px, _grid_shape(run))
-    conf = figures.tissue_grid(tiles.boxes, tiles.tissue, tiles.confidence, run.tile_size_px, _grid_shape(run))
-    shares = _shares(run)
-    png = figures.maps_figure(run.thumbnail, run.regions, unc, conf, k, run.tile_px, run.thumbnail_mpp, shares)
-    story.append(_image(png))
-    regions = run.manifest.regions
-    drawn = ("borders drawn within the tiles from the image (multi-scale segmentation)"
-             if regions.method == "felzenszwalb" else "whole tiles")
-    story.append(_para(
-        f"Left: the tissue regions, {drawn}, in QuPath class colours; the number marks each tissue's largest region. "
-        "Middle: each tile's uncertainty, how atypical it is of its tissue (its distance to the tissue's centre in the "
-        "embedding; 1 is as atypical as the most atypical 1 % of tiles). Right: each tile's confidence, how sure its "
-        "assignment is (1: far nearer its own tissue's centre than any other; 0: as near another tissue). A tile "
-        "between two tissues can be typical enough yet unsure. Faded areas were not mapped (background, artefact).",
-        styles.small))
-
-    headline = _headline_columns(run)
-    header = ["", "Tissue", "Tiles", "Area (µm²)", "Share (%)", "Mean uncer­tainty", "Mean confi­dence",
-              "Headline features" if headline else "Nucleus features"]
-    rows: list[list[Any]] = [header]
-    extra: list[tuple] = []
-    counts = run.tiles_per_tissue()
-    areas = run.tissue_areas_um2()
-    for t in range(1, k + 1):
-        mask = tiles.tissue == t
-        area = areas[t - 1]
-        feature_row = run.feature_row(t)
-        if not mask.any():
-            text = "not on this slide (a tissue of the cohort)"
-        elif headline and feature_row is not None:
-            text = "; ".join(f"{display_name(c)} {_fmt(feature_row.get(c, math.nan))}" for c in headline)
-        elif headline:
-            text = "no row in features.csv"
-        else:
-            text = "none in this run folder"
-        rows.append([_swatch_cell(t, styles), tissue_class_name(t - 1), _fmt(int(counts[t - 1])), _area(area),
-                     f"{shares[t - 1]:.1f}", f"{tiles.uncertainty[mask].mean():.3f}" if mask.any() else "n/a",
-                     f"{tiles.confidence[mask].mean():.3f}" if mask.any() else "n/a", text])
-        extra += _swatch_commands(t, t)
-    story.append(_table(rows, styles, widths=[16, 50, 34, 64, 40, 46, 46, 214], extra=extra))
-    story.append(_para(DISCLAIMER, styles.box))
-    return story
-
+# --- what the pages draw ----------------------------------------------------------------------------------------------
 
 def _grid_shape(run: RunFolder) -> tuple[int, int]:
     h, w = run.thumbnail.shape[:2]
@@ -581,6 +537,30 @@ def _grid_shape(run: RunFolder) -> tuple[int, int]:
         rows = max(rows, int((boxes[:, 1] // run.tile_size_px).max()) + 1)
         cols = max(cols, int((boxes[:, 0] // run.tile_size_px).max()) + 1)
     return rows, cols
+
+
+def _tile_map(run: RunFolder, values: np.ndarray | None) -> np.ndarray:
+    """A per-tile value (None: the tissue number) on the tile grid."""
+    return figures.tissue_grid(run.tiles.boxes, run.tiles.tissue, values, run.tile_size_px, _grid_shape(run))
+
+
+def _regions(run: RunFolder) -> tuple[np.ndarray, float]:
+    """The tissue regions as drawn (``regions.png``, the thumbnail's size) and the thumbnail pixels per label pixel."""
+    return run.regions, 1.0
+
+
+def _annotation_name(tissue: int, rank: int) -> str:
+    """The name of a representative's annotation in QuPath (``outputs.geojson.tissue_features``)."""
+    return f"{tissue_class_name(tissue - 1)} representative {rank}"
+
+
+def _marks(run: RunFolder, tissue: int | None = None) -> list[figures.Mark]:
+    """The representatives as boxes on a map: all, labelled "t.r", or one tissue's, labelled by rank.
+
+    A box is the area read at full resolution, the geometry of the representative's QuPath annotation.
+    """
+    reps = run.representatives if tissue is None else run.representatives_of(tissue)
+    return [(f"{r.tissue}.{r.rank}" if tissue is None else str(r.rank), r.tissue, r.patch_box) for r in reps]
 
 
 def _load_patch(path: Path | None) -> np.ndarray | None:
@@ -593,87 +573,8 @@ def _load_patch(path: Path | None) -> np.ndarray | None:
         return None
 
 
-def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
-    from reportlab.platypus import KeepTogether
-
-    mask = run.tiles.tissue == t
-    count = int(mask.sum())
-    area = run.tissue_areas_um2()[t - 1]
-    values = run.tiles.uncertainty[mask]
-    story = [_para(f"{tissue_class_name(t - 1)}", styles.title)]
-    summary = (f"{_fmt(count)} tiles · region area {_area(area)} µm² ({_shares(run)[t - 1]:.1f} % of the tissue) · "
-               + (f"uncertainty mean {values.mean():.3f}, median {np.median(values):.3f} · confidence mean "
-                  f"{run.tiles.confidence[mask].mean():.3f}" if count else "no tile of this tissue on this slide"))
-    few = _few_nuclei(run, t)
-    story.append(_para(summary + (f" <b>Few nuclei:</b> {few}" if few else ""), styles.body))
-    if count and area == 0:
-        story.append(_para("<b>No region.</b> Every tile of this tissue lies on a border between other tissues; "
-                           "the border refinement gave its area to them. It stays in QuPath's tile layer.",
-                           styles.box))
-
-    reps = run.representatives_of(t)
-    if not reps:
-        story.append(_para("This tissue has no representative on this slide.", styles.body))
-        return story
-    patches = [_load_patch(r.patch) for r in reps]
-    png = figures.representatives_figure(run.thumbnail, run.thumbnail_scale, run.thumbnail_mpp, reps, patches)
-    story.append(KeepTogether([
-        _para(f"The {len(reps)} best representatives", styles.h2), _image(png),
-        _para("The confident tiles closest to the tissue's centre in the embedding, best first (u: uncertainty, c: "
-              "confidence). Top: the tile as the tissue level shows it. Bottom: "
-              f"{_patch_size(run, reps[0])} centred on the tile, at full resolution.", styles.small),
-    ]))
-
-    png = figures.uncertainty_histogram(values, run.tiles.uncertainty, [r.uncertainty for r in reps], t)
-    quantiles = [["", "uncertainty (unitless)"], ["Tiles", _fmt(count)]]
-    if count:
-        quantiles += [["Mean", f"{values.mean():.3f}"], ["Median", f"{np.median(values):.3f}"],
-                      ["90th percentile", f"{np.percentile(values, 90):.3f}"],
-                      ["Tiles with u > 0.8", f"{int((values > 0.8).sum())} ({100 * (values > 0.8).mean():.1f} %)"],
-                      ["Representatives", ", ".join(f"{r.uncertainty:.3f}" for r in reps)]]
-    picture = _image(png)
-    story.append(KeepTogether([
-        _para("Uncertainty of the tissue's tiles", styles.h2),
-        _side_by_side(picture, _table(quantiles, styles, widths=[90, 150]),
-                      (picture.drawWidth + 6, _FRAME_WIDTH - picture.drawWidth - 6)),
-    ]))
-
-    best = reps[0]
-    patch = patches[0]
-    labels, note = _best_labels(run, best, patch)
-    block: list[Any] = [_para("The best representative: nuclei and features", styles.h2)]
-
-    if patch is not None:
-        picture = _image(figures.nucleus_overlay_figure(patch, labels, best.patch_mpp))
-        rest = _FRAME_WIDTH - picture.drawWidth - 6
-        block.append(_side_by_side(picture, _feature_listing(styles, run, t, best, labels, rest - 4),
-                                   (picture.drawWidth + 6, rest)))
-    else:
-        block.append(_feature_listing(styles, run, t, best, labels, 300))
-    if note:
-        block.append(_para(note, styles.small))
-    story.append(KeepTogether(block))
-    return story
-
-
-def _patch_size(run: RunFolder, rep: Any) -> str:
-    return f"a {rep.patch_box[2] * run.mpp:.0f} µm square"
-
-
-def _few_nuclei(run: RunFolder, t: int) -> str | None:
-    """A warning in words when a tissue's features rest on fewer than FEW_NUCLEI nuclei; None otherwise."""
-    row = run.feature_row(t)
-    if row is None or not math.isfinite(row.get("Nuclei", math.nan)):
-        return None
-    count = int(row["Nuclei"])
-    if count >= FEW_NUCLEI:
-        return None
-    return (f"its nucleus features rest on {count} nuclei, fewer than {FEW_NUCLEI}; a few nuclei more or less could "
-            "change them a lot. Read them as an example, not a measurement.")
-
-
 def _best_labels(run: RunFolder, best: Any, patch: np.ndarray | None) -> tuple[np.ndarray | None, str | None]:
-    """The nucleus label image of the best representative, and a note when there is none."""
+    """The nucleus label image of a representative, and a note when there is none."""
     if best.labels is None:
         if run.nuclei is None and run.features is None:
             return None, ("No nuclei were segmented in this run (no nucleus label image, nuclei.csv or features.csv "
@@ -690,160 +591,409 @@ def _best_labels(run: RunFolder, best: Any, patch: np.ndarray | None) -> tuple[n
     return labels, None
 
 
-def _feature_listing(styles: _Styles, run: RunFolder, t: int, best: Any, labels: np.ndarray | None,
-                     width: float) -> Any:
-    """Feature listing of one tissue (features.csv) and of its best representative's nuclei (nuclei.csv)."""
-    rows: list[list[Any]] = [["Feature", "Value"]]
-    names, values = _tile_descriptors(run)
-    rows += [[n, _fmt(v)] for n, v in zip(names, values[t - 1])]
+def _nuclei_count(labels: np.ndarray) -> int:
+    return len(np.unique(labels[labels > 0]))
+
+
+def _warnings(run: RunFolder) -> list[str]:
+    """Everything the reader should know before trusting the pages: the run's warnings, then missing files."""
+    return [*run.manifest.warnings, *run.notes]
+
+
+def _tissue_warnings(run: RunFolder, t: int) -> list[str]:
+    """What should make the reader of one tissue's page careful."""
+    warnings = []
+    few = _few_nuclei(run, t)
+    if few:
+        warnings.append(few)
+    if (run.tiles.tissue == t).any() and run.tissue_areas_um2()[t - 1] == 0:
+        warnings.append("No region: every tile of this tissue lies on a border between other tissues, and the border "
+                        "refinement gave its area to them. Its tiles stay in QuPath's tile layer.")
+    return warnings + [f"patch image of {_annotation_name(t, r.rank)} missing" for r in run.representatives_of(t)
+                       if r.patch is None]
+
+
+def _few_nuclei(run: RunFolder, t: int) -> str | None:
+    """A warning in words when a tissue's features rest on fewer than FEW_NUCLEI nuclei; None otherwise."""
     row = run.feature_row(t)
+    if row is None or not math.isfinite(row.get("Nuclei", math.nan)):
+        return None
+    count = int(row["Nuclei"])
+    if count >= FEW_NUCLEI:
+        return None
+    return (f"Few nuclei: its nucleus features rest on {count} nuclei, fewer than {FEW_NUCLEI}; a few nuclei more or "
+            "less could change them a lot. Read them as an example, not a measurement.")
+
+
+# --- layout helpers ---------------------------------------------------------------------------------------------------
+
+def _height(flowables: Sequence[Any]) -> float:
+    """The height ``flowables`` take in the frame, spacing included (points)."""
+    total = 0.0
+    for f in flowables:
+        total += f.wrap(_FRAME_WIDTH, _FRAME_HEIGHT)[1] + f.getSpaceBefore() + f.getSpaceAfter()
+    return total
+
+
+def _fit(story: Sequence[Any], image: Any, smallest: float = 0.7) -> None:
+    """Shrink ``image`` (one of ``story``) so that ``story`` fits one page, to ``smallest`` of its size at most."""
+    over = _height(story) - (_FRAME_HEIGHT - 14)  # the frame's top and bottom padding, and a little slack
+    if over > 0:
+        factor = max(smallest, 1 - over / image.drawHeight)
+        image.drawWidth *= factor
+        image.drawHeight *= factor
+
+
+def _box(title: str, lines: Sequence[str], styles: _Styles) -> Any:
+    """A framed box: a bold title, then one line per item."""
+    text = f"<b>{_escape(title)}</b>" + "".join(f"<br/>• {_escape(line)}" for line in lines)
+    return _para(text, styles.warning)
+
+
+def _grid_table(pairs: Sequence[tuple[str, str]], styles: _Styles, widths: Sequence[float]) -> Any:
+    """(label, value) pairs in two column pairs, filled down then across: half the height of a list."""
+    half = math.ceil(len(pairs) / 2)
+    rows: list[list[Any]] = []
+    for i in range(half):
+        right = pairs[i + half] if i + half < len(pairs) else ("", "")
+        rows.append([pairs[i][0], pairs[i][1], right[0], right[1]])
+    return _table(rows, styles, widths=widths, header=False)
+
+
+# --- case report ------------------------------------------------------------------------------------------------------
+
+def _case_story(styles: _Styles, run: RunFolder) -> list[Any]:
+    from reportlab.platypus import PageBreak
+
+    # A tissue of a cohort that does not occur on this slide gets no page (the summary table shows it with 0 tiles).
+    present = [t for t in range(1, run.k + 1) if (run.tiles.tissue == t).any()]
+    sections = [
+        ("Case summary", lambda: _overview_page(styles, run, "Case summary")),
+        *[(f"Tissue {t}", lambda t=t: _tissue_page(styles, run, t)) for t in present],
+        ("Comparison across tissues", lambda: _comparison_page(styles, run)),
+        ("Method and quality", lambda: _method_page(styles, run)),
+        ("Appendix: parameters and provenance", lambda: _provenance_page(styles, run)),
+    ]
+    story: list[Any] = [_marker(run.slide_name, None, 0)]
+    for i, (title, build) in enumerate(sections):
+        if i:
+            story.append(PageBreak())
+        story.append(_marker(None, title, 0))
+        story += build()
+    return story
+
+
+def _overview_page(styles: _Styles, run: RunFolder, title: str) -> list[Any]:
+    """The slide, its tissue map with every representative, uncertainty, the tissues in a table, warnings."""
+    m = run.manifest
+    k = run.k
+    head: list[Any] = [_para(_escape(title), styles.title), _para(f"<b>{_escape(run.slide_name)}</b>", styles.h2)]
+    width_px, height_px = m.slide.width_px, m.slide.height_px
+    size = (f"{_fmt(width_px)} × {_fmt(height_px)} px ({width_px * run.mpp / 1000:.2f} × "
+            f"{height_px * run.mpp / 1000:.2f} mm)")
+    info = [
+        ["Slide", run.slide_name, "Tool", f"tumls-qp {m.version}"],
+        ["Analysed", m.created, "Report rendered", datetime.now(timezone.utc).isoformat(timespec="seconds")],
+        ["Slide size", size, "Pixel size", f"{run.mpp:g} µm/px ({m.slide.mpp_source})"],
+        ["Tissue tiles", f"{_fmt(len(run.tiles.tissue))} of {_fmt(m.tiles.total)} tiles of {run.tile_um:g} µm",
+         "Tissues (k)", str(k)],
+    ]
+    head.append(_table(info, styles, widths=[58, 197, 70, 185], header=False,
+                       extra=[("FONTNAME", (0, 0), (0, -1), styles.bold), ("FONTNAME", (2, 0), (2, -1), styles.bold)]))
+    head.append(_para(f"<b>How k was chosen.</b> {_k_explanation(run)}{_vote_explanation(run)}", styles.small))
+
+    drawn = ("borders drawn within the tiles from the image (multi-scale segmentation)"
+             if m.regions.method == "felzenszwalb" else "whole tiles")
+    tail: list[Any] = [_para(
+        "<b>Slide</b>: the slide at the tissue level. <b>Tissue map</b>: the tissue regions, " + drawn + ", in QuPath "
+        "class colours and hatches, each tissue's number at its largest region; each box is a representative patch, "
+        "labelled <b>t.r</b> for its QuPath annotation “Tissue t representative r”. <b>Uncertainty</b>: how "
+        "atypical each tile is of its tissue (its distance to the tissue's centre in the embedding; 1 is as atypical "
+        "as the most atypical 1 % of tiles). <b>Confidence</b>: each tile's confidence, how sure its assignment is (1: "
+        "far nearer its own tissue's centre than any other; 0: as near another tissue); a tile between two tissues "
+        "can be typical enough yet unsure. Faded areas were not mapped (background or artefact).", styles.small)]
+    tail.append(_tissue_table(styles, run))
+    warnings = _warnings(run)
+    tail.append(_box("Warnings", warnings, styles) if warnings else
+                _para("<b>Warnings.</b> None: the run raised no warning and the run folder is complete.", styles.small))
+    tail.append(_para(DISCLAIMER, styles.box))
+
+    room = _FRAME_HEIGHT - _height(head) - _height(tail) - 10
+    regions, regions_px = _regions(run)
+    png = figures.overview_figure(run.thumbnail, regions, regions_px, _tile_map(run, run.tiles.uncertainty),
+                                  _tile_map(run, run.tiles.confidence), k, run.tile_px, run.thumbnail_scale,
+                                  run.thumbnail_mpp, _shares(run), _marks(run),
+                                  max_height_in=room / 72)
+    return head + [_image(png)] + tail
+
+
+def _tissue_table(styles: _Styles, run: RunFolder) -> Any:
+    """One line per tissue: tiles, region area and share, mean uncertainty and confidence, headline features; its
+    colour as a swatch."""
+    k, tiles = run.k, run.tiles
+    headline = _headline_columns(run)
+    header = ["", "Tissue", "Tiles", "Area (µm²)", "Share (%)", "Mean uncer­tainty", "Mean confi­dence",
+              "Headline features" if headline else "Nucleus features"]
+    rows: list[list[Any]] = [header]
+    extra: list[tuple] = []
+    counts = run.tiles_per_tissue()
+    areas = run.tissue_areas_um2()
+    shares = _shares(run)
+    for t in range(1, k + 1):
+        mask = tiles.tissue == t
+        feature_row = run.feature_row(t)
+        if not mask.any():
+            text = "not on this slide (a tissue of the cohort)"
+        elif headline and feature_row is not None:
+            text = "; ".join(f"{_headline_label(c)} {_fmt(feature_row.get(c, math.nan))}" for c in headline)
+        elif headline:
+            text = "no row in features.csv"
+        else:
+            text = "none in this run folder"
+        rows.append([_swatch_cell(t, styles), tissue_class_name(t - 1), _fmt(int(counts[t - 1])),
+                     _area(areas[t - 1]), f"{shares[t - 1]:.1f}",
+                     f"{tiles.uncertainty[mask].mean():.3f}" if mask.any() else "n/a",
+                     f"{tiles.confidence[mask].mean():.3f}" if mask.any() else "n/a", text])
+        extra += _swatch_commands(t, t)
+    return _table(rows, styles, widths=[16, 50, 34, 64, 40, 46, 46, 214], extra=extra)
+
+
+def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
+    """One tissue on one page: where it lies, its uncertainty, its representatives, their nuclei, its features."""
+    mask = run.tiles.tissue == t
+    count = int(mask.sum())
+    values = run.tiles.uncertainty[mask]
+    share = _shares(run)[t - 1]
+    story: list[Any] = [_para(tissue_class_name(t - 1), styles.title)]
+    confidence = run.tiles.confidence[mask]
+    area = run.tissue_areas_um2()[t - 1]
+    story.append(_para(f"{_fmt(count)} tiles · region area {_area(area)} µm² ({share:.1f} % of the slide's tissue)"
+                       f" · mean uncertainty {values.mean():.3f} · mean confidence {confidence.mean():.3f}",
+                       styles.body))
+    warnings = _tissue_warnings(run, t)
+    if warnings:
+        story.append(_box("Read with care", warnings, styles))
+
+    reps = run.representatives_of(t)
+    regions, regions_px = _regions(run)
+    locator = _image(figures.locator_figure(run.thumbnail, regions, regions_px, t, _marks(run, t),
+                                            run.thumbnail_scale, run.thumbnail_mpp))
+    histogram = _image(figures.uncertainty_histogram(values, run.tiles.uncertainty, [r.uncertainty for r in reps], t))
+    names, descriptors = _tile_descriptors(run)
+    stats = [["Tiles", _fmt(count)],
+             ["Uncertainty mean", f"{values.mean():.3f}"], ["Uncertainty median", f"{np.median(values):.3f}"],
+             ["90th percentile", f"{np.percentile(values, 90):.3f}"],
+             ["Tiles with u > 0.8", f"{int((values > 0.8).sum())} ({100 * (values > 0.8).mean():.1f} %)"],
+             ["Tiles with confidence < 0.2",
+              f"{int((confidence < 0.2).sum())} ({100 * (confidence < 0.2).mean():.1f} %)"],
+             *[[n, _fmt(v)] for n, v in zip(names[2:], descriptors[t - 1, 2:])]]
+    rest = _FRAME_WIDTH - locator.drawWidth - histogram.drawWidth - 12
+    story.append(_row([locator, histogram, _table(stats, styles, widths=[0.6 * rest, 0.4 * rest], header=False)],
+                      [locator.drawWidth + 6, histogram.drawWidth + 6, rest]))
+    story.append(_para(
+        "Left: where the tissue lies on the slide, its representatives boxed and numbered by rank. Middle: its tiles' "
+        "uncertainty over that of all tissue tiles (dashed); dotted lines: the representatives.", styles.small))
+    if not reps:
+        story.append(_para("This tissue has no representative on this slide.", styles.body))
+        return story
+
+    patches = [_load_patch(r.patch) for r in reps]
+    titles = [f"{_annotation_name(t, r.rank)}\nu {r.uncertainty:.2f} · c {r.confidence:.2f}" for r in reps]
+    story.append(_para(f"The {len(reps)} best representatives", styles.h2))
+    gallery = _image(figures.representatives_figure(run.thumbnail, run.thumbnail_scale, run.thumbnail_mpp, reps,
+                                                    patches, titles))
+    story.append(gallery)
+    story.append(_para(
+        "The confident tiles closest to the tissue's centre in the embedding, best first, named as their annotations "
+        "in QuPath (u: uncertainty, c: confidence). Top: the tile at the tissue level, as the embedding saw it. "
+        f"Bottom: {_patch_size(run, reps[0])} centred on the tile, at full resolution (the annotation's area).",
+        styles.small))
+
+    best, patch = reps[0], patches[0]
+    labels, note = _best_labels(run, best, patch)
+    story.append(_para(f"Nuclei of the best representative ({_annotation_name(t, best.rank)})", styles.h2))
+    if patch is not None:
+        # One panel per overlay of the patch, beside the patch itself; further layers (glands) go in this list.
+        overlays = []
+        if labels is not None:
+            overlays.append((f"nuclei outlined ({_nuclei_count(labels)})", figures.outlined(patch, labels,
+                                                                                           NUCLEUS_COLOUR)))
+        picture = _image(figures.overlay_figure(patch, overlays, best.patch_mpp))
+        rest = _FRAME_WIDTH - picture.drawWidth - 6
+        if rest >= 180:
+            story.append(_row([picture, _nuclei_listing(styles, run, best, labels, rest - 4)],
+                              [picture.drawWidth + 6, rest]))
+        else:  # too many panels for the listing beside them: it goes below
+            story += [picture, _nuclei_listing(styles, run, best, labels, 300)]
+    else:
+        story.append(_nuclei_listing(styles, run, best, labels, 300))
+    if note:
+        story.append(_para(note, styles.small))
+
+    row = run.feature_row(t)
+    story.append(_para(f"Features of {tissue_class_name(t - 1)}" + (
+        f"<font name='{styles.sans}' size='7'> · pooled over its segmented representatives (features.csv)</font>"
+        if row is not None else ""), styles.h2))
     if row is not None:
-        rows += [[display_name(c), _fmt(row.get(c, math.nan))] for c in _feature_columns(run)]
+        pairs = [(_feature_label(c), _fmt(row.get(c, math.nan))) for c in _feature_columns(run)]
+        story.append(_grid_table(pairs, styles, widths=[160, 95, 160, 95]))
     elif run.features is not None:
-        rows.append(["features.csv", f"no row for tissue {t}"])
-    nuclei = run.nuclei_of(t, best.rank)
+        story.append(_para(f"features.csv has no row for tissue {t}.", styles.body))
+    else:
+        story.append(_para("No nucleus or texture features in this run folder (features.csv is absent).",
+                           styles.body))
+    _fit(story, gallery)
+    return story
+
+
+def _patch_size(run: RunFolder, rep: Any) -> str:
+    return f"a {rep.patch_box[2] * run.mpp:.0f} µm square"
+
+
+def _row(cells: Sequence[Any], widths: Sequence[float]) -> Any:
+    """Flowables side by side, top-aligned."""
+    from reportlab.platypus import Table, TableStyle
+
+    table = Table([list(cells)], colWidths=list(widths), hAlign="LEFT")
+    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                               ("RIGHTPADDING", (0, 0), (-1, -1), 4), ("TOPPADDING", (0, 0), (-1, -1), 0),
+                               ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]))
+    return table
+
+
+def _nuclei_listing(styles: _Styles, run: RunFolder, best: Any, labels: np.ndarray | None, width: float) -> Any:
+    """The nuclei of one representative (nuclei.csv): their number, and the mean ± sd of each measurement."""
+    rows: list[list[Any]] = [["Nuclei of this patch", "mean ± sd"]]
+    nuclei = run.nuclei_of(best.tissue, best.rank)
     if nuclei is not None:
-        rows.append(["Nuclei in this patch (nuclei.csv)", _fmt(len(nuclei))])
+        rows.append(["Nuclei (count, nuclei.csv)", _fmt(len(nuclei))])
         measures = ([c for c in run.nuclei.columns if c not in _ID_COLUMNS | _POSITION_COLUMNS]
                     if run.nuclei is not None else [])
         for c in measures:
             v = np.array([n[c] for n in nuclei], dtype=np.float64)
             v = v[np.isfinite(v)]
-            rows.append([f"{display_name(c)}, mean ± sd", f"{_fmt(v.mean())} ± {_fmt(v.std())}" if len(v) else
-                         "undefined"])
+            rows.append([_feature_label(c), f"{_fmt(v.mean())} ± {_fmt(v.std())}" if len(v) else "undefined"])
     elif labels is not None:
-        rows.append(["Nuclei in this patch (label image)", _fmt(len(np.unique(labels[labels > 0])))])
-    return _table(rows, styles, widths=[0.62 * width, 0.38 * width])
+        rows.append(["Nuclei (count, label image)", _fmt(_nuclei_count(labels))])
+    else:
+        rows.append(["Nuclei", "none segmented"])
+    return _table(rows, styles, widths=[0.6 * width, 0.4 * width])
 
 
 def _comparison_page(styles: _Styles, run: RunFolder) -> list[Any]:
     k = run.k
-    story = [_para("Comparison across tissues", styles.title)]
-    names, values = _tile_descriptors(run)
-    columns = _feature_columns(run)
-    if columns:
-        feature_values = np.full((k, len(columns)), np.nan)
-        for t in range(1, k + 1):
-            row = run.feature_row(t)
-            if row is not None:
-                feature_values[t - 1] = [row.get(c, math.nan) for c in columns]
-        names += [display_name(c) for c in columns]
-        values = np.concatenate([values, feature_values], axis=1)
-    normalised = _normalise(values)
-    story.append(_para("Normalised features", styles.h2))
-    png = figures.feature_comparison_figure(names, normalised, list(range(1, k + 1)))
-    story.append(_image(png))
-    text = ("Each feature divided by its largest value over the tissues, so that tissues compare on one scale "
-            "(the values with their units are in the table). ")
+    story: list[Any] = [_para("Comparison across tissues", styles.title)]
+    names, values = _tissue_values(run)
+    texts = [[_fmt(v) if np.isfinite(v) else "n/a" for v in row] for row in values]
+    story.append(_para("Every value per tissue", styles.h2))
+    story.append(_image(figures.feature_panels_figure(names, values, texts, list(range(1, k + 1)))))
+    text = ("One panel per value, in its own unit and on its own scale; the bars are numbered by tissue. The first "
+            f"{len(_tile_descriptors(run)[0])} come from the tiles and regions, the others from the nuclei of the "
+            "representatives (features.csv). ")
     if k == 1:
-        text += "With one tissue every bar is 1: there is nothing to compare on this slide. "
-    if not columns:
-        text += ("No nucleus or texture features in this run folder (features.csv is absent): only the tile-level "
-                 "values are compared.")
+        text += "With one tissue there is nothing to compare on this slide. "
+    if not _feature_columns(run):
+        text += "No nucleus or texture features in this run folder (features.csv is absent)."
     story.append(_para(text, styles.small))
-    header = ["Feature"] + [f"Tissue {t}" for t in range(1, k + 1)]
-    rows = [header] + [[n] + [_fmt(v) for v in values[:, j]] for j, n in enumerate(names)]
-    width = min(60.0, 330.0 / k)
-    story.append(_table(rows, styles, widths=[170] + [width] * k))
-
-    story.append(_para("Tissue distribution", styles.h2))
-    story.append(_image(figures.distribution_figure([run.slide_name], _shares(run)[None, :], k)))
-    story.append(_para(
-        "Share of this slide's analysed tissue area in each tissue. For the distribution over several slides, "
-        "render a cohort report: <font name='%s'>tumls-qp report RUN_DIR RUN_DIR ...</font>." % styles.mono,
-        styles.small))
+    story += _embedding_colours_block(styles, run)
     return story
 
 
-def _method_page(styles: _Styles, run: RunFolder) -> list[Any]:
-    from reportlab.platypus import KeepTogether
+def _embedding_colours_block(styles: _Styles, run: RunFolder) -> list[Any]:
+    colours = run.embedding_colours
+    if colours is None:
+        return []
+    names = [tissue_class_name(t) for t in range(run.k)]
+    png = figures.embedding_colours_figure(colours, boxes=run.tiles.boxes, labels=run.tiles.tissue - 1,
+                                           label_names=names, width_in=figures.PAGE_WIDTH_IN)
+    return [
+        _para("The tiles in the embedding", styles.h2),
+        _image(png),
+        _para(f"Each tile coloured by its embedding reduced to three dimensions ({colours.method.upper()}; red, green, "
+              "blue = dimensions 1, 2, 3): similar colours mean similar embeddings. Left: the tiles in the first two "
+              "dimensions; middle: the same colours where the tiles lie; right: the tiles by tissue. A view for "
+              "people; the tissues come from the full embeddings. In QuPath: the tile layer "
+              f"{_escape(run.manifest.outputs.embedding_colours)}.", styles.small),
+    ]
 
+
+def _method_page(styles: _Styles, run: RunFolder, slide: bool = True) -> list[Any]:
+    """How k was chosen and how the tiles were embedded; with ``slide``, this slide's background filtering too."""
     m = run.manifest
-    story = [_para("Method and quality", styles.title)]
+    story: list[Any] = [_para("Method and quality", styles.title)]
     story.append(_para("Number of tissues", styles.h2))
-    story.append(_image(figures.dendrogram_figure(run.linkage, m.clusters.gaps, run.k, m.clusters.k_source), 504))
     story.append(_para(_k_explanation(run) + _vote_explanation(run), styles.small))
+    story.append(_image(figures.dendrogram_figure(run.linkage, m.clusters.gaps, run.k, m.clusters.k_source)))
+    story += _embedding_block(styles, run)
+    story.append(_para("Background filtering and embedding quality" if slide else "Embedding quality", styles.h2))
+    story.append(_grid_table(_quality(run, slide), styles, widths=[140, 115, 140, 115]))
+    return story
 
-    embedding = m.embedding
+
+def _embedding_block(styles: _Styles, run: RunFolder) -> list[Any]:
+    """How the tiles became vectors: the autoencoder's losses and reconstructions, or the method and its loss."""
+    embedding = run.manifest.embedding
+    training = run.training
     if embedding.method == "tumls-ae":
-        story.append(_para("Embedding: the TUMLS autoencoder", styles.h2))
         left: Any = _para("training.csv is missing: no loss curve.", styles.small)
-        if run.training is not None and run.training.rows:
-            left = _image(figures.loss_figure(run.training.column("epoch"), run.training.column("train_mse"),
-                                              run.training.column("val_mse"), m.embedding.best_epoch), 250)
+        if training is not None and training.rows:
+            left = _image(figures.loss_figure(training.column("epoch"), training.column("train_mse"),
+                                              training.column("val_mse"), embedding.best_epoch))
         right: Any = _para("reconstructions.npz is missing: no examples.", styles.small)
         if run.reconstructions is not None and len(run.reconstructions[0]):
             right = [_image(figures.reconstruction_figure(*run.reconstructions, run.thumbnail_mpp)),
-                     _para("Tissue-level tiles (top) and the autoencoder's reconstructions (bottom).", styles.small)]
-        story.append(_side_by_side(left, right, (255, 255)))
+                     _para(f"Tissue-level tiles of {run.tile_um:g} µm (top) and the autoencoder's reconstructions "
+                           "(bottom).", styles.small)]
+        return [_para("Embedding: the TUMLS autoencoder", styles.h2),
+                _row([left, right], [_FRAME_WIDTH / 2, _FRAME_WIDTH / 2])]
+    text = _para(_METHOD_TEXT.get(embedding.method, "") + (
+        f" Each tile was seen in a field of {_fmt(embedding.view_um)} µm at {_fmt(embedding.view_mpp)} µm/px; "
+        f"{_fmt(embedding.epochs)} training epochs, {_fmt(embedding.train_seconds)} s; vectors of "
+        f"{_fmt(embedding.dim)} values."), styles.small)
+    story: list[Any] = [_para(f"Embedding: {_escape(embedding.method)}", styles.h2)]
+    loss = training.column("loss") if training is not None and training.rows and "loss" in training.columns \
+        else np.array([])
+    keep = np.isfinite(loss)
+    if keep.any():
+        picture = _image(figures.loss_figure(training.column("epoch")[keep], loss[keep], None, None,
+                                             ylabel=_LOSS_LABEL.get(embedding.method, "loss")))
+        story.append(_row([picture, text], [picture.drawWidth + 8, _FRAME_WIDTH - picture.drawWidth - 8]))
     else:
-        story.append(_para(f"Embedding: {_escape(embedding.method)}", styles.h2))
-        story.append(_para(_METHOD_TEXT.get(embedding.method, "") + (
-            f" Each tile was seen in a field of {_fmt(embedding.view_um)} µm at {_fmt(embedding.view_mpp)} µm/px; "
-            f"{_fmt(embedding.epochs)} training epochs, {_fmt(embedding.train_seconds)} s; vectors of "
-            f"{_fmt(embedding.dim)} values.") , styles.small))
-        if run.training is not None and run.training.rows and "loss" in run.training.columns:
-            loss = run.training.column("loss")
-            keep = np.isfinite(loss)
-            if keep.any():
-                story.append(_image(figures.loss_figure(run.training.column("epoch")[keep], loss[keep], None,
-                                                        None, ylabel=_LOSS_LABEL.get(embedding.method, "loss")), 250))
-    quality = [
-        ["Quantity", "Value"],
-        ["Tiles in the grid", _fmt(m.tiles.total)],
-        ["Tissue tiles kept", _fmt(m.tiles.kept)],
-        ["Dropped as background", _fmt(m.tiles.dropped.get("background"))],
-        ["Dropped as artefact (near-black)", _fmt(m.tiles.dropped.get("artefact"))],
-        ["Embedding method (embedding.method)", embedding.method],
-        *([["Autoencoder epochs (best)", f"{_fmt(embedding.epochs)} ({_fmt(embedding.best_epoch)})"],
-           ["Early stopping", _fmt(embedding.early_stopped)],
-           ["Reconstruction MSE train / val / test",
-            " / ".join(_fmt(embedding.mse.get(s)) for s in ("train", "val", "test")) + " (pixel values 0-1)"],
-           ["Tiles train / val / test", " / ".join(_fmt(embedding.n_tiles.get(s)) for s in ("train", "val", "test"))],
-           ["Encoder initialised from", embedding.initialised_from or "scratch (no pretrained weights)"]]
-          if embedding.method == "tumls-ae" else
-          [["Training epochs, final loss", f"{_fmt(embedding.epochs)}, {_fmt(embedding.final_loss)}"]]),
-        ["Embeddings", "reused from the cache" if embedding.cache == "hit" else "computed in this run"],
-        ["Uncertainty scale (99th percentile distance)", _fmt(m.clusters.uncertainty_scale)],
-        ["Tiles per tissue (this slide)", ", ".join(_fmt(int(v)) for v in run.tiles_per_tissue())],
-    ]
-    story.append(_para("Background filtering and embedding quality", styles.h2))
-    story.append(_table(quality, styles, widths=[200, 300]))
-    story.append(_para("Warnings raised during the run", styles.h2))
-    if m.warnings:
-        for w in m.warnings:
-            story.append(_para(f"• {_escape(w)}", styles.body))
-    else:
-        story.append(_para("None.", styles.body))
-    notes = run.notes
-    if notes:
-        story.append(_para("Missing from the run folder", styles.h2))
-        for note in notes:
-            story.append(_para(f"• {_escape(note)}", styles.body))
-    colours = run.embedding_colours
-    if colours is not None:
-        names = [tissue_class_name(t) for t in range(run.k)]
-        png = figures.embedding_colours_figure(colours, boxes=run.tiles.boxes, labels=run.tiles.tissue - 1,
-                                               label_names=names)
-        story.append(KeepTogether([
-            _para("Embedding colours", styles.h2),
-            _image(png, 504),
-            _para(f"Each tile coloured by its embedding reduced to three dimensions "
-                  f"({colours.method.upper()}; red, green, blue = dimensions 1, 2, 3): similar colours "
-                  "mean similar embeddings. A view for people; the tissues come from the full embeddings. In QuPath: "
-                  f"the tile layer {_escape(m.outputs.embedding_colours)}.", styles.small),
-        ]))
+        story.append(text)
     return story
 
 
-def _provenance_page(styles: _Styles, run: RunFolder) -> list[Any]:
-    from reportlab.platypus import Preformatted, Table, TableStyle
+def _quality(run: RunFolder, slide: bool = True) -> list[tuple[str, str]]:
+    """The numbers of the background filtering (``slide``) and of the embedding's training."""
+    m = run.manifest
+    embedding = m.embedding
+    rows = [
+        ("Tiles in the grid", _fmt(m.tiles.total)),
+        ("Tissue tiles kept", _fmt(m.tiles.kept)),
+        ("Dropped as background", _fmt(m.tiles.dropped.get("background"))),
+        ("Dropped as artefact (near-black)", _fmt(m.tiles.dropped.get("artefact"))),
+        ("Tiles per tissue", ", ".join(_fmt(int(v)) for v in run.tiles_per_tissue())),
+    ] if slide else []
+    rows += [("Embedding method (embedding.method)", embedding.method),
+             ("Uncertainty scale (99th percentile distance, latent units)", _fmt(m.clusters.uncertainty_scale))]
+    if embedding.method == "tumls-ae":
+        rows += [
+            ("Autoencoder epochs (best)", f"{_fmt(embedding.epochs)} ({_fmt(embedding.best_epoch)})"),
+            ("Early stopping", _fmt(embedding.early_stopped)),
+            ("Reconstruction MSE train / val / test (pixel values 0-1)",
+             " / ".join(_fmt(embedding.mse.get(s)) for s in ("train", "val", "test"))),
+            ("Tiles train / val / test", " / ".join(_fmt(embedding.n_tiles.get(s)) for s in ("train", "val", "test"))),
+            ("Encoder initialised from", embedding.initialised_from or "scratch (no pretrained weights)"),
+        ]
+    else:
+        rows.append(("Training epochs, final loss", f"{_fmt(embedding.epochs)}, {_fmt(embedding.final_loss)}"))
+    return rows + [("Embeddings", "reused from the cache" if embedding.cache == "hit" else "computed in this run")]
 
+
+def _provenance_rows(run: RunFolder) -> list[list[str]]:
     m = run.manifest
     slide, environment = m.slide, m.environment
-    story = [_para("Parameters and provenance", styles.title)]
-    rows = [
-        ["Item", "Value"],
+    return [
         ["Tool", f"tumls-qp {m.version} (report by tumls-qp {__version__})"],
         ["Analysed", m.created],
         ["Seed", _fmt(m.seed)],
@@ -851,21 +1001,42 @@ def _provenance_page(styles: _Styles, run: RunFolder) -> list[Any]:
         ["Python, platform", f"{environment.python}, {environment.platform}"],
         ["Slide file", slide.path],
         ["Slide quick hash (SHA-256)", slide.quickhash],
-        ["Vendor, objective", f"{slide.vendor}, {_fmt(slide.objective_power)}×"],
+        ["Vendor, objective", _vendor(run)],
         ["Pyramid levels (px)", "; ".join(f"{a} × {b}" for a, b in slide.levels) if slide.levels else "n/a"],
         ["Pixel size", f"{_fmt(run.mpp)} µm/px ({slide.mpp_source})"],
         ["Cohort", ", ".join(m.cohort) if m.cohort is not None else "no (slide analysed alone)"],
         ["Peak memory", f"{_fmt(environment.peak_rss_mb)} MB"],
     ]
-    story.append(_table(rows, styles, widths=[130, 380]))
-    timings = m.timings_s
+
+
+def _vendor(run: RunFolder) -> str:
+    slide = run.manifest.slide
+    objective = f"{_fmt(slide.objective_power)}×" if slide.objective_power is not None else "objective unknown"
+    return f"{slide.vendor or 'vendor unknown'}, {objective}"
+
+
+def _provenance_page(styles: _Styles, run: RunFolder) -> list[Any]:
+    story: list[Any] = [_para("Appendix: parameters and provenance", styles.title)]
+    story.append(_table([["Item", "Value"]] + _provenance_rows(run), styles, widths=[130, 380]))
+    timings = run.manifest.timings_s
     if timings:
-        story.append(_para("Timings of the stages (seconds, from manifest.json when the report was rendered)",
-                           styles.h2))
+        story.append(_para("Timings of the stages (seconds, from manifest.json)", styles.h2))
         story.append(_table([list(timings)] + [[_fmt(float(v), 3) for v in timings.values()]], styles))
-    if environment.dependencies:
+    story += _versions_and_config(styles, run)
+    story.append(_para(
+        "Reproduce the run with <font name='%s'>tumls-qp analyze SLIDE --config config.toml</font>; re-render this "
+        "report with <font name='%s'>tumls-qp report RUN_DIR</font>." % (styles.mono, styles.mono), styles.small))
+    return story
+
+
+def _versions_and_config(styles: _Styles, run: RunFolder) -> list[Any]:
+    from reportlab.platypus import Preformatted, Table, TableStyle
+
+    story: list[Any] = []
+    dependencies = run.manifest.environment.dependencies
+    if dependencies:
         story.append(_para("Versions", styles.h2))
-        items = list(environment.dependencies.items())
+        items = list(dependencies.items())
         half = math.ceil(len(items) / 2)
         rows = [["Package", "Version", "Package", "Version"]]
         for i in range(half):
@@ -880,9 +1051,6 @@ def _provenance_page(styles: _Styles, run: RunFolder) -> list[Any]:
                     colWidths=[255, 255])
     columns.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
     story.append(columns)
-    story.append(_para(
-        "Reproduce the run with <font name='%s'>tumls-qp analyze SLIDE --config config.toml</font>; re-render this "
-        "report with <font name='%s'>tumls-qp report RUN_DIR</font>." % (styles.mono, styles.mono), styles.small))
     return story
 
 
@@ -926,13 +1094,40 @@ def _one_cohort(runs: list[RunFolder]) -> bool:
 
 
 def _cohort_story(styles: _Styles, runs: list[RunFolder]) -> list[Any]:
-    from reportlab.platypus import KeepTogether, PageBreak
+    """The cohort: a summary, each slide's overview, each tissue across the slides, the features side by side,
+    the method, and an appendix; each slide's own case report holds the rest."""
+    from reportlab.platypus import PageBreak
+
+    same = _one_cohort(runs)
+    n = len(runs)
+    header = f"cohort of {n} slides"
+    story: list[Any] = [_marker(header, "Cohort summary", 0)]
+    story += _cohort_summary(styles, runs, same)
+    for i, run in enumerate(runs):
+        story += [PageBreak(), _marker(run.slide_name, f"Slide {i + 1}: {run.slide_name}", 0)]
+        story += _overview_page(styles, run, f"Slide {i + 1} of {n}")
+        if not same:
+            story += [PageBreak(), _marker(None, "Its tissues", 1)]
+            story += _slide_tissues_page(styles, run)
+    if same:
+        for t in range(1, runs[0].k + 1):
+            story += [PageBreak(), _marker(header, f"Tissue {t} across the slides", 0)]
+            story += _tissue_across_page(styles, runs, t)
+    story += [PageBreak(), _marker(header, "Features per tissue and slide", 0)]
+    story += _cohort_features_page(styles, runs, same)
+    story += [PageBreak(), _marker(header, "Method and quality", 0)]
+    story += _cohort_method_page(styles, runs, same)
+    story += [PageBreak(), _marker(header, "Appendix: parameters and provenance", 0)]
+    story += _cohort_provenance_page(styles, runs)
+    return story
+
+
+def _cohort_summary(styles: _Styles, runs: list[RunFolder], same: bool) -> list[Any]:
+    from reportlab.platypus import KeepTogether
 
     k = max(r.k for r in runs)
     names = [r.slide_name for r in runs]
-    same = _one_cohort(runs)
-    story: list[Any] = [_marker(f"cohort of {len(runs)} slides", "Cohort", 0),
-                        _para(f"Cohort report: {len(runs)} slides", styles.title)]
+    story: list[Any] = [_para(f"Cohort report: {len(runs)} slides", styles.title)]
     if same:
         story.append(_para(
             f"The slides were analysed together (one embedding and one clustering, k = {k}): a tissue number means "
@@ -960,24 +1155,199 @@ def _cohort_story(styles: _Styles, runs: list[RunFolder]) -> list[Any]:
         rows.append([run.slide_name, _fmt(int(counts.sum())), _area(total_area), ", ".join(present),
                      f"{largest} ({shares[i, largest - 1]:.1f} %)",
                      f"{run.tiles.uncertainty.mean():.3f}" if len(run.tiles.uncertainty) else "n/a",
-                     _fmt(len(run.manifest.warnings)), run.manifest.slide.quickhash[:12]])
+                     _fmt(len(_warnings(run))), run.manifest.slide.quickhash[:12]])
     story.append(_table(rows, styles, widths=[110, 40, 65, 48, 58, 52, 44, 93]))
 
     story.append(_para("Tissue distribution per slide", styles.h2))
     story.append(_image(figures.distribution_figure(names, shares, k)))
-    story.append(_para("Share of each slide's analysed tissue area in each tissue.", styles.small))
     header = ["Slide"] + [f"Tissue {t} (%)" for t in range(1, k + 1)]
     width = min(55.0, 380.0 / k)
-    story.append(_table([header] + [[n] + [f"{v:.1f}" for v in shares[i]] for i, n in enumerate(names)], styles,
+    story.append(_table([header] + [[nm] + [f"{v:.1f}" for v in shares[i]] for i, nm in enumerate(names)], styles,
                         widths=[130] + [width] * k))
+    story.append(_para("Share of each slide's mapped tissue area in each tissue's regions.", styles.small))
     story.append(KeepTogether([
         _para("Each tissue over the slides", styles.h2),
         _image(figures.cohort_tissue_figure(names, areas, k, "area (mm²)")),
-        _para("The area of each tissue on each slide. The following pages hold each slide's case report.",
-              styles.small),
+        _para("The area of each tissue's regions on each slide.", styles.small),
+    ]))
+    reports = [[r.slide_name, str(r.report_path) if r.report_path.is_file() else
+                f"not rendered: tumls-qp report {r.path}"] for r in runs]
+    story.append(KeepTogether([
+        _para("Each slide's case report", styles.h2),
+        _para("This report shows each slide's overview and its best representatives. Each slide's case report holds "
+              "the rest: every representative with its nuclei, the uncertainty per tissue, every feature, the "
+              "method and the provenance of that run.", styles.small),
+        _table([["Slide", "Case report"]] + reports, styles, widths=[130, 380]),
     ]))
     story.append(_para(DISCLAIMER, styles.box))
+    return story
+
+
+def _gallery_row(styles: _Styles, run: RunFolder, t: int, title: str, n_reps: int = 3) -> list[Any]:
+    """A heading and one row of images: where tissue t lies on this slide, its best representatives, their nuclei."""
+    from reportlab.platypus import KeepTogether
+
+    reps = run.representatives_of(t)[:n_reps]
+    images: list[tuple[str, np.ndarray | None, float | None]] = []
+    for i, rep in enumerate(reps):
+        patch = _load_patch(rep.patch)
+        images.append((_annotation_name(t, rep.rank), patch, rep.patch_mpp))
+        if i == 0 and patch is not None:
+            labels, _ = _best_labels(run, rep, patch)
+            if labels is not None:
+                images.append((f"nuclei outlined ({_nuclei_count(labels)})",
+                               figures.outlined(patch, labels, NUCLEUS_COLOUR), rep.patch_mpp))
+    regions, regions_px = _regions(run)
+    png = figures.gallery_row_figure(run.thumbnail, regions, regions_px, t, _marks(run, t)[:n_reps],
+                                     run.thumbnail_scale, run.thumbnail_mpp, images)
+    mask = run.tiles.tissue == t
+    count = int(mask.sum())
+    summary = (f"<b>{_escape(title)}</b> · {_fmt(count)} tiles, {_shares(run)[t - 1]:.1f} % of the slide's tissue · "
+               f"uncertainty mean {run.tiles.uncertainty[mask].mean():.3f}, confidence mean "
+               f"{run.tiles.confidence[mask].mean():.3f}")
+    return [KeepTogether([_para(summary, styles.row), _image(png)])]
+
+
+def _slide_tissues_page(styles: _Styles, run: RunFolder) -> list[Any]:
+    story: list[Any] = [_para(f"The tissues of {_escape(run.slide_name)}", styles.title)]
+    for t in range(1, run.k + 1):
+        if (run.tiles.tissue == t).any():
+            story += _gallery_row(styles, run, t, tissue_class_name(t - 1))
+    story.append(_para(_GALLERY_CAPTION, styles.small))
+    return story
+
+
+_GALLERY_CAPTION = ("Each row: where the tissue lies on the slide (its regions in colour, its representatives boxed by "
+                    "rank), then its best representatives at full resolution, named as their annotations in QuPath, "
+                    "with the nuclei of the best one outlined. Every representative and feature is in the slide's "
+                    "case report.")
+
+
+def _tissue_across_page(styles: _Styles, runs: list[RunFolder], t: int) -> list[Any]:
+    story: list[Any] = [_para(f"{tissue_class_name(t - 1)} across the slides", styles.title)]
+    rows: list[list[Any]] = [["Slide", "Tiles", "Area (µm²)", "Share (%)", "Mean uncertainty", "Headline features"]]
     for run in runs:
-        story.append(PageBreak())
-        story += _case_story(styles, run, level=1)
+        mask = run.tiles.tissue == t
+        count = int(mask.sum())
+        row = run.feature_row(t)
+        headline = _headline_columns(run)
+        if not count:
+            text = "not on this slide"
+        elif row is None or not headline:
+            text = "none in this run folder"
+        else:
+            text = "; ".join(f"{_headline_label(c)} {_fmt(row.get(c, math.nan))}" for c in headline)
+        rows.append([run.slide_name, _fmt(count), _area(run.tissue_areas_um2()[t - 1]),
+                     f"{_shares(run)[t - 1]:.1f}",
+                     f"{run.tiles.uncertainty[mask].mean():.3f}" if count else "n/a", text])
+    story.append(_table(rows, styles, widths=[110, 36, 62, 42, 56, 204]))
+    for run in runs:
+        if (run.tiles.tissue == t).any():
+            story += _gallery_row(styles, run, t, run.slide_name)
+    story.append(_para(_GALLERY_CAPTION, styles.small))
+    return story
+
+
+def _cohort_features_page(styles: _Styles, runs: list[RunFolder], same: bool) -> list[Any]:
+    """Every per-tissue value side by side: per tissue, one column per slide (one cohort); else per slide."""
+    story: list[Any] = [_para("Features per tissue and slide", styles.title)]
+    if same:
+        k = runs[0].k
+        values = [_tissue_values(run) for run in runs]
+        names = values[0][0]
+        for run, (other, _) in zip(runs, values):
+            for name in other:
+                if name not in names:
+                    names.append(name)
+        lookup = [dict(zip(n, v.T)) for n, v in values]
+        present = [run.tiles_per_tissue() > 0 for run in runs]
+        width = min(70.0, (_FRAME_WIDTH - 170) / len(runs))
+        for t in range(1, k + 1):
+            header = ["", tissue_class_name(t - 1)] + [_short_name(r.slide_name) for r in runs]
+            rows: list[list[Any]] = [header]
+            for j, name in enumerate(names):
+                # A tissue absent from a slide has a share of 0 there and no other value.
+                rows.append(["", name] + [_fmt(lk[name][t - 1]) if name in lk and (here[t - 1] or j == 0) else "n/a"
+                                          for lk, here in zip(lookup, present)])
+            extra = [("BACKGROUND", (0, 0), (0, -1), _colour(t)), ("SPAN", (0, 0), (0, -1))]
+            story.append(_table(rows, styles, widths=[8, 162] + [width] * len(runs), extra=extra))
+            story.append(_para("", styles.small))
+    else:
+        for run in runs:
+            names, values = _tissue_values(run)
+            header = [run.slide_name] + [tissue_class_name(t - 1) for t in range(1, run.k + 1)]
+            width = min(60.0, (_FRAME_WIDTH - 170) / run.k)
+            story.append(_table([header] + [[n] + [_fmt(v) for v in values[:, j]] for j, n in enumerate(names)],
+                                styles, widths=[170] + [width] * run.k))
+            story.append(_para("", styles.small))
+    story.append(_para(f"The first {len(_tile_descriptors(runs[0])[0])} values come from the tiles and regions, the "
+                       "others from the nuclei of the representatives "
+                       "(features.csv of each run folder); n/a: not measured on that slide.", styles.small))
+    return story
+
+
+def _short_name(name: str, length: int = 22) -> str:
+    return name if len(name) <= length else name[: length - 1] + "…"
+
+
+def _colour(tissue: int) -> Any:
+    from reportlab.lib import colors
+
+    r, g, b = class_colour(tissue - 1)
+    return colors.Color(r / 255, g / 255, b / 255)
+
+
+def _cohort_method_page(styles: _Styles, runs: list[RunFolder], same: bool) -> list[Any]:
+    story: list[Any] = []
+    if same:
+        story += _method_page(styles, runs[0], slide=False)
+        story.append(_para("The slides share one embedding and one clustering: the figures above are the cohort's.",
+                           styles.small))
+    else:
+        story.append(_para("Method and quality", styles.title))
+        story.append(_para("Each slide was analysed on its own; how k was chosen on each:", styles.body))
+        for run in runs:
+            story.append(_para(f"<b>{_escape(run.slide_name)}</b>: {_k_explanation(run)}{_vote_explanation(run)}",
+                               styles.small))
+    story.append(_para("Per slide", styles.h2))
+    header = ["Slide", "Tiles in the grid", "Kept", "Back­ground", "Artefact", "Tiles per tissue", "Warnings"]
+    rows: list[list[Any]] = [header]
+    for i, run in enumerate(runs, start=1):
+        m = run.manifest
+        # The warnings themselves are on the slide's overview page; a list here could fill the page.
+        count = len(_warnings(run))
+        rows.append([run.slide_name, _fmt(m.tiles.total), _fmt(m.tiles.kept), _fmt(m.tiles.dropped.get("background")),
+                     _fmt(m.tiles.dropped.get("artefact")), ", ".join(_fmt(int(v)) for v in run.tiles_per_tissue()),
+                     f"{count} (on the page of slide {i})" if count else "none"])
+    story.append(_table(rows, styles, widths=[130, 50, 40, 48, 42, 90, 110]))
+    return story
+
+
+def _cohort_provenance_page(styles: _Styles, runs: list[RunFolder]) -> list[Any]:
+    first = runs[0]
+    story: list[Any] = [_para("Appendix: parameters and provenance", styles.title)]
+    rows: list[list[Any]] = [["Slide", "Quick hash (SHA-256)", "Vendor, objective", "Pixel size", "Analysed",
+                              "Peak memory"]]
+    for run in runs:
+        m = run.manifest
+        rows.append([run.slide_name, m.slide.quickhash[:16] + "…", _vendor(run),
+                     f"{_fmt(run.mpp)} µm/px ({m.slide.mpp_source})", m.created,
+                     f"{_fmt(m.environment.peak_rss_mb)} MB"])
+    story.append(_table(rows, styles, widths=[100, 90, 70, 95, 100, 55]))
+    shared = [r for r in _provenance_rows(first) if r[0] in ("Tool", "Seed", "Device", "Python, platform")]
+    story.append(_para("Common to the slides (from the first)", styles.h2))
+    story.append(_table([["Item", "Value"]] + shared, styles, widths=[130, 380]))
+    timings = [run.manifest.timings_s for run in runs]
+    stages = list(dict.fromkeys(s for t in timings for s in t))
+    if stages:
+        story.append(_para("Timings of the stages (seconds, from each manifest.json)", styles.h2))
+        story.append(_table([["Slide"] + stages] + [[run.slide_name] + [_fmt(float(t[s]), 3) if s in t else "n/a"
+                                                                        for s in stages]
+                                                    for run, t in zip(runs, timings)], styles))
+    differ = [r.slide_name for r in runs[1:] if r.config_text != first.config_text]
+    story += _versions_and_config(styles, first)
+    story.append(_para(
+        (f"The configuration of {', '.join(differ)} differs from this one: see its run folder's config.toml. "
+         if differ else "Every slide was analysed with this configuration. ")
+        + "Each run folder holds its own manifest.json and config.toml.", styles.small))
     return story

@@ -335,3 +335,28 @@ def test_pipeline_glands_on_a_glas_mosaic(shared_data: Path, tmp_path: Path) -> 
              for r in run.representatives]
     assert all(any(b.buffer(0.01).contains(shape(f["geometry"])) for b in boxes) for f in glands)
     assert all(f["properties"]["measurements"]["Area um^2"] >= GlandConfig().min_gland_um2 * 0.8 for f in glands)
+
+
+def test_report_outlines_the_glands_beside_the_nuclei(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    from dataclasses import replace
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from run_helpers import synthetic_analysis
+
+    import tumls_qp.outputs.run_folder as rf
+    from tumls_qp.outputs import _report_figures as figures
+    from tumls_qp.outputs.pdf_report import render_report
+
+    analysis = synthetic_analysis()  # its made-up linkage is no dendrogram: leave it out
+    rf.write_run(tmp_path / "run", replace(analysis, clustering=replace(analysis.clustering, linkage=None)))
+    panels: list[str] = []
+    draw = figures.overlay_figure
+
+    def spy(patch, overlays, mpp, *args, **kwargs):  # type: ignore[no-untyped-def]
+        panels.extend(title for title, _ in overlays)
+        return draw(patch, overlays, mpp, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "overlay_figure", spy)
+    assert render_report(tmp_path / "run", tmp_path / "report.pdf").path.is_file()
+    assert "glands outlined (1)" in panels and "nuclei outlined (2)" in panels

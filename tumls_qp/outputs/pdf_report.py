@@ -59,7 +59,7 @@ from PIL import Image
 
 from .. import __version__
 from ..cells.features import FEW_NUCLEI, NUCLEUS_FEATURES, TISSUE_FEATURES
-from ..classes import NUCLEUS_COLOUR, class_colour, tissue_class_name
+from ..classes import GLAND_COLOUR, NUCLEUS_COLOUR, class_colour, tissue_class_name
 from ..errors import InvalidInputError, OutputError
 from ..files import atomic_write
 from . import _report_figures as figures
@@ -591,6 +591,16 @@ def _best_labels(run: RunFolder, best: Any, patch: np.ndarray | None) -> tuple[n
     return labels, None
 
 
+def _gland_labels(best: Any, patch: np.ndarray) -> np.ndarray | None:
+    """The gland label image of a representative (``glands.enabled``); None when the run has none or it is unusable."""
+    if best.glands is None:
+        return None
+    try:
+        return load_labels(best.glands, patch.shape[:2])
+    except InvalidInputError:
+        return None
+
+
 def _nuclei_count(labels: np.ndarray) -> int:
     return len(np.unique(labels[labels > 0]))
 
@@ -813,11 +823,15 @@ def _tissue_page(styles: _Styles, run: RunFolder, t: int) -> list[Any]:
     labels, note = _best_labels(run, best, patch)
     story.append(_para(f"Nuclei of the best representative ({_annotation_name(t, best.rank)})", styles.h2))
     if patch is not None:
-        # One panel per overlay of the patch, beside the patch itself; further layers (glands) go in this list.
+        # One panel per overlay of the patch, beside the patch itself; further layers go in this list.
         overlays = []
         if labels is not None:
             overlays.append((f"nuclei outlined ({_nuclei_count(labels)})", figures.outlined(patch, labels,
                                                                                            NUCLEUS_COLOUR)))
+        glands = _gland_labels(best, patch)
+        if glands is not None:
+            overlays.append((f"glands outlined ({_nuclei_count(glands)})", figures.outlined(patch, glands,
+                                                                                           GLAND_COLOUR)))
         picture = _image(figures.overlay_figure(patch, overlays, best.patch_mpp))
         rest = _FRAME_WIDTH - picture.drawWidth - 6
         if rest >= 180:

@@ -1060,12 +1060,29 @@ def _versions_and_config(styles: _Styles, run: RunFolder) -> list[Any]:
         story.append(_table(rows, styles, widths=[90, 150, 90, 150]))
     story.append(_para("Effective configuration (config.toml)", styles.h2))
     text = run.config_text if run.config_text is not None else "config.toml is missing from the run folder"
-    left, right = _two_columns(_compact_toml(text))
+    left, right = _two_columns(_compact_toml(_glands_off_in_short(text)))
     columns = Table([[Preformatted(left, styles.mono_style), Preformatted(right, styles.mono_style)]],
                     colWidths=[255, 255])
     columns.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
     story.append(columns)
     return story
+
+
+def _glands_off_in_short(text: str) -> str:
+    """The TOML text with a ``[glands]`` section that is off shortened to ``enabled = false`` (its settings did not act;
+    config.toml keeps them)."""
+    out, skipping = [], False
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            skipping = line.strip() == "[glands]" and "enabled = false" in lines[i + 1:i + 2]
+            out.append(line)
+            if skipping:
+                out.append("enabled = false")
+            continue
+        if not skipping:
+            out.append(line)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
 def _two_columns(text: str) -> tuple[str, str]:

@@ -64,10 +64,10 @@ def _worker(inputs: list[str], out_dir: str, repeats: int) -> list[dict]:
     import time
 
     from tumls_qp.cells.nuclei import segment_nuclei
-    from tumls_qp.evaluation.monuseg import _OneThread
+    from tumls_qp.evaluation.monuseg import OneThread
 
     timings = []
-    with _OneThread():
+    with OneThread():
         for k, path in enumerate(inputs):
             with np.load(path) as data:
                 rgb, mpp = data["rgb"], float(data["mpp"])

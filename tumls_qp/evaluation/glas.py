@@ -512,7 +512,7 @@ def run_glas_benchmark(
     from ..cells.glands import segment_glands
     from ..cells.nuclei import check_mpp
     from ..config import GlandConfig
-    from .monuseg import _OneThread
+    from .monuseg import OneThread
 
     cfg = GlandConfig() if cfg is None else cfg
     if not isinstance(cfg, GlandConfig):
@@ -526,7 +526,7 @@ def run_glas_benchmark(
     if limit is not None:
         items = items[:limit]
     results: list[ImageResult] = []
-    with _OneThread():
+    with OneThread():
         for done, item in enumerate(items, start=1):
             rgb, truth = read_glas_image(item)
             if done == 1:

@@ -77,6 +77,7 @@ from ..errors import InvalidInputError
 from ..provenance import cpu_name
 
 __all__ = [
+    "OneThread",
     "MonusegImage",
     "ImageResult",
     "BenchmarkResult",
@@ -623,10 +624,10 @@ def _load_average() -> str:
         return "unknown"
 
 
-class _OneThread:
+class OneThread:
     """Context manager: OpenCV and the BLAS/OpenMP pools limited to one thread, restored on exit."""
 
-    def __enter__(self) -> "_OneThread":
+    def __enter__(self) -> "OneThread":
         import cv2
         from threadpoolctl import threadpool_limits
 
@@ -703,7 +704,7 @@ def run_monuseg_benchmark(
         items = items[:limit]
     results: list[ImageResult] = []
     load_before = _load_average()
-    with _OneThread():
+    with OneThread():
         for done, item in enumerate(items, start=1):
             rgb, truth, item_mpp = read_monuseg_image(item)
             use_mpp = mpp if mpp is not None else item_mpp

@@ -360,3 +360,23 @@ def test_report_outlines_the_glands_beside_the_nuclei(tmp_path: Path, monkeypatc
     monkeypatch.setattr(figures, "overlay_figure", spy)
     assert render_report(tmp_path / "run", tmp_path / "report.pdf").path.is_file()
     assert "glands outlined (1)" in panels and "nuclei outlined (2)" in panels
+
+
+def test_what_the_gland_method_says_becomes_one_warning_of_the_run() -> None:
+    """A patch outside the method's pixel-size range: its note reaches the run's warnings, once for all patches."""
+    from types import SimpleNamespace
+
+    from tumls_qp.config import replace_in
+    from tumls_qp.outputs.run_folder import Patch
+    from tumls_qp.pipeline import _glands
+    from tumls_qp.tissue.representatives import Representative
+
+    rgb = np.full((300, 300, 3), 235, dtype=np.uint8)
+    mpp = MPP_RANGE[1] * 2
+    reps = [Representative(tissue=0, rank=r, tile=0, distance=0.0, uncertainty=0.0, confidence=1.0, confident=True) for r in (1, 2)]
+    patches = tuple(Patch(rgb=rgb, mpp=mpp, nuclei=None, box=(0, 0, 300, 300)) for _ in reps)
+    config = replace_in(PipelineConfig(), **{"glands.enabled": True})
+    _, _, notes = _glands(SimpleNamespace(mpp=mpp), np.zeros((1, 4)), reps, patches, config)
+    assert len(notes) >= 1 and all(n.startswith("glands: ") for n in notes)
+    assert any("coarser than" in n for n in notes) and len(set(notes)) == len(notes)
+    assert _glands(SimpleNamespace(mpp=mpp), np.zeros((1, 4)), reps, patches, PipelineConfig())[2] == []

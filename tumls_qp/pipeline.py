@@ -385,7 +385,7 @@ def analyse_slide(
         patches, tissue_features = _low_level(
             slide, part.tiles.boxes, reps, config, lambda f, m: progress("nuclei", (index + f) / count, m))
         gland_start = time.perf_counter()
-        patches, gland_features = _glands(slide, part.tiles.boxes, reps, patches, config)
+        patches, gland_features, gland_notes = _glands(slide, part.tiles.boxes, reps, patches, config)
         gland_seconds = time.perf_counter() - gland_start
     with timer.stage("outputs"):
         return SlideAnalysis(
@@ -396,7 +396,7 @@ def analyse_slide(
             reconstructions=_reconstructions(group.embedding, part.tiles.tiles),
             embedding_colours=_embedding_colours(group.latents[own], config),
             warnings=tuple(_warnings(part, config, group.clustering, local, group.embedding, cohort is not None,
-                                     regions, reps, tissue_features)),
+                                     regions, reps, tissue_features) + gland_notes),
             timings_s=dict(timer.seconds), engine=engine, regions=regions, gland_features=gland_features,
             gland_seconds=gland_seconds,
         )
@@ -541,7 +541,7 @@ def _glands(
     reps: list[Representative],
     patches: tuple[Patch, ...],
     config: PipelineConfig,
-) -> tuple[tuple[Patch, ...], dict[int, dict[str, float]]]:
+) -> tuple[tuple[Patch, ...], dict[int, dict[str, float]], list[str]]:
     """Segment and measure the glands of every representative patch (with ``glands.enabled``).
 
     Returns
@@ -550,16 +550,20 @@ def _glands(
         The same patches, with their glands.
     gland_features : dict of int to dict
         ``GLAND_TISSUE_FEATURES`` of each tissue (0-based), pooled over its representatives; empty when off.
+    notes : list of str
+        What the gland method said about the patches (resampled, not H&E, too small), once each, for the warnings.
     """
     if not config.glands.enabled:
-        return patches, {}
-    out, tables, areas = [], {}, {}
+        return patches, {}, []
+    out, tables, areas, notes = [], {}, {}, {}
     for rep, patch in zip(reps, patches):
         result = segment_glands(patch.rgb, patch.mpp, config.glands)
+        for note in result.notes:
+            notes.setdefault(f"glands: {note}", None)
         table = measure_glands(result)
         x, y = (int(v) for v in (patch.box if patch.box is not None else boxes[rep.tile])[:2])
         polygons = labels_to_polygons(result.labels, offset=(x, y), scale=patch.mpp / slide.mpp, simplify_px=1.0)
         out.append(replace(patch, glands=PatchGlands(labels=result.labels, table=table, polygons=polygons)))
         tables.setdefault(rep.tissue, []).append(table)
         areas.setdefault(rep.tissue, []).append(patch.rgb.shape[0] * patch.rgb.shape[1] * patch.mpp ** 2)
-    return tuple(out), {t: gland_tissue_features(tables[t], areas[t]) for t in sorted(tables)}
+    return tuple(out), {t: gland_tissue_features(tables[t], areas[t]) for t in sorted(tables)}, list(notes)

@@ -64,7 +64,7 @@ def _worker(inputs: list[str], out_dir: str, repeats: int) -> list[dict]:
     import time
 
     from tumls_qp.cells.nuclei import segment_nuclei
-    from tumls_qp.evaluation.monuseg import OneThread
+    from tumls_qp.evaluation._benchmark import OneThread
 
     timings = []
     with OneThread():

@@ -46,10 +46,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
-import platform
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +54,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import InvalidInputError, OutputError
-from ..provenance import cpu_name
+from ..errors import InvalidInputError
+from ._benchmark import OneThread, TimedImages, check_limit_repeats, fastest, load_average, machine, nan_mean, \
+    write_report
+from ._benchmark import fmt as _fmt
 
 __all__ = [
     "GLAS_MPP",
@@ -396,7 +394,7 @@ class ImageResult:
 
 
 @dataclass(frozen=True)
-class BenchmarkResult:
+class BenchmarkResult(TimedImages):
     """Scores of a GlaS run, per image, with the settings and the machine.
 
     Attributes
@@ -431,39 +429,7 @@ class BenchmarkResult:
 
     def mean(self, which: str, metric: str, grade: str | None = None) -> float:
         """Mean over images (of one grade, or all) of one metric; NaN values are skipped."""
-        values = [im.metrics[which][metric] for im in self.images if grade is None or im.grade == grade]
-        values = [v for v in values if not math.isnan(v)]
-        return float(np.mean(values)) if values else math.nan
-
-    def seconds(self) -> np.ndarray:
-        """(n_images,) wall seconds of the method per image."""
-        return np.array([im.seconds for im in self.images], dtype=np.float64)
-
-    def cpu_seconds(self) -> np.ndarray:
-        """(n_images,) CPU seconds of the method per image (one thread)."""
-        return np.array([im.cpu_seconds for im in self.images], dtype=np.float64)
-
-
-def _machine() -> dict[str, str]:
-    """CPU model, core count and versions of the libraries that do the work."""
-    import cv2
-    import scipy
-    import skimage
-    import sklearn
-
-    return {
-        "cpu": cpu_name(),
-        "cores": str(os.cpu_count() or "unknown"),
-        "threads used": "1",
-        "load average (1, 5, 15 min) at the end": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-        "os": platform.platform(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "scikit-image": skimage.__version__,
-        "scikit-learn": sklearn.__version__,
-        "opencv": cv2.__version__,
-    }
+        return nan_mean(im.metrics[which][metric] for im in self.images if grade is None or im.grade == grade)
 
 
 def run_glas_benchmark(
@@ -512,16 +478,12 @@ def run_glas_benchmark(
     from ..cells.glands import segment_glands
     from ..cells.nuclei import check_mpp
     from ..config import GlandConfig
-    from .monuseg import OneThread
 
     cfg = GlandConfig() if cfg is None else cfg
     if not isinstance(cfg, GlandConfig):
         raise InvalidInputError(f"cfg must be a GlandConfig; got {type(cfg).__name__}")
     mpp = check_mpp(mpp)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InvalidInputError(f"limit must be an integer >= 1 or None; got {limit!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise InvalidInputError(f"repeats must be an integer >= 1; got {repeats!r}")
+    check_limit_repeats(limit, repeats)
     items = list_glas(folder, split)
     if limit is not None:
         items = items[:limit]
@@ -531,12 +493,7 @@ def run_glas_benchmark(
             rgb, truth = read_glas_image(item)
             if done == 1:
                 segment_glands(rgb, mpp, cfg)  # warm-up, not timed
-            seconds = cpu_seconds = math.inf
-            for _ in range(repeats):
-                start, start_cpu = time.perf_counter(), time.thread_time()
-                glands = segment_glands(rgb, mpp, cfg)
-                seconds = min(seconds, time.perf_counter() - start)
-                cpu_seconds = min(cpu_seconds, time.thread_time() - start_cpu)
+            glands, seconds, cpu_seconds = fastest(lambda: segment_glands(rgb, mpp, cfg), repeats)
             baseline = colour_cluster_baseline(rgb, mpp)
             preds = {"method": glands.labels > 0, "baseline": baseline}
             results.append(ImageResult(
@@ -548,17 +505,13 @@ def run_glas_benchmark(
                      results[-1].metrics["method"]["miou"], results[-1].metrics["baseline"]["miou"], seconds)
             if progress is not None:
                 progress(done, len(items))
-    machine = _machine()
-    machine["timing"] = f"fastest of {repeats} run(s) per image"
-    return BenchmarkResult(str(folder), split, mpp, results, cfg, machine)
+    info = machine(("numpy", "scipy", "scikit-image", "scikit-learn", "opencv"),
+                   {"load average (1, 5, 15 min) at the end": load_average(" ")})
+    info["timing"] = f"fastest of {repeats} run(s) per image"
+    return BenchmarkResult(str(folder), split, mpp, results, cfg, info)
 
 
 # --------------------------------------------------------------------------- report
-
-
-def _fmt(value: float, digits: int = 4) -> str:
-    """A number for a Markdown table; NaN as an en dash."""
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 _SUMMARY_HEAD = ("| | images | mIoU (pooled) | mIoU (mean of images) | IoU gland | IoU background | Dice (pooled) "
@@ -661,13 +614,4 @@ def write_glas_report(result: BenchmarkResult, path: str | Path, command: str) -
     OutputError
         When the file cannot be written.
     """
-    from ..files import atomic_write
-
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as tmp:
-            tmp.write_text(format_glas_report(result, command), encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"cannot write the report {str(path)!r}: {exc.strerror or exc}") from exc
-    return path
+    return write_report(format_glas_report(result, command), path)

@@ -60,10 +60,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import platform
-import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,10 +70,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import InvalidInputError
-from ..provenance import cpu_name
+from ._benchmark import OneThread, TimedImages, check_limit_repeats, fastest, load_average, machine, nan_mean, \
+    write_report
+from ._benchmark import fmt as _fmt
 
 __all__ = [
-    "OneThread",
     "MonusegImage",
     "ImageResult",
     "BenchmarkResult",
@@ -553,7 +550,7 @@ class ImageResult:
 
 
 @dataclass(frozen=True)
-class BenchmarkResult:
+class BenchmarkResult(TimedImages):
     """Scores of a benchmark run, per image, with the settings and the machine.
 
     Attributes
@@ -580,67 +577,11 @@ class BenchmarkResult:
 
     def mean(self, mask: str, metric: str, organ: str | None = None) -> float:
         """Mean over images (of one organ, or all) of one metric of one mask; NaN values are skipped."""
-        values = [im.metrics[mask][metric] for im in self.images if organ is None or im.organ == organ]
-        values = [v for v in values if not math.isnan(v)]
-        return float(np.mean(values)) if values else math.nan
-
-    def seconds(self) -> np.ndarray:
-        """(n_images,) segmentation wall seconds per image."""
-        return np.array([im.seconds for im in self.images], dtype=np.float64)
-
-    def cpu_seconds(self) -> np.ndarray:
-        """(n_images,) segmentation CPU seconds per image (one thread)."""
-        return np.array([im.cpu_seconds for im in self.images], dtype=np.float64)
-
-
-def _machine() -> dict[str, str]:
-    """CPU model, core count and versions of the libraries that do the work."""
-    import cv2
-    import scipy
-    import skimage
-
-    return {
-        "cpu": cpu_name(),
-        "cores": str(os.cpu_count() or "unknown"),
-        "threads used": "1",
-        "os": platform.platform(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "scikit-image": skimage.__version__,
-        "opencv": cv2.__version__,
-    }
+        return nan_mean(im.metrics[mask][metric] for im in self.images if organ is None or im.organ == organ)
 
 
 #: Key of BenchmarkResult.machine: the load averages before and after the run.
 _LOAD = "load average (1, 5, 15 min) before / after"
-
-
-def _load_average() -> str:
-    """The system load averages over 1, 5 and 15 minutes, or "unknown" where the OS has none."""
-    try:
-        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    except (AttributeError, OSError):
-        return "unknown"
-
-
-class OneThread:
-    """Context manager: OpenCV and the BLAS/OpenMP pools limited to one thread, restored on exit."""
-
-    def __enter__(self) -> "OneThread":
-        import cv2
-        from threadpoolctl import threadpool_limits
-
-        self._cv2_threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        self._limits = threadpool_limits(limits=1)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import cv2
-
-        self._limits.restore_original_limits()
-        cv2.setNumThreads(self._cv2_threads)
 
 
 def run_monuseg_benchmark(
@@ -695,15 +636,12 @@ def run_monuseg_benchmark(
         raise InvalidInputError(f"cfg must be a NucleiConfig; got {type(cfg).__name__}")
     if mpp is not None:
         mpp = check_mpp(mpp)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InvalidInputError(f"limit must be an integer >= 1 or None; got {limit!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise InvalidInputError(f"repeats must be an integer >= 1; got {repeats!r}")
+    check_limit_repeats(limit, repeats)
     items = list_monuseg(folder)
     if limit is not None:
         items = items[:limit]
     results: list[ImageResult] = []
-    load_before = _load_average()
+    load_before = load_average()
     with OneThread():
         for done, item in enumerate(items, start=1):
             rgb, truth, item_mpp = read_monuseg_image(item)
@@ -712,23 +650,18 @@ def run_monuseg_benchmark(
                 raise InvalidInputError(f"mpp must be given: {item.image_id} states no pixel size")
             if done == 1:
                 segment_nuclei(rgb, use_mpp, cfg)  # warm-up, not timed
-            seconds = cpu_seconds = math.inf
-            for _ in range(repeats):
-                start, start_cpu = time.perf_counter(), time.thread_time()
-                seg = segment_nuclei(rgb, use_mpp, cfg)
-                seconds = min(seconds, time.perf_counter() - start)
-                cpu_seconds = min(cpu_seconds, time.thread_time() - start_cpu)
+            seg, seconds, cpu_seconds = fastest(lambda: segment_nuclei(rgb, use_mpp, cfg), repeats)
             metrics = {name: image_metrics(truth, getattr(seg, name)) for name in MASKS}
             results.append(ImageResult(item.image_id, item.organ, float(use_mpp), seconds, cpu_seconds, metrics))
             log.info("%s (%s): mask 2 Dice %.4f AJI %.4f in %.3f s", item.image_id, item.organ,
                      metrics["mask2"]["dice"], metrics["mask2"]["aji"], seconds)
             if progress is not None:
                 progress(done, len(items))
-    machine = _machine()
-    machine["timing"] = f"fastest of {repeats} run(s) per image"
+    info = machine(("numpy", "scipy", "scikit-image", "opencv"))
+    info["timing"] = f"fastest of {repeats} run(s) per image"
     # Other processes slow the wall time down: the load says how busy the machine was.
-    machine[_LOAD] = f"{load_before} / {_load_average()}"
-    return BenchmarkResult(str(folder), results, cfg, machine)
+    info[_LOAD] = f"{load_before} / {load_average()}"
+    return BenchmarkResult(str(folder), results, cfg, info)
 
 
 # --------------------------------------------------------------------------- report
@@ -740,11 +673,6 @@ _MASK_TITLES = {
     "mask2": "Mask 2: de-merged instances (the instance output)",
     "mask3": "Mask 3: median filter of mask 1 (semantic; instances = connected components)",
 }
-
-
-def _fmt(value: float, digits: int = 4) -> str:
-    """A number for a Markdown table; NaN as an en dash."""
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def _name(result: BenchmarkResult) -> str:
@@ -894,15 +822,4 @@ def write_monuseg_report(result: BenchmarkResult | Sequence[BenchmarkResult], pa
     OutputError
         When the file cannot be written (an earlier report at ``path`` is left as it was).
     """
-    from ..errors import OutputError
-    from ..files import atomic_write
-
-    path = Path(path)
-    text = format_monuseg_report(result, command)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as tmp:  # a reader never sees half a report
-            tmp.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"cannot write the report {str(path)!r}: {exc.strerror or exc}") from exc
-    return path
+    return write_report(format_monuseg_report(result, command), path)

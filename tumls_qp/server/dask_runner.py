@@ -37,7 +37,7 @@ import threading
 from typing import Any
 
 from ..errors import EngineError
-from .runner import _RESTART_REASON, _DataDirLock, sweep_outputs
+from .runner import _RESTART_REASON, _DataDirLock, open_store, sweep_outputs
 from .settings import ServerSettings
 from .store import Job, JobStore
 
@@ -79,15 +79,7 @@ class DaskRunner:
         try:
             check_versions(self.client)
             self._data_lock.acquire()
-            self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-            self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
-            self.store = JobStore(self.settings.db_path)
-            requeued, failed = self.store.recover(_RESTART_REASON)
-            for job in requeued:
-                log.warning("job %s was running when the server stopped: queued to run again", job.id)
-            for job in failed:
-                log.warning("job %s was interrupted too often: marked failed", job.id)
-            sweep_outputs(self.settings, self.store)
+            self.store = open_store(self.settings)
         except BaseException:
             self._data_lock.release()
             self.client.close()

@@ -106,6 +106,26 @@ def sweep_outputs(settings: ServerSettings, store: JobStore) -> int:
     return removed
 
 
+def open_store(settings: ServerSettings) -> JobStore:
+    """Open the job store of a data folder this server holds, recovering from the previous run.
+
+    Jobs that were running go back to the queue (or fail when interrupted too often) and unfinished
+    outputs are removed (:func:`sweep_outputs`).
+    """
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(settings.db_path)
+    requeued, failed = store.recover(_RESTART_REASON)
+    for job in requeued:
+        log.warning("job %s was running when the server stopped: queued to run again", job.id)
+    for job in failed:
+        log.warning("job %s was interrupted too often: marked failed", job.id)
+    removed = sweep_outputs(settings, store)
+    if removed:
+        log.info("removed %d unfinished output folder(s)", removed)
+    return store
+
+
 class _DataDirLock:
     """An exclusive advisory lock (``flock``) on the data folder itself, held on an open descriptor for the
     server's life and released by the OS if the process dies. ``server.lock`` records the holder's pid."""
@@ -174,17 +194,7 @@ class ProcessRunner:
             return
         self._data_lock.acquire()
         try:
-            self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-            self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
-            self.store = JobStore(self.settings.db_path)
-            requeued, failed = self.store.recover(_RESTART_REASON)
-            for job in requeued:
-                log.warning("job %s was running when the server stopped: queued to run again", job.id)
-            for job in failed:
-                log.warning("job %s was interrupted too often: marked failed", job.id)
-            removed = sweep_outputs(self.settings, self.store)
-            if removed:
-                log.info("removed %d unfinished output folder(s)", removed)
+            self.store = open_store(self.settings)
         except BaseException:
             self._data_lock.release()
             raise

@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tumls_qp.provenance import cpu_name
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (the benchmarks' shared machine line and report output)
 
 METHODS = "tumls-ae,contrastive,vade,handcrafted"
 STAGES = ("tiles", "train", "embed", "cluster", "nuclei", "outputs")
@@ -91,10 +92,8 @@ def main() -> int:
     lines = [
         f"Command: `{command}`",
         "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other work (load average 1/5/15 min "
-        f"{load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} at the start, "
-        f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end), embedding.num_threads = "
-        f"{args.threads}, Python {platform.python_version()}. Total {total / 60:.1f} min.",
+        f"{_common.machine_line(load_start, load_end)}, embedding.num_threads = {args.threads}, "
+        f"Python {platform.python_version()}. Total {total / 60:.1f} min.",
         "",
         "| slide | embedding | tissue tiles | " + " | ".join(f"{s} s" for s in STAGES)
         + " | stages s | process wall s | × tumls-ae (wall) | process CPU s | peak RSS MB | k (votes; runner-up) |",
@@ -106,20 +105,12 @@ def main() -> int:
         base = next((b for b in rows if b["target"] == r["target"] and b["method"] == "tumls-ae"), None)
         ratio = f"{r['wall'] / base['wall']:.2f}" if base else "-"
         c = m["clusters"]
-        votes = c.get("k_votes") or {}
-        runner = c.get("runner_up")
-        k = f"{c['k']} ({c['k_source']})" if not votes else (
-            f"{c['k']} ({votes.get(str(c['k']), 0)}/{sum(votes.values())}"
-            + (f"; {runner[0]}: {runner[1]}" if runner else "") + ")")
+        k = _common.manifest_k(c)
         lines.append(f"| {r['target']} | {r['method']} | {m['tiles']['kept']} | "
                      + " | ".join(f"{t.get(s, 0):.1f}" for s in STAGES)
                      + f" | {sum(t.values()):.1f} | {r['wall']:.1f} | {ratio} | {r['cpu']:.1f} | "
                        f"{m['environment']['peak_rss_mb']:.0f} | {k} |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.report:
-        Path(args.report).write_text(report)
-    return 0
+    return _common.emit_report(lines, args.report)
 
 
 if __name__ == "__main__":

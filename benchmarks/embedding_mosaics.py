@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tumls_qp.provenance import cpu_name
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (the benchmarks' shared machine line and report output)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lc25000_224"
 MOSAICS = {"lung": ("lung_aca", "lung_n", "lung_scc"), "colon": ("colon_aca", "colon_n")}
@@ -84,9 +85,7 @@ def main() -> int:
     lines = [
         f"Command: `{command}`",
         "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other work (load average 1/5/15 min "
-        f"{load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} at the start, "
-        f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end), embedding.num_threads = {args.threads}, "
+        f"{_common.machine_line(load_start, load_end)}, embedding.num_threads = {args.threads}, "
         f"Python {platform.python_version()}. Total {total / 60:.1f} min.",
         "",
         f"Mosaics: 4 x 4 regions of 3 x 3 LC25000 tiles (224 px, 1 µm/px), offset half a tile; analysed with "
@@ -100,21 +99,13 @@ def main() -> int:
     for r in rows:
         m, s = r["manifest"], r["score"]
         c = m["clusters"]
-        votes = c.get("k_votes") or {}
-        runner = c.get("runner_up")
-        k = f"{c['k']} ({c['k_source']})" if not votes else (
-            f"{c['k']} ({votes.get(str(c['k']), 0)}/{sum(votes.values())}"
-            + (f"; {runner[0]}: {runner[1]}" if runner else "") + ")")
+        k = _common.manifest_k(c)
         lines.append(
             f"| {r['organ']} ({len(r['classes'])} classes) | {r['method']} | {m['tiles']['kept']} | {k} | "
             f"{s.ari:.3f} | {s.boundary_f:.3f} | {s.n_tissues} / {s.n_classes} | {s.coverage:.2f} | "
             f"{m['timings_s'].get('train', 0):.0f} | {sum(m['timings_s'].values()):.0f} | "
             f"{m['environment']['peak_rss_mb']:.0f} |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.report:
-        Path(args.report).write_text(report)
-    return 0
+    return _common.emit_report(lines, args.report)
 
 
 if __name__ == "__main__":

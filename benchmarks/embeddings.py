@@ -31,25 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (the benchmarks' shared machine line and report output)
+from _common import colour_histogram, log  # noqa: E402
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lc25000_224"
 SETTINGS = {"5-class": None, "lung (3 classes)": "lung", "colon (2 classes)": "colon"}
 #: Targets for the default method with automatic k (ARI).
 TARGETS = {"5-class": 0.70, "lung (3 classes)": 0.60, "colon (2 classes)": 0.45}
 SOURCE_UM = 224.0  # the tiles are treated as 224 µm (about 1 µm/px)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def colour_histogram(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB")).reshape(-1, 3) // 32
-    index = rgb[:, 0].astype(np.int64) * 64 + rgb[:, 1] * 8 + rgb[:, 2]
-    hist = np.bincount(index, minlength=512).astype(np.float64)
-    return hist / hist.sum()
 
 
 def design_half(y: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -129,7 +119,6 @@ def main() -> int:
 
     from tumls_qp.config import EmbeddingConfig, TileConfig
     from tumls_qp.evaluation.tile_folder import read_tile_folder
-    from tumls_qp.provenance import cpu_name
 
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -181,9 +170,7 @@ def main() -> int:
     lines = [
         f"Command: `{command}`",
         "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other work (load average 1/5/15 min "
-        f"{load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} at the start, "
-        f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end), torch {args.threads} thread(s), "
+        f"{_common.machine_line(load_start, load_end)}, torch {args.threads} thread(s), "
         f"Python {platform.python_version()}, torch {torch.__version__}, scikit-learn {sklearn.__version__}. "
         f"Total {total / 60:.1f} min.",
         "",
@@ -212,11 +199,7 @@ def main() -> int:
         lines.append("")
     lines += ["Targets for the default method with automatic k (ARI): "
               + ", ".join(f"{k} ≥ {v:.2f}" for k, v in TARGETS.items()) + "."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.report:
-        Path(args.report).write_text(report)
-    return 0
+    return _common.emit_report(lines, args.report)
 
 
 if __name__ == "__main__":

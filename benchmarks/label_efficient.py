@@ -36,6 +36,10 @@ from pathlib import Path
 import numpy as np
 from tumls_qp.provenance import cpu_name
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (the benchmarks' shared progress lines and report output)
+from _common import colour_histogram, log  # noqa: E402
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lc25000_224"
 SETTINGS = {"5-class": None, "lung (3 classes)": "lung", "colon (2 classes)": "colon"}
 #: The floor as stated in the data's PROVENANCE.md, to check that our histogram baseline matches it.
@@ -43,23 +47,6 @@ PROVENANCE_FLOOR = {"5-class": 0.48, "lung (3 classes)": 0.45, "colon (2 classes
 SEED_COUNTS = (1, 3, 5)
 #: Fixed over-clustering sizes reported beside the elbow's choice (the range of the paper's k ablation).
 FIXED_K = (10, 20, 30)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-
-
-def colour_histogram(path: Path) -> np.ndarray:
-    """8x8x8 RGB histogram of all pixels, normalised to sum 1 (the PROVENANCE baseline)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB")).reshape(-1, 3) // 32
-    index = rgb[:, 0].astype(np.int64) * 64 + rgb[:, 1] * 8 + rgb[:, 2]
-    hist = np.bincount(index, minlength=512).astype(np.float64)
-    return hist / hist.sum()
 
 
 def load(data: Path, tile_px: int):
@@ -423,11 +410,7 @@ def main() -> int:
             "One request, stage by stage: " + ", ".join(f"{k} {v:.3f} s" for k, v in timed["stages"].items()) + ".",
             f"Accuracy against the scene (tiles more than 2 tiles from the boundary): {timed['accuracy']:.3f}.",
         ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.report:
-        Path(args.report).write_text(report)
-    return 0
+    return _common.emit_report(lines, args.report)
 
 
 if __name__ == "__main__":

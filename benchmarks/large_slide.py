@@ -26,6 +26,9 @@ from pathlib import Path
 
 from tumls_qp.provenance import cpu_name
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (the benchmarks' shared report output)
+
 READ_ONLY = """
 import json, resource, sys, time
 from tumls_qp.config import TileConfig
@@ -143,11 +146,7 @@ def main() -> int:
         "set (about 300 MB of it is PyTorch itself). Read-only: open the slide, plan the grid and stream the "
         "tissue-level image, nothing else.",
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.report:
-        Path(args.report).write_text(report)
-    return 0
+    return _common.emit_report(lines, args.report)
 
 
 if __name__ == "__main__":

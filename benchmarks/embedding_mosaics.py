@@ -28,7 +28,7 @@ import _common  # noqa: E402  (the benchmarks' shared machine line and report ou
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lc25000_224"
 MOSAICS = {"lung": ("lung_aca", "lung_n", "lung_scc"), "colon": ("colon_aca", "colon_n")}
-METHODS = "tumls-ae,contrastive,vade,handcrafted"
+METHODS = "tumls-ae,contrastive,vade,handcrafted,textons"
 
 
 def main() -> int:

@@ -80,6 +80,8 @@ def main() -> int:
                + (f" --data {args.data}" if Path(args.data).resolve() != DEFAULT_DATA.resolve() else "")
                + (f" --methods {args.methods}" if args.methods != METHODS else "")
                + (f" --tile-um {args.tile_um:g}" if args.tile_um != 112.0 else "")
+               + (f" --seed {args.seed}" if args.seed != 0 else "")
+               + (f" --threads {args.threads}" if args.threads != 1 else "")
                + (f" --workdir {args.workdir}" if args.workdir else "")
                + (f" --report {args.report}" if args.report else ""))
     lines = [

@@ -527,7 +527,7 @@ def load_encoder(folder: str | Path) -> Encoder:
                 raise ValueError(f"the checkpoint's filter bank ({meta['scales_um']} µm, {textons.centres.shape[1]} "
                                  f"responses) is not this version's ({list(SCALES_UM)} µm, {RESPONSES} responses)")
             return TextonEncoder(textons)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"the encoder checkpoint in {str(folder)!r} is damaged or does not fit its "
                           f"{method!r} architecture: {exc}") from exc
     raise ConfigError(f"the encoder checkpoint in {str(folder)!r} names an unknown method {method!r}")

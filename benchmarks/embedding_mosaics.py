@@ -1,10 +1,11 @@
 """Whole-pipeline tissue maps per embedding method, on slides assembled from labelled LC25000 tiles.
 
 Two mosaic slides (``evaluation.mosaic.build_mosaic``): lung only (3 classes) and colon only
-(2 classes), 4 x 4 regions of 3 x 3 tiles (224 px at 1 µm/px), the mosaic offset by half a tile
-from the analysis grid. Each is analysed with ``tumls-qp analyze`` once per embedding method
-(``--config`` sets ``embedding.method``; nuclei and the PDF are off, they do not change the map),
-in its own process, and the tissue annotations of ``tissue.geojson`` are scored against the truth
+(2 classes); ``--mosaics`` also offers ``5-class``, both organs on one slide. Each is 4 x 4
+regions of 3 x 3 tiles (224 px at 1 µm/px), offset by half a tile from the analysis grid, and
+analysed with ``tumls-qp analyze`` once per embedding method (``--config`` sets
+``embedding.method``; nuclei and the PDF are off, they do not change the map), in its own
+process; the the tissue annotations of ``tissue.geojson`` are scored against the truth
 (``score_tissue_map``: pixel ARI over the slide, boundary F-score, tissues found, coverage).
 
 ``--subset design`` builds the mosaics from the design half of the tiles only (the half on which
@@ -32,7 +33,8 @@ import _common  # noqa: E402  (the benchmarks' shared machine line and report ou
 import numpy as np  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lc25000_224"
-MOSAICS = {"lung": ("lung_aca", "lung_n", "lung_scc"), "colon": ("colon_aca", "colon_n")}
+MOSAICS = {"lung": ("lung_aca", "lung_n", "lung_scc"), "colon": ("colon_aca", "colon_n"),
+           "5-class": ("colon_aca", "colon_n", "lung_aca", "lung_n", "lung_scc")}
 METHODS = "tumls-ae,contrastive,vade,handcrafted,textons"
 
 
@@ -66,6 +68,9 @@ def main() -> int:
     parser.add_argument("--tile-um", type=float, default=112.0,
                         help="analysis tile side in µm (default 112: half a mosaic cell, about 480 tiles)")
     parser.add_argument("--seed", type=int, default=0, help="the mosaics' layout and the analyses' seed")
+    parser.add_argument("--mosaics", default="lung,colon",
+                        help=f"comma-separated mosaics among {', '.join(MOSAICS)} (default lung,colon; 5-class mixes "
+                             "both organs)")
     parser.add_argument("--subset", choices=["all", "design"], default="all",
                         help="tiles from all 617 (default, 4 x 4 regions) or the design half only (3 x 4 regions)")
     parser.add_argument("--threads", type=int, default=1, help="embedding.num_threads (default 1: a shared machine)")
@@ -85,7 +90,10 @@ def main() -> int:
     data, regions = Path(args.data), (4, 4)
     if args.subset == "design":
         data, regions = design_folder(data, work / "design-tiles"), (3, 4)
-    for organ, classes in MOSAICS.items():
+    for organ in [m.strip() for m in args.mosaics.split(",") if m.strip()]:
+        if organ not in MOSAICS:
+            parser.error(f"--mosaics: unknown mosaic {organ!r}; choose among {', '.join(MOSAICS)}")
+        classes = MOSAICS[organ]
         slide = work / f"mosaic-{organ}.tif"
         if not slide.exists():
             build_mosaic(data, classes, slide, regions=regions, seed=args.seed)
@@ -114,6 +122,7 @@ def main() -> int:
                + (f" --methods {args.methods}" if args.methods != METHODS else "")
                + (f" --tile-um {args.tile_um:g}" if args.tile_um != 112.0 else "")
                + (f" --seed {args.seed}" if args.seed != 0 else "")
+               + (f" --mosaics {args.mosaics}" if args.mosaics != "lung,colon" else "")
                + (f" --subset {args.subset}" if args.subset != "all" else "")
                + (f" --threads {args.threads}" if args.threads != 1 else "")
                + (f" --workdir {args.workdir}" if args.workdir else "")

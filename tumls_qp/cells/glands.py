@@ -89,6 +89,8 @@ _MIN_SIDE_UM = 20.0
 _MIN_TISSUE_PX = 64
 # Standard deviation (µm) of the light smoothing before the tissue and nucleus thresholds.
 _FINE_UM = 0.93
+# Width (µm) of the band just outside a crypt interior in which its epithelial lining is measured.
+_LINING_UM = 5.0
 # Brightfield: the 95th percentile of luminance is at least this (fluorescence images are dark).
 _MIN_BRIGHT_P95 = 120.0
 # H&E: both stains absorb green most, so blue >= green in most tissue pixels; brown DAB (IHC)
@@ -224,21 +226,33 @@ def gland_scores(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()) 
     height = max(1, int(round(rgb.shape[0] * scale)))
     width = max(1, int(round(rgb.shape[1] * scale)))
     small = _resize(rgb, width, height) if (height, width) != rgb.shape[:2] else rgb
-    return _scores(small, cfg)[:2]
+    maps = _scores(small, cfg)
+    return maps.score, maps.tissue
 
 
-def _scores(rgb: np.ndarray, cfg: GlandConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Epithelium score, tissue mask and haematoxylin over the nuclear level, at the working resolution."""
+@dataclass(frozen=True)
+class _Maps:
+    """Per-pixel maps of an image at the working resolution (steps 2-3)."""
+
+    score: np.ndarray    # epithelium score: Gaussian haematoxylin less the lymphocyte and texture penalties
+    tissue: np.ndarray   # bool: mean optical density above cfg.tissue_od
+    h: np.ndarray        # haematoxylin over the image's nuclear level
+    texture: np.ndarray  # local standard deviation of h
+    nuclear_density: np.ndarray  # share of nuclear pixels within cfg.nuclear_density_um
+
+
+def _scores(rgb: np.ndarray, cfg: GlandConfig) -> _Maps:
+    """The maps of steps 2-3 at the working resolution (all zeros where there is too little tissue)."""
     px_per_um = 1.0 / cfg.working_mpp
     od = -np.log10((rgb.astype(np.float32) + 1.0) / 256.0)
     tissue = _gaussian(od.mean(axis=2), _FINE_UM * px_per_um) > cfg.tissue_od
-    score = np.zeros(rgb.shape[:2], dtype=np.float32)
+    zeros = np.zeros(rgb.shape[:2], dtype=np.float32)
     if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
-        return score, tissue, score.copy()
+        return _Maps(zeros, tissue, zeros, zeros, zeros)
     h = haematoxylin_od(rgb, estimate_stains(rgb).matrix)
     level = float(np.percentile(h[tissue], 99))
     if not level > 0:
-        return score, tissue, score.copy()
+        return _Maps(zeros, tissue, zeros, zeros, zeros)
     h /= level
     # Nuclei: Otsu on lightly smoothed haematoxylin of tissue pixels.
     h_fine = _gaussian(h, _FINE_UM * px_per_um)
@@ -250,8 +264,14 @@ def _scores(rgb: np.ndarray, cfg: GlandConfig) -> tuple[np.ndarray, np.ndarray, 
     window = cfg.lymphocyte_window_um * px_per_um
     share_small = _gaussian(small_clump[clumps].astype(np.float32), window) / (
         _gaussian(nuclei.astype(np.float32), window) + 1e-3)
-    score = _gaussian(h, cfg.smoothing_um * px_per_um) - cfg.lymphocyte_weight * share_small
-    return score.astype(np.float32), tissue, h
+    # Texture: nuclei scattered on pink stroma or lamina propria make haematoxylin vary on the scale of a
+    # nucleus; epithelium (nuclei in a row, basophilic cytoplasm, mucin) is evenly coloured.
+    detail = h - _gaussian(h, cfg.texture_detail_um * px_per_um)
+    texture = np.sqrt(_gaussian(detail * detail, cfg.texture_window_um * px_per_um))
+    score = (_gaussian(h, cfg.smoothing_um * px_per_um) - cfg.lymphocyte_weight * share_small
+             - cfg.texture_weight * texture)
+    density = _gaussian(nuclei.astype(np.float32), cfg.nuclear_density_um * px_per_um)
+    return _Maps(score.astype(np.float32), tissue, h, texture.astype(np.float32), density)
 
 
 def _fill_interior(epithelium: np.ndarray, h: np.ndarray, cfg: GlandConfig) -> np.ndarray:
@@ -273,6 +293,37 @@ def _fill_interior(epithelium: np.ndarray, h: np.ndarray, cfg: GlandConfig) -> n
                     on_epithelium > 0) & (mean_h < cfg.max_lumen_haematoxylin)
     fill[0] = False
     return epithelium | fill[regions]
+
+
+def _crypts(maps: _Maps, epithelium: np.ndarray, cfg: GlandConfig) -> np.ndarray:
+    """Crypt interiors lined by epithelium, with a wall of ``crypt_wall_um`` around them."""
+    from skimage.measure import regionprops
+
+    px_per_um = 1.0 / cfg.working_mpp
+    pale = _gaussian(maps.h, cfg.crypt_smoothing_um * px_per_um) < cfg.crypt_haematoxylin
+    n, regions = cv2.connectedComponents(pale.view(np.uint8), connectivity=4)
+    keep = np.zeros(n, dtype=bool)
+    px_area_um2 = cfg.working_mpp ** 2
+    r = max(1, int(round(_LINING_UM * px_per_um)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    for region in regionprops(regions, intensity_image=maps.texture):
+        if not cfg.crypt_min_um2 <= region.area * px_area_um2 <= cfg.crypt_max_um2:
+            continue
+        if region.solidity < cfg.crypt_min_solidity or region.intensity_mean >= cfg.crypt_max_texture:
+            continue
+        y0, x0, y1, x1 = region.bbox
+        y0, x0 = max(0, y0 - r), max(0, x0 - r)
+        y1, x1 = min(regions.shape[0], y1 + r), min(regions.shape[1], x1 + r)
+        inside = regions[y0:y1, x0:x1] == region.label
+        lining = cv2.dilate(inside.view(np.uint8), disk).view(bool) & ~inside
+        if lining.any() and epithelium[y0:y1, x0:x1][lining].mean() >= cfg.crypt_min_lining:
+            keep[region.label] = True
+    interior = keep[regions]
+    if not interior.any():
+        return interior
+    w = max(1, int(round(cfg.crypt_wall_um * px_per_um)))
+    wall = cv2.dilate(interior.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * w + 1, 2 * w + 1)))
+    return interior | (wall.view(bool) & maps.tissue)
 
 
 def _back_to_input(mask: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -330,16 +381,19 @@ def segment_glands(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()
         return empty(f"the image ({width} x {height} px at {mpp:g} µm/px) is smaller than {_MIN_SIDE_UM:g} µm on "
                      "a side: too small to hold a gland")
     small = _resize(rgb, work_w, work_h) if (work_h, work_w) != (height, width) else rgb
-    score, tissue, h = _scores(small, cfg)
-    not_he = _not_he(small, tissue)
+    maps = _scores(small, cfg)
+    not_he = _not_he(small, maps.tissue)
     if not_he is not None:
         return empty(not_he)
-    if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
+    if np.count_nonzero(maps.tissue) < _MIN_TISSUE_PX:
         return empty("no tissue in the image")
 
     px_area_um2 = cfg.working_mpp ** 2
-    epithelium = _remove_small(score > cfg.threshold, cfg.min_epithelium_um2 / px_area_um2)
-    glands = _remove_small(_fill_interior(epithelium, h, cfg), cfg.min_gland_um2 / px_area_um2)
+    epithelium = (maps.score > cfg.threshold) & maps.tissue & (maps.nuclear_density > cfg.min_nuclear_density)
+    epithelium = _remove_small(epithelium, cfg.min_epithelium_um2 / px_area_um2)
+    glands = _fill_interior(epithelium, maps.h, cfg)
+    glands = _fill_interior(glands | _crypts(maps, epithelium, cfg), maps.h, cfg)
+    glands = _remove_small(glands, cfg.min_gland_um2 / px_area_um2)
     epithelium &= glands
 
     if (work_h, work_w) != (height, width):

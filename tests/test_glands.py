@@ -89,8 +89,11 @@ def test_drawn_gland_measurements(drawn: tuple[np.ndarray, GlandResult]) -> None
     m = measure_glands(result)
     order = [int(result.labels[int(y / 0.5), int(x / 0.5)]) - 1 for x, y, _, _ in GLANDS]
     for i, (_, _, outer, inner) in zip(order, GLANDS):
-        assert m["area_um2"][i] == pytest.approx(math.pi * outer ** 2, rel=0.05)
-        assert m["lumen_fraction"][i] == pytest.approx((inner / outer) ** 2, abs=0.03)
+        # The outline lies a few µm outside the basal nuclei, where the GlaS annotators draw it (eroding the
+        # glands by one working pixel, 1.24 µm, lowers the GlaS train mIoU): up to 15 % more area than the disk.
+        assert math.pi * outer ** 2 <= m["area_um2"][i] <= 1.15 * math.pi * outer ** 2
+        lumen_um2 = m["lumen_fraction"][i] * m["area_um2"][i]
+        assert lumen_um2 == pytest.approx(math.pi * inner ** 2, rel=0.1)
         # Stromal nuclei that touch a gland add small bumps to its outline: a little longer than a circle's.
         assert 2 * math.pi * outer <= m["perimeter_um"][i] <= 1.2 * 2 * math.pi * outer
         assert 0.7 <= m["circularity"][i] <= 1.0
@@ -193,8 +196,11 @@ def test_invalid_config() -> None:
         segment_glands(np.zeros((50, 50, 3), np.uint8), 0.5, cfg=PipelineConfig())  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="result"):
         measure_glands(np.zeros((5, 5), np.int32))  # type: ignore[arg-type]
-    for bad in ({"threshold": 0}, {"working_mpp": 0.01}, {"min_gland_um2": -1}, {"max_open_share": 2},
-                {"lymphocyte_weight": float("nan")}):
+    for bad in ({"threshold": 1}, {"threshold": -1}, {"working_mpp": 0.01}, {"min_gland_um2": -1},
+                {"max_open_share": 2}, {"lymphocyte_weight": float("nan")}, {"texture_weight": -0.5},
+                {"min_nuclear_density": 1.5}, {"min_haematoxylin_share": -0.1}, {"crypt_haematoxylin": 0},
+                {"crypt_min_um2": 5000, "crypt_max_um2": 1000}, {"crypt_wall_um": 200},
+                {"texture_window_um": 0}):
         with pytest.raises(ConfigError, match="glands."):
             GlandConfig(**bad)  # type: ignore[arg-type]
 

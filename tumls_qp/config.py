@@ -443,6 +443,9 @@ class GlandConfig:
     min_nuclear_density: float = 0.15
     #: σ (µm) of the window in which that share of nuclear pixels is measured.
     nuclear_density_um: float = 12.0
+    #: ... and is not eosin alone: its haematoxylin share H / (H + E) (both smoothed over
+    #: ``smoothing_um``) exceeds this, so that pink stroma beside a gland stays out.
+    min_haematoxylin_share: float = 0.2
     #: Epithelium fragments smaller than this (µm²) are dropped before the interior is filled.
     min_epithelium_um2: float = 460.0
     #: Crypt interiors (goblet cells, mucin, lumen), found whole even where their ring of epithelium is
@@ -492,7 +495,7 @@ class GlandConfig:
                  "glands.lymphocyte_weight", self.lymphocyte_weight, "a weight in [0, 1]")
         _require(_is_number(self.texture_weight) and 0 <= self.texture_weight <= 10,
                  "glands.texture_weight", self.texture_weight, "a weight in [0, 10]")
-        for name in ("min_nuclear_density", "crypt_min_solidity", "crypt_min_lining"):
+        for name in ("min_nuclear_density", "min_haematoxylin_share", "crypt_min_solidity", "crypt_min_lining"):
             value = getattr(self, name)
             _require(_is_number(value) and 0 <= value <= 1, f"glands.{name}", value, "a fraction in [0, 1]")
         for name in ("crypt_haematoxylin", "crypt_max_texture"):

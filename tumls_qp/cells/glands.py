@@ -239,6 +239,7 @@ class _Maps:
     h: np.ndarray        # haematoxylin over the image's nuclear level
     texture: np.ndarray  # local standard deviation of h
     nuclear_density: np.ndarray  # share of nuclear pixels within cfg.nuclear_density_um
+    haematoxylin_share: np.ndarray  # H / (H + E), both smoothed over cfg.smoothing_um
 
 
 def _scores(rgb: np.ndarray, cfg: GlandConfig) -> _Maps:
@@ -248,11 +249,16 @@ def _scores(rgb: np.ndarray, cfg: GlandConfig) -> _Maps:
     tissue = _gaussian(od.mean(axis=2), _FINE_UM * px_per_um) > cfg.tissue_od
     zeros = np.zeros(rgb.shape[:2], dtype=np.float32)
     if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
-        return _Maps(zeros, tissue, zeros, zeros, zeros)
-    h = haematoxylin_od(rgb, estimate_stains(rgb).matrix)
+        return _Maps(zeros, tissue, zeros, zeros, zeros, zeros)
+    stains = estimate_stains(rgb).matrix
+    h = haematoxylin_od(rgb, stains)
     level = float(np.percentile(h[tissue], 99))
     if not level > 0:
-        return _Maps(zeros, tissue, zeros, zeros, zeros)
+        return _Maps(zeros, tissue, zeros, zeros, zeros, zeros)
+    sigma = cfg.smoothing_um * px_per_um
+    h_smooth = _gaussian(h, sigma)
+    eosin_smooth = _gaussian(haematoxylin_od(rgb, stains[::-1]), sigma)  # stains swapped: eosin first
+    share = h_smooth / (h_smooth + eosin_smooth + 1e-3)
     h /= level
     # Nuclei: Otsu on lightly smoothed haematoxylin of tissue pixels.
     h_fine = _gaussian(h, _FINE_UM * px_per_um)
@@ -271,7 +277,7 @@ def _scores(rgb: np.ndarray, cfg: GlandConfig) -> _Maps:
     score = (_gaussian(h, cfg.smoothing_um * px_per_um) - cfg.lymphocyte_weight * share_small
              - cfg.texture_weight * texture)
     density = _gaussian(nuclei.astype(np.float32), cfg.nuclear_density_um * px_per_um)
-    return _Maps(score.astype(np.float32), tissue, h, texture.astype(np.float32), density)
+    return _Maps(score.astype(np.float32), tissue, h, texture.astype(np.float32), density, share)
 
 
 def _fill_interior(epithelium: np.ndarray, h: np.ndarray, cfg: GlandConfig) -> np.ndarray:
@@ -389,7 +395,8 @@ def segment_glands(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()
         return empty("no tissue in the image")
 
     px_area_um2 = cfg.working_mpp ** 2
-    epithelium = (maps.score > cfg.threshold) & maps.tissue & (maps.nuclear_density > cfg.min_nuclear_density)
+    epithelium = ((maps.score > cfg.threshold) & maps.tissue & (maps.nuclear_density > cfg.min_nuclear_density)
+                  & (maps.haematoxylin_share > cfg.min_haematoxylin_share))
     epithelium = _remove_small(epithelium, cfg.min_epithelium_um2 / px_area_um2)
     glands = _fill_interior(epithelium, maps.h, cfg)
     glands = _fill_interior(glands | _crypts(maps, epithelium, cfg), maps.h, cfg)

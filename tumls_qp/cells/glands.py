@@ -10,20 +10,32 @@ filled): the epithelium is found first, the interior it encloses is then added.
    input pixel size far from the range the method was designed for is resampled all the
    same and said so in :attr:`GlandResult.notes`.
 2. **Haematoxylin.** Macenko stain vectors of the image, then the haematoxylin
-   concentration of every pixel (as for the nuclei, :mod:`tumls_qp.cells.nuclei`). The
-   image's nuclear level is the 99th percentile of haematoxylin in tissue.
-3. **Epithelium.** Glandular epithelium is a crowded layer of nuclei with basophilic
-   cytoplasm: haematoxylin smoothed over a few µm stays high across it, unlike stroma.
-   Lymphocyte-rich lamina propria is just as dark, but its nuclei are small and apart:
-   the share of nuclear pixels that lie in clumps smaller than ``lymphocyte_area_um2``
-   lowers the score. Epithelium is where the score exceeds ``threshold`` times the
-   nuclear level; fragments smaller than ``min_epithelium_um2`` are dropped.
+   and eosin concentrations of every pixel (as for the nuclei, :mod:`tumls_qp.cells.nuclei`).
+   The image's nuclear level is the 99th percentile of haematoxylin in tissue.
+3. **Epithelium.** Glandular epithelium is a layer of nuclei with basophilic cytoplasm,
+   mucin or goblet cells, evenly coloured: haematoxylin smoothed over a few µm stays high
+   across it, or its colour varies little from pixel to pixel. Stroma and lamina propria are
+   nuclei scattered on pink: their haematoxylin varies on the scale of a nucleus. The score
+   is the smoothed haematoxylin (relative to the nuclear level), less ``texture_weight``
+   times its local standard deviation, less a lymphocyte penalty (the share of nuclear
+   pixels in clumps smaller than ``lymphocyte_area_um2``). Epithelium is tissue where the
+   score exceeds ``threshold`` (below zero, so that pale, evenly coloured goblet cells
+   count), where nuclei are near (the share of nuclear pixels within
+   ``nuclear_density_um`` above ``min_nuclear_density``: pale stroma, alveolar walls and a
+   tinted background stay out) and where the colour is not eosin alone (haematoxylin share
+   above ``min_haematoxylin_share``). Fragments smaller than ``min_epithelium_um2`` are dropped.
 4. **Filled interior.** What the epithelium encloses (lumen, mucin, goblet cells,
    secretions) belongs to the gland: holes are filled, and so are regions that the
    image border cuts open, when less than ``max_open_share`` of their outline lies on
    the border and they are smaller than ``max_open_lumen_um2``. A region is filled only
    when its mean haematoxylin is below ``max_lumen_haematoxylin`` times the nuclear
    level: lumens hold few nuclei, stroma caught between glands holds many.
+   **Crypts** are found whole even where their ring of epithelium is broken: pale
+   interiors (haematoxylin smoothed over ``crypt_smoothing_um`` below
+   ``crypt_haematoxylin``) that are compact (solidity at least ``crypt_min_solidity``),
+   evenly coloured (mean texture below ``crypt_max_texture``) and lined by epithelium (at
+   least ``crypt_min_lining`` of a 5 µm band around them), grown by ``crypt_wall_um`` into
+   the tissue around them; the holes are then filled again.
 5. **Glands.** The 8-connected components of the result, at the input's resolution.
    Glands that touch are one object; glands smaller than ``min_gland_um2`` are dropped
    (stroma and lymphocyte clusters leave small dark specks). Pixels of a gland that are
@@ -213,9 +225,10 @@ def gland_scores(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()) 
     Returns
     -------
     score : (h, w) float32 ndarray
-        Smoothed haematoxylin over the image's nuclear level, minus the lymphocyte
-        penalty, at ``cfg.working_mpp`` (``h = round(H * mpp / working_mpp)``, likewise ``w``).
-        Epithelium is ``score > cfg.threshold``. All zeros where the image has too little tissue.
+        Smoothed haematoxylin over the image's nuclear level, minus the lymphocyte and
+        texture penalties, at ``cfg.working_mpp`` (``h = round(H * mpp / working_mpp)``,
+        likewise ``w``). Epithelium is tissue where ``score > cfg.threshold``, near nuclei and
+        not eosin alone (module docstring, step 3). All zeros where the image has too little tissue.
     tissue : (h, w) bool ndarray
         Pixels whose mean optical density exceeds ``cfg.tissue_od``.
     """

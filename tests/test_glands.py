@@ -129,6 +129,30 @@ def test_a_gland_cut_by_the_border_keeps_its_lumen() -> None:
     assert measure_glands(result)["lumen_fraction"][0] > 0.1
 
 
+def test_a_crypt_whose_ring_is_broken_is_found_whole() -> None:
+    # A gland whose ring of epithelium is cut, from its lumen to the stroma, by a 20 µm band of lamina
+    # propria: lymphocytes on eosin. The lumen is no longer enclosed; the crypt rule finds it all the same.
+    import cv2
+
+    mpp, (cx, cy, outer, inner) = 0.5, (150.0, 150.0, 60.0, 30.0)
+    rgb = draw_glands((300.0, 300.0), [(cx, cy, outer, inner)], mpp, seed=1)
+    colour = [np.round(255 * 10.0 ** -(c * REFERENCE_STAINS[i])).astype(np.uint8)
+              for i, c in ((1, 0.45), (0, 0.9))]  # eosin stroma, haematoxylin nucleus
+    band = np.zeros(rgb.shape[:2], bool)
+    band[int((cy - outer - 5) / mpp):int((cy - inner + 2) / mpp), int((cx - 10) / mpp):int((cx + 10) / mpp)] = True
+    rgb[band] = colour[0]
+    ys, xs = np.nonzero(band)
+    rng = np.random.default_rng(0)
+    for k in rng.integers(len(ys), size=int(band.sum() / 150)):
+        cv2.circle(rgb, (int(xs[k]), int(ys[k])), 5, colour[1].tolist(), -1)
+    centre = int(cy / mpp), int(cx / mpp)
+    without = segment_glands(rgb, mpp, GlandConfig(crypt_min_um2=GlandConfig().crypt_max_um2))
+    assert without.labels[centre] == 0, "without the crypt rule the open lumen is left out"
+    result = segment_glands(rgb, mpp)
+    assert result.n_glands == 1 and result.labels[centre] > 0
+    assert measure_glands(result)["area_um2"][0] == pytest.approx(math.pi * outer ** 2, rel=0.15)
+
+
 # --------------------------------------------------------------------------- bad input
 
 

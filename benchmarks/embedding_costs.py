@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (the benchmarks' shared machine line and report output)
 from tumls_qp.files import atomic_write  # noqa: E402
 
-METHODS = "tumls-ae,contrastive,vade,handcrafted"
+METHODS = "tumls-ae,contrastive,vade,handcrafted,textons"
 STAGES = ("tiles", "train", "embed", "cluster", "regions", "nuclei", "outputs")
 COSTS = "costs.json"
 

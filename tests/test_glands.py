@@ -89,8 +89,11 @@ def test_drawn_gland_measurements(drawn: tuple[np.ndarray, GlandResult]) -> None
     m = measure_glands(result)
     order = [int(result.labels[int(y / 0.5), int(x / 0.5)]) - 1 for x, y, _, _ in GLANDS]
     for i, (_, _, outer, inner) in zip(order, GLANDS):
-        assert m["area_um2"][i] == pytest.approx(math.pi * outer ** 2, rel=0.05)
-        assert m["lumen_fraction"][i] == pytest.approx((inner / outer) ** 2, abs=0.03)
+        # The outline lies a few µm outside the basal nuclei, where the GlaS annotators draw it (eroding the
+        # glands by one working pixel, 1.24 µm, lowers the GlaS train mIoU): up to 15 % more area than the disk.
+        assert math.pi * outer ** 2 <= m["area_um2"][i] <= 1.15 * math.pi * outer ** 2
+        lumen_um2 = m["lumen_fraction"][i] * m["area_um2"][i]
+        assert lumen_um2 == pytest.approx(math.pi * inner ** 2, rel=0.1)
         # Stromal nuclei that touch a gland add small bumps to its outline: a little longer than a circle's.
         assert 2 * math.pi * outer <= m["perimeter_um"][i] <= 1.2 * 2 * math.pi * outer
         assert 0.7 <= m["circularity"][i] <= 1.0
@@ -124,6 +127,30 @@ def test_a_gland_cut_by_the_border_keeps_its_lumen() -> None:
     assert result.n_glands == 1
     assert result.labels[300, 590] > 0, "the cut lumen is filled"
     assert measure_glands(result)["lumen_fraction"][0] > 0.1
+
+
+def test_a_crypt_whose_ring_is_broken_is_found_whole() -> None:
+    # A gland whose ring of epithelium is cut, from its lumen to the stroma, by a 20 µm band of lamina
+    # propria: lymphocytes on eosin. The lumen is no longer enclosed; the crypt rule finds it all the same.
+    import cv2
+
+    mpp, (cx, cy, outer, inner) = 0.5, (150.0, 150.0, 60.0, 30.0)
+    rgb = draw_glands((300.0, 300.0), [(cx, cy, outer, inner)], mpp, seed=1)
+    colour = [np.round(255 * 10.0 ** -(c * REFERENCE_STAINS[i])).astype(np.uint8)
+              for i, c in ((1, 0.45), (0, 0.9))]  # eosin stroma, haematoxylin nucleus
+    band = np.zeros(rgb.shape[:2], bool)
+    band[int((cy - outer - 5) / mpp):int((cy - inner + 2) / mpp), int((cx - 10) / mpp):int((cx + 10) / mpp)] = True
+    rgb[band] = colour[0]
+    ys, xs = np.nonzero(band)
+    rng = np.random.default_rng(0)
+    for k in rng.integers(len(ys), size=int(band.sum() / 150)):
+        cv2.circle(rgb, (int(xs[k]), int(ys[k])), 5, colour[1].tolist(), -1)
+    centre = int(cy / mpp), int(cx / mpp)
+    without = segment_glands(rgb, mpp, GlandConfig(crypt_min_um2=GlandConfig().crypt_max_um2))
+    assert without.labels[centre] == 0, "without the crypt rule the open lumen is left out"
+    result = segment_glands(rgb, mpp)
+    assert result.n_glands == 1 and result.labels[centre] > 0
+    assert measure_glands(result)["area_um2"][0] == pytest.approx(math.pi * outer ** 2, rel=0.15)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -193,8 +220,11 @@ def test_invalid_config() -> None:
         segment_glands(np.zeros((50, 50, 3), np.uint8), 0.5, cfg=PipelineConfig())  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="result"):
         measure_glands(np.zeros((5, 5), np.int32))  # type: ignore[arg-type]
-    for bad in ({"threshold": 0}, {"working_mpp": 0.01}, {"min_gland_um2": -1}, {"max_open_share": 2},
-                {"lymphocyte_weight": float("nan")}):
+    for bad in ({"threshold": 1}, {"threshold": -1}, {"working_mpp": 0.01}, {"min_gland_um2": -1},
+                {"max_open_share": 2}, {"lymphocyte_weight": float("nan")}, {"texture_weight": -0.5},
+                {"min_nuclear_density": 1.5}, {"min_haematoxylin_share": -0.1}, {"crypt_haematoxylin": 0},
+                {"crypt_min_um2": 5000, "crypt_max_um2": 1000}, {"crypt_wall_um": 200},
+                {"texture_window_um": 0}):
         with pytest.raises(ConfigError, match="glands."):
             GlandConfig(**bad)  # type: ignore[arg-type]
 

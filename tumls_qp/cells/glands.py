@@ -10,20 +10,32 @@ filled): the epithelium is found first, the interior it encloses is then added.
    input pixel size far from the range the method was designed for is resampled all the
    same and said so in :attr:`GlandResult.notes`.
 2. **Haematoxylin.** Macenko stain vectors of the image, then the haematoxylin
-   concentration of every pixel (as for the nuclei, :mod:`tumls_qp.cells.nuclei`). The
-   image's nuclear level is the 99th percentile of haematoxylin in tissue.
-3. **Epithelium.** Glandular epithelium is a crowded layer of nuclei with basophilic
-   cytoplasm: haematoxylin smoothed over a few µm stays high across it, unlike stroma.
-   Lymphocyte-rich lamina propria is just as dark, but its nuclei are small and apart:
-   the share of nuclear pixels that lie in clumps smaller than ``lymphocyte_area_um2``
-   lowers the score. Epithelium is where the score exceeds ``threshold`` times the
-   nuclear level; fragments smaller than ``min_epithelium_um2`` are dropped.
+   and eosin concentrations of every pixel (as for the nuclei, :mod:`tumls_qp.cells.nuclei`).
+   The image's nuclear level is the 99th percentile of haematoxylin in tissue.
+3. **Epithelium.** Glandular epithelium is a layer of nuclei with basophilic cytoplasm,
+   mucin or goblet cells, evenly coloured: haematoxylin smoothed over a few µm stays high
+   across it, or its colour varies little from pixel to pixel. Stroma and lamina propria are
+   nuclei scattered on pink: their haematoxylin varies on the scale of a nucleus. The score
+   is the smoothed haematoxylin (relative to the nuclear level), less ``texture_weight``
+   times its local standard deviation, less a lymphocyte penalty (the share of nuclear
+   pixels in clumps smaller than ``lymphocyte_area_um2``). Epithelium is tissue where the
+   score exceeds ``threshold`` (below zero, so that pale, evenly coloured goblet cells
+   count), where nuclei are near (the share of nuclear pixels within
+   ``nuclear_density_um`` above ``min_nuclear_density``: pale stroma, alveolar walls and a
+   tinted background stay out) and where the colour is not eosin alone (haematoxylin share
+   above ``min_haematoxylin_share``). Fragments smaller than ``min_epithelium_um2`` are dropped.
 4. **Filled interior.** What the epithelium encloses (lumen, mucin, goblet cells,
    secretions) belongs to the gland: holes are filled, and so are regions that the
    image border cuts open, when less than ``max_open_share`` of their outline lies on
    the border and they are smaller than ``max_open_lumen_um2``. A region is filled only
    when its mean haematoxylin is below ``max_lumen_haematoxylin`` times the nuclear
    level: lumens hold few nuclei, stroma caught between glands holds many.
+   **Crypts** are found whole even where their ring of epithelium is broken: pale
+   interiors (haematoxylin smoothed over ``crypt_smoothing_um`` below
+   ``crypt_haematoxylin``) that are compact (solidity at least ``crypt_min_solidity``),
+   evenly coloured (mean texture below ``crypt_max_texture``) and lined by epithelium (at
+   least ``crypt_min_lining`` of a 5 µm band around them), grown by ``crypt_wall_um`` into
+   the tissue around them; the holes are then filled again.
 5. **Glands.** The 8-connected components of the result, at the input's resolution.
    Glands that touch are one object; glands smaller than ``min_gland_um2`` are dropped
    (stroma and lymphocyte clusters leave small dark specks). Pixels of a gland that are
@@ -89,6 +101,8 @@ _MIN_SIDE_UM = 20.0
 _MIN_TISSUE_PX = 64
 # Standard deviation (µm) of the light smoothing before the tissue and nucleus thresholds.
 _FINE_UM = 0.93
+# Width (µm) of the band just outside a crypt interior in which its epithelial lining is measured.
+_LINING_UM = 5.0
 # Brightfield: the 95th percentile of luminance is at least this (fluorescence images are dark).
 _MIN_BRIGHT_P95 = 120.0
 # H&E: both stains absorb green most, so blue >= green in most tissue pixels; brown DAB (IHC)
@@ -211,9 +225,10 @@ def gland_scores(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()) 
     Returns
     -------
     score : (h, w) float32 ndarray
-        Smoothed haematoxylin over the image's nuclear level, minus the lymphocyte
-        penalty, at ``cfg.working_mpp`` (``h = round(H * mpp / working_mpp)``, likewise ``w``).
-        Epithelium is ``score > cfg.threshold``. All zeros where the image has too little tissue.
+        Smoothed haematoxylin over the image's nuclear level, minus the lymphocyte and
+        texture penalties, at ``cfg.working_mpp`` (``h = round(H * mpp / working_mpp)``,
+        likewise ``w``). Epithelium is tissue where ``score > cfg.threshold``, near nuclei and
+        not eosin alone (module docstring, step 3). All zeros where the image has too little tissue.
     tissue : (h, w) bool ndarray
         Pixels whose mean optical density exceeds ``cfg.tissue_od``.
     """
@@ -224,21 +239,39 @@ def gland_scores(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()) 
     height = max(1, int(round(rgb.shape[0] * scale)))
     width = max(1, int(round(rgb.shape[1] * scale)))
     small = _resize(rgb, width, height) if (height, width) != rgb.shape[:2] else rgb
-    return _scores(small, cfg)[:2]
+    maps = _scores(small, cfg)
+    return maps.score, maps.tissue
 
 
-def _scores(rgb: np.ndarray, cfg: GlandConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Epithelium score, tissue mask and haematoxylin over the nuclear level, at the working resolution."""
+@dataclass(frozen=True)
+class _Maps:
+    """Per-pixel maps of an image at the working resolution (steps 2-3)."""
+
+    score: np.ndarray    # epithelium score: Gaussian haematoxylin less the lymphocyte and texture penalties
+    tissue: np.ndarray   # bool: mean optical density above cfg.tissue_od
+    h: np.ndarray        # haematoxylin over the image's nuclear level
+    texture: np.ndarray  # local standard deviation of h
+    nuclear_density: np.ndarray  # share of nuclear pixels within cfg.nuclear_density_um
+    haematoxylin_share: np.ndarray  # H / (H + E), both smoothed over cfg.smoothing_um
+
+
+def _scores(rgb: np.ndarray, cfg: GlandConfig) -> _Maps:
+    """The maps of steps 2-3 at the working resolution (all zeros where there is too little tissue)."""
     px_per_um = 1.0 / cfg.working_mpp
     od = -np.log10((rgb.astype(np.float32) + 1.0) / 256.0)
     tissue = _gaussian(od.mean(axis=2), _FINE_UM * px_per_um) > cfg.tissue_od
-    score = np.zeros(rgb.shape[:2], dtype=np.float32)
+    zeros = np.zeros(rgb.shape[:2], dtype=np.float32)
     if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
-        return score, tissue, score.copy()
-    h = haematoxylin_od(rgb, estimate_stains(rgb).matrix)
+        return _Maps(zeros, tissue, zeros, zeros, zeros, zeros)
+    stains = estimate_stains(rgb).matrix
+    h = haematoxylin_od(rgb, stains)
     level = float(np.percentile(h[tissue], 99))
     if not level > 0:
-        return score, tissue, score.copy()
+        return _Maps(zeros, tissue, zeros, zeros, zeros, zeros)
+    sigma = cfg.smoothing_um * px_per_um
+    h_smooth = _gaussian(h, sigma)
+    eosin_smooth = _gaussian(haematoxylin_od(rgb, stains[::-1]), sigma)  # stains swapped: eosin first
+    share = h_smooth / (h_smooth + eosin_smooth + 1e-3)
     h /= level
     # Nuclei: Otsu on lightly smoothed haematoxylin of tissue pixels.
     h_fine = _gaussian(h, _FINE_UM * px_per_um)
@@ -250,8 +283,14 @@ def _scores(rgb: np.ndarray, cfg: GlandConfig) -> tuple[np.ndarray, np.ndarray, 
     window = cfg.lymphocyte_window_um * px_per_um
     share_small = _gaussian(small_clump[clumps].astype(np.float32), window) / (
         _gaussian(nuclei.astype(np.float32), window) + 1e-3)
-    score = _gaussian(h, cfg.smoothing_um * px_per_um) - cfg.lymphocyte_weight * share_small
-    return score.astype(np.float32), tissue, h
+    # Texture: nuclei scattered on pink stroma or lamina propria make haematoxylin vary on the scale of a
+    # nucleus; epithelium (nuclei in a row, basophilic cytoplasm, mucin) is evenly coloured.
+    detail = h - _gaussian(h, cfg.texture_detail_um * px_per_um)
+    texture = np.sqrt(_gaussian(detail * detail, cfg.texture_window_um * px_per_um))
+    score = (_gaussian(h, cfg.smoothing_um * px_per_um) - cfg.lymphocyte_weight * share_small
+             - cfg.texture_weight * texture)
+    density = _gaussian(nuclei.astype(np.float32), cfg.nuclear_density_um * px_per_um)
+    return _Maps(score.astype(np.float32), tissue, h, texture.astype(np.float32), density, share)
 
 
 def _fill_interior(epithelium: np.ndarray, h: np.ndarray, cfg: GlandConfig) -> np.ndarray:
@@ -273,6 +312,37 @@ def _fill_interior(epithelium: np.ndarray, h: np.ndarray, cfg: GlandConfig) -> n
                     on_epithelium > 0) & (mean_h < cfg.max_lumen_haematoxylin)
     fill[0] = False
     return epithelium | fill[regions]
+
+
+def _crypts(maps: _Maps, epithelium: np.ndarray, cfg: GlandConfig) -> np.ndarray:
+    """Crypt interiors lined by epithelium, with a wall of ``crypt_wall_um`` around them."""
+    from skimage.measure import regionprops
+
+    px_per_um = 1.0 / cfg.working_mpp
+    pale = _gaussian(maps.h, cfg.crypt_smoothing_um * px_per_um) < cfg.crypt_haematoxylin
+    n, regions = cv2.connectedComponents(pale.view(np.uint8), connectivity=4)
+    keep = np.zeros(n, dtype=bool)
+    px_area_um2 = cfg.working_mpp ** 2
+    r = max(1, int(round(_LINING_UM * px_per_um)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    for region in regionprops(regions, intensity_image=maps.texture):
+        if not cfg.crypt_min_um2 <= region.area * px_area_um2 <= cfg.crypt_max_um2:
+            continue
+        if region.solidity < cfg.crypt_min_solidity or region.intensity_mean >= cfg.crypt_max_texture:
+            continue
+        y0, x0, y1, x1 = region.bbox
+        y0, x0 = max(0, y0 - r), max(0, x0 - r)
+        y1, x1 = min(regions.shape[0], y1 + r), min(regions.shape[1], x1 + r)
+        inside = regions[y0:y1, x0:x1] == region.label
+        lining = cv2.dilate(inside.view(np.uint8), disk).view(bool) & ~inside
+        if lining.any() and epithelium[y0:y1, x0:x1][lining].mean() >= cfg.crypt_min_lining:
+            keep[region.label] = True
+    interior = keep[regions]
+    if not interior.any():
+        return interior
+    w = max(1, int(round(cfg.crypt_wall_um * px_per_um)))
+    wall = cv2.dilate(interior.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * w + 1, 2 * w + 1)))
+    return interior | (wall.view(bool) & maps.tissue)
 
 
 def _back_to_input(mask: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -330,16 +400,20 @@ def segment_glands(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()
         return empty(f"the image ({width} x {height} px at {mpp:g} µm/px) is smaller than {_MIN_SIDE_UM:g} µm on "
                      "a side: too small to hold a gland")
     small = _resize(rgb, work_w, work_h) if (work_h, work_w) != (height, width) else rgb
-    score, tissue, h = _scores(small, cfg)
-    not_he = _not_he(small, tissue)
+    maps = _scores(small, cfg)
+    not_he = _not_he(small, maps.tissue)
     if not_he is not None:
         return empty(not_he)
-    if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
+    if np.count_nonzero(maps.tissue) < _MIN_TISSUE_PX:
         return empty("no tissue in the image")
 
     px_area_um2 = cfg.working_mpp ** 2
-    epithelium = _remove_small(score > cfg.threshold, cfg.min_epithelium_um2 / px_area_um2)
-    glands = _remove_small(_fill_interior(epithelium, h, cfg), cfg.min_gland_um2 / px_area_um2)
+    epithelium = ((maps.score > cfg.threshold) & maps.tissue & (maps.nuclear_density > cfg.min_nuclear_density)
+                  & (maps.haematoxylin_share > cfg.min_haematoxylin_share))
+    epithelium = _remove_small(epithelium, cfg.min_epithelium_um2 / px_area_um2)
+    glands = _fill_interior(epithelium, maps.h, cfg)
+    glands = _fill_interior(glands | _crypts(maps, epithelium, cfg), maps.h, cfg)
+    glands = _remove_small(glands, cfg.min_gland_um2 / px_area_um2)
     epithelium &= glands
 
     if (work_h, work_w) != (height, width):

@@ -31,6 +31,9 @@ Rules (k_max = 8 for all; k = 1 must stay possible):
 ``gmm-bic``
     Full-covariance Gaussian mixtures on the first 10 principal components, k in 1..8, lowest BIC
     (the rule VaDE uses for its own k).
+``current+bic``
+    k = 1 where the current rule finds one tissue, else the ``gmm-bic`` k: the mixture's choice of k
+    behind the tool's one-tissue test (so a homogeneous set keeps the current rule's k = 1).
 
     python benchmarks/k_rules.py --workdir DIR [--subset design] [--methods textons,tumls-ae]
 """
@@ -51,7 +54,7 @@ import embeddings as bench  # noqa: E402  (the same settings and design half as 
 
 K_MAX = 8
 STABILITY_MARGIN = 0.1
-RULES = ("current", "silhouette", "gap", "stability", "g-means", "gmm-bic")
+RULES = ("current", "silhouette", "gap", "stability", "g-means", "gmm-bic", "current+bic")
 METHODS = ("textons", "tumls-ae", "contrastive", "vade", "handcrafted")
 TRUTH = {"5-class": 5, "lung (3 classes)": 3, "colon (2 classes)": 2}
 
@@ -160,9 +163,11 @@ def choose(rule: str, x: np.ndarray, post: np.ndarray | None, seed: int) -> tupl
     from tumls_qp.config import ClusterConfig
     from tumls_qp.tissue.clusters import cluster_embeddings
 
-    if rule == "current":
+    if rule in ("current", "current+bic"):
         c = cluster_embeddings(x, ClusterConfig(), seed, posterior=post)
-        return c.k, c.labels
+        if rule == "current" or c.k == 1:
+            return c.k, c.labels
+        rule = "gmm-bic"
     k = {"silhouette": rule_silhouette, "gap": rule_gap, "stability": rule_stability,
          "g-means": rule_g_means, "gmm-bic": rule_gmm_bic}[rule](np.asarray(x, dtype=np.float64), seed)
     return k, (np.zeros(len(x), dtype=int) if k == 1 else _kmeans(x, k, seed, n_init=10))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -184,6 +185,9 @@ def main() -> int:
     args = parser.parse_args()
     rules = args.rules.split(",")
     methods = args.methods.split(",")
+    for option, given, known in (("--rules", rules, RULES), ("--methods", methods, METHODS)):
+        if unknown := sorted(set(given) - set(known)):
+            parser.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
 
     from sklearn.metrics import adjusted_rand_score
 
@@ -191,8 +195,6 @@ def main() -> int:
     from tumls_qp.evaluation.tile_folder import read_tile_folder
 
     started = time.perf_counter()
-    import os
-
     load_start = os.getloadavg()
     data = Path(args.data)
     files = read_tile_folder(data, TileConfig().tile_px).files

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (the benchmarks' shared machine line and report output)
 
-METHODS = "tumls-ae,contrastive,vade,handcrafted"
+METHODS = "tumls-ae,contrastive,vade,handcrafted,textons"
 STAGES = ("tiles", "train", "embed", "cluster", "nuclei", "outputs")
 
 

@@ -104,7 +104,7 @@ def fmt_k(r: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="the lc25000_224 folder")
-    parser.add_argument("--methods", default="tumls-ae,contrastive,vade,handcrafted",
+    parser.add_argument("--methods", default="tumls-ae,contrastive,vade,handcrafted,textons",
                         help="comma-separated embedding methods (default: all)")
     parser.add_argument("--subset", choices=["all", "design"], default="all",
                         help="all 617 tiles (default) or the design half that chose the settings")

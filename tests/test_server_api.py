@@ -131,7 +131,7 @@ def test_parameters_are_checked_with_the_config_rules(client, roots):
     _error(client.post("/jobs", json=job_body(roots["slide"], parameters={"tiles": {"tile_size": 7}})), 422,
            "parameters", "unknown option")
     _error(client.post("/jobs", json=job_body(roots["slide"], parameters={"embedding": {"method": "dino"}})), 422,
-           "parameters", "embedding.method must be one of tumls-ae, contrastive, vade, handcrafted")
+           "parameters", "embedding.method must be one of tumls-ae, contrastive, vade, handcrafted, textons")
     _error(client.post("/jobs", json=job_body(roots["slide"], parameters={"slide": 5})), 422, "parameters",
            "slide must be a table")
     outside = roots["outside"] / "secret.tif"

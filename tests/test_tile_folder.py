@@ -111,7 +111,7 @@ def test_cluster_tiles_writes_the_result_folder(tmp_path, quick, capsys):
     assert main(["cluster-tiles", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2"), *quick]) == 3
 
 
-@pytest.mark.parametrize("method", ["handcrafted", "vade"])
+@pytest.mark.parametrize("method", ["handcrafted", "textons", "vade"])
 def test_cluster_tiles_with_another_embedding(tmp_path, quick, capsys, method):
     folder = _folder(tmp_path / "tiles")
     out = tmp_path / "result"

@@ -109,7 +109,7 @@ class TileConfig:
         return self.tile_um / self.tile_px
 
 
-EMBEDDING_METHODS = ("tumls-ae", "contrastive", "vade", "handcrafted")
+EMBEDDING_METHODS = ("tumls-ae", "contrastive", "vade", "handcrafted", "textons")
 
 
 @dataclass(frozen=True)
@@ -121,9 +121,11 @@ class EmbeddingConfig:
     #: stain, orientation, crop and blur augmentations, so that it sees tissue architecture rather than
     #: colour. ``vade``: variational deep embedding with a Gaussian-mixture prior (k by BIC, a posterior per
     #: tile). ``handcrafted``: stain statistics, texture at two scales and nucleus density, no training.
+    #: ``textons``: histograms of a texton dictionary (rotation-invariant filter responses of the
+    #: haematoxylin and eosin images at 2-16 µm, k-means) learned from the run's own pixels; no network.
     #: reports/embeddings.md compares them.
     method: str = "tumls-ae"
-    #: Side in µm of the square field in which ``contrastive``, ``vade`` and ``handcrafted`` see each tile,
+    #: Side in µm of the square field in which the view methods (all but ``tumls-ae``) see each tile,
     #: centred on the tile (larger than the tile: the tile with its surroundings).
     view_um: float = 256.0
     #: Side of that field in pixels (its pixel size is ``view_um / view_px``; 64 px of 256 µm is 4 µm/px).

@@ -432,6 +432,9 @@ _METHOD_TEXT = {
             "so that it clusters as it embeds.",
     "handcrafted": "Hand-crafted descriptors, no training: haematoxylin and eosin statistics, texture at a cell "
                    "and a tissue scale, small lumina and nucleus density, standardised over the slide's tiles.",
+    "textons": "Texton histograms, no network: a dictionary of local haematoxylin and eosin structures "
+               "(rotation-invariant filter responses at 2 to 16 µm, grouped by k-means) learned from the slide's "
+               "own pixels; each tile is described by how often it shows each structure.",
 }
 _LOSS_LABEL = {"contrastive": "contrastive loss (NT-Xent)", "vade": "negative ELBO"}
 

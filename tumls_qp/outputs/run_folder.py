@@ -187,7 +187,8 @@ REPRESENTATIVE_COLUMNS = ("tissue", "rank", "tile", "x", "y", "w", "h", "uncerta
                           "patch_x", "patch_y", "patch_w", "patch_h")
 #: ``training.csv``: the loss per epoch of the embedding's training. ``tumls-ae``: these columns (MSE);
 #: ``contrastive``: ``epoch, loss`` (NT-Xent); ``vade``: ``epoch, pretrain_mse, loss`` (pretraining MSE, then the
-#: negative ELBO; empty in the other phase); ``handcrafted``: ``epoch, loss`` and no rows (``embeddings.training_table``).
+#: negative ELBO; empty in the other phase); ``handcrafted``, ``textons``: ``epoch, loss`` and no rows
+#: (``embeddings.training_table``).
 TRAINING_COLUMNS = ("epoch", "train_mse", "val_mse")
 #: ``nuclei.csv`` starts with these, then one column per ``cells.features.NUCLEUS_FEATURES`` (but the label).
 NUCLEUS_ID_COLUMNS = ("tissue", "rank", "label")
@@ -267,7 +268,7 @@ class EmbeddingInfo:
     """How tiles became vectors: the method (``embedding.method``), cache hit or miss, its training.
 
     ``tumls-ae``: epochs (the kept one: ``best_epoch``), reconstruction MSE and tiles per split
-    (train, val, test). The other methods: ``epochs`` trained (0 for ``handcrafted``),
+    (train, val, test). The other methods: ``epochs`` trained (0 for ``handcrafted``, ``textons``),
     ``best_epoch`` the last one, ``mse`` empty, ``n_tiles`` ``{"train": n}``; ``final_loss`` the
     last epoch's loss; ``view_um``/``view_mpp`` the field and pixel size of the views; ``vade``:
     ``bic`` of its mixture per k considered.

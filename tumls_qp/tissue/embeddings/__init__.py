@@ -3,7 +3,8 @@
 One interface for every method (``methods``: :func:`fit_embedding` returns a
 :class:`TileEmbedding` of per-tile vectors and, for ``vade``, per-tile posteriors); the
 methods themselves: the TUMLS autoencoder (``model``, ``training``), contrastive learning
-(``contrastive``, ``augment``), VaDE (``vade``) and hand-crafted descriptors (``handcrafted``).
+(``contrastive``, ``augment``), VaDE (``vade``), hand-crafted descriptors (``handcrafted``)
+and texton histograms (``textons``).
 """
 
 from .methods import (

@@ -25,6 +25,10 @@ Methods
 ``handcrafted``
     No training: stain-separated colour statistics, texture at two scales and nucleus
     density of each view (``handcrafted``), robustly standardised over the run's tiles.
+``textons``
+    No network: a dictionary of 32 textons (k-means of rotation-invariant filter responses of
+    the haematoxylin and eosin images at 2-16 µm) learned from the run's own pixels; the
+    vector is the square root of each view's texton histogram (``textons``).
 
 A *view* is the tile seen in a square field of ``embedding.view_um`` µm centred on it, at
 ``embedding.view_px`` pixels (64 px of 256 µm: 4 µm/px, where glands, crypts, alveoli and
@@ -65,10 +69,10 @@ log = logging.getLogger(__name__)
 
 METHODS = EMBEDDING_METHODS
 #: Methods that see the tiles' views (the others see the tissue-level tiles).
-VIEW_METHODS = ("contrastive", "vade", "handcrafted")
+VIEW_METHODS = ("contrastive", "vade", "handcrafted", "textons")
 #: Fewest tiles each method can learn from (contrastive learning needs a batch of negatives,
 #: the autoencoder a train/validation/test split, VaDE a mixture, descriptors a spread).
-MIN_TILES = {"tumls-ae": 10, "contrastive": 32, "vade": 20, "handcrafted": 10}
+MIN_TILES = {"tumls-ae": 10, "contrastive": 32, "vade": 20, "handcrafted": 10, "textons": 10}
 
 WEIGHTS = "model.pt"
 META = "model.json"
@@ -385,6 +389,42 @@ def _fit_handcrafted(images: TileImages, cfg: EmbeddingConfig, progress: Callabl
                          {"epochs": 0, "train_seconds": 0.0, "embed_seconds": round(seconds, 3), "device": "cpu"})
 
 
+# --- textons ------------------------------------------------------------------------------------------------------
+
+class TextonEncoder(Encoder):
+    method = "textons"
+
+    def __init__(self, textons: Any) -> None:
+        self.textons = textons
+
+    def embed(self, images: TileImages) -> np.ndarray:
+        from .textons import texton_histograms
+
+        views, mpp = _require_views(images, self.method)
+        return texton_histograms(views, mpp, self.textons)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        from .textons import SCALES_UM
+
+        t = self.textons
+        return ({"mean": torch.as_tensor(t.mean), "scale": torch.as_tensor(t.scale),
+                 "centres": torch.as_tensor(t.centres)},
+                {"architecture": "texton-histogram", "scales_um": list(SCALES_UM), "textons": len(t.centres)})
+
+
+def _fit_textons(images: TileImages, seed: int, progress: Callable[[int, int], None] | None) -> TileEmbedding:
+    from .textons import fit_textons, texton_histograms
+
+    views, mpp = _require_views(images, "textons")
+    started = time.perf_counter()
+    textons = fit_textons(views, mpp, seed)
+    fitted = time.perf_counter()
+    vectors = texton_histograms(views, mpp, textons, progress)
+    history = {"epochs": 0, "train_seconds": round(fitted - started, 3),
+               "embed_seconds": round(time.perf_counter() - fitted, 3), "device": "cpu"}
+    return TileEmbedding("textons", vectors, None, TextonEncoder(textons), history)
+
+
 # --- the interface -------------------------------------------------------------------------------------------------
 
 def fit_embedding(
@@ -424,6 +464,8 @@ def fit_embedding(
         fitted = _fit_contrastive(images, cfg, seed, progress)
     elif method == "vade":
         fitted = _fit_vade(images, cfg, seed, clusters or ClusterConfig(), progress)
+    elif method == "textons":
+        fitted = _fit_textons(images, seed, progress)
     else:
         fitted = _fit_handcrafted(images, cfg, progress)
     fitted.view_mpp = images.view_mpp
@@ -435,8 +477,8 @@ def training_table(history: dict[str, Any]) -> tuple[list[str], list[list[Any]]]
 
     ``tumls-ae``: epoch, train_mse, val_mse (as the TUMLS report plots them); ``contrastive``:
     epoch, loss (NT-Xent); ``vade``: epoch, pretrain_mse (the autoencoder pretraining), loss
-    (the negative ELBO, after it; each column empty in the other phase); ``handcrafted``: no rows
-    (nothing is trained).
+    (the negative ELBO, after it; each column empty in the other phase); ``handcrafted`` and
+    ``textons``: no rows (no network is trained).
     """
     if "train_mse" in history:
         return ["epoch", "train_mse", "val_mse"], [
@@ -477,7 +519,15 @@ def load_encoder(folder: str | Path) -> Encoder:
             return VadeEncoder(model.eval(), int(meta["view_px"]))
         if method == "handcrafted":
             return HandcraftedEncoder(state["centre"].numpy(), state["scale"].numpy())
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        if method == "textons":
+            from .textons import RESPONSES, SCALES_UM, Textons
+
+            textons = Textons(state["mean"].numpy(), state["scale"].numpy(), state["centres"].numpy())
+            if [float(v) for v in meta["scales_um"]] != list(SCALES_UM) or textons.centres.shape[1] != RESPONSES:
+                raise ValueError(f"the checkpoint's filter bank ({meta['scales_um']} µm, {textons.centres.shape[1]} "
+                                 f"responses) is not this version's ({list(SCALES_UM)} µm, {RESPONSES} responses)")
+            return TextonEncoder(textons)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"the encoder checkpoint in {str(folder)!r} is damaged or does not fit its "
                           f"{method!r} architecture: {exc}") from exc
     raise ConfigError(f"the encoder checkpoint in {str(folder)!r} names an unknown method {method!r}")

@@ -9,6 +9,11 @@ method, so its row is the baseline of the "× tumls-ae" column. On the large sli
 autoencoder trains for a fixed number of epochs (``--large-epochs``, as the large-slide
 benchmark does), the other methods with their defaults.
 
+Each run's wall and CPU seconds and the load at its start and end are kept beside it
+(``costs.json`` in its run folder); ``--reuse`` takes finished runs from there instead of running
+them again, so that methods can be measured in separate invocations (one at a time on a shared
+machine) and the last one prints them all side by side.
+
     python benchmarks/embedding_costs.py --workdir /tmp/emb-costs
 """
 
@@ -19,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,21 +33,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (the benchmarks' shared machine line and report output)
+from tumls_qp.files import atomic_write  # noqa: E402
 
 METHODS = "tumls-ae,contrastive,vade,handcrafted,textons"
-STAGES = ("tiles", "train", "embed", "cluster", "nuclei", "outputs")
+STAGES = ("tiles", "train", "embed", "cluster", "regions", "nuclei", "outputs")
+COSTS = "costs.json"
 
 
-def run_analysis(slide: Path, out: Path, config: Path, tile_um: float) -> dict:
+def run_analysis(slide: Path, out: Path, config: Path, tile_um: float, reuse: bool) -> dict:
+    """Analyse ``slide`` into ``out`` in its own process (or, with ``reuse``, take the finished run there)."""
+    costs = out / COSTS
+    if reuse and costs.exists():
+        return json.loads(costs.read_text()) | {"reused": True}
+    shutil.rmtree(out, ignore_errors=True)  # an unfinished run of an earlier invocation
+    load_start = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
+    start, start_clock = time.perf_counter(), time.time()
     subprocess.run([str(Path(sys.executable).with_name("tumls-qp")), "analyze", str(slide), "--out", str(out),
                     "--no-cache", "--config", str(config), "--tile-um", f"{tile_um:g}", "-q"], check=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     manifest = json.loads((out / slide.stem / "manifest.json").read_text())
-    return {"manifest": manifest, "wall": wall,
-            "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
+    result = {"manifest": manifest, "wall": wall, "load": [load_start, os.getloadavg()],
+              "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start_clock))}
+    with atomic_write(costs) as tmp:
+        tmp.write_text(json.dumps(result), encoding="utf-8")
+    return result | {"reused": False}
 
 
 def main() -> int:
@@ -52,6 +70,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="embedding.num_threads (default 0: torch's default)")
     parser.add_argument("--workdir", help="where slides and runs go (default: a temporary folder)")
     parser.add_argument("--report", help="also write the Markdown output here")
+    parser.add_argument("--reuse", action="store_true",
+                        help=f"take runs finished by an earlier invocation with the same --workdir ({COSTS}) "
+                             "instead of running them again")
     args = parser.parse_args()
 
     from tumls_qp.cli import DEMO_SLIDE
@@ -78,7 +99,7 @@ def main() -> int:
             config = work / f"{method}-{tile_um:g}.toml"
             config.write_text(text)
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {method}", file=sys.stderr, flush=True)
-            result = run_analysis(slide, work / f"run-{slide.stem}-{method}", config, tile_um)
+            result = run_analysis(slide, work / f"run-{slide.stem}-{method}", config, tile_um, args.reuse)
             rows.append({"target": name, "method": method, **result})
     load_end = os.getloadavg()
     total = time.perf_counter() - started
@@ -88,7 +109,8 @@ def main() -> int:
                + (f" --large-size {args.large_size}" if args.large_size != 40000 else "")
                + (f" --threads {args.threads}" if args.threads else "")
                + (f" --workdir {args.workdir}" if args.workdir else "")
-               + (f" --report {args.report}" if args.report else ""))
+               + (f" --report {args.report}" if args.report else "")
+               + (" --reuse" if args.reuse else ""))
     lines = [
         f"Command: `{command}`",
         "",
@@ -110,6 +132,9 @@ def main() -> int:
                      + " | ".join(f"{t.get(s, 0):.1f}" for s in STAGES)
                      + f" | {sum(t.values()):.1f} | {r['wall']:.1f} | {ratio} | {r['cpu']:.1f} | "
                        f"{m['environment']['peak_rss_mb']:.0f} | {k} |")
+    lines += ["", "Each run (UTC start; load average over 1 min at its start and end):", ""]
+    lines += [f"- {r['target']}, {r['method']}: {r['started']}, load {r['load'][0][0]:.1f} -> {r['load'][1][0]:.1f}"
+              + (" (finished by an earlier invocation, reused)" if r["reused"] else "") for r in rows]
     return _common.emit_report(lines, args.report)
 
 

@@ -61,6 +61,22 @@ def test_seeded_fit_is_reproducible():
     np.testing.assert_array_equal(a, b)
 
 
+def test_training_cost_does_not_grow_with_the_tiles():
+    """contrastive: exactly contrastive_steps optimiser steps on a small and a large input (the last pass cut
+    short); vade: learns from at most vade_train_tiles tiles, embeds them all."""
+    for n, steps in ((48, 3), (160, 3), (48, 5)):  # 48 tiles: 3 batches of 16 a pass; 160 tiles: 10
+        e = fit_embedding(_glands(n), EmbeddingConfig(method="contrastive", **FAST | {"contrastive_steps": steps}), 0)
+        assert e.history["steps"] == steps and e.vectors.shape[0] == n
+    images = _glands(48)
+    cfg = EmbeddingConfig(method="vade", **FAST | {"vade_train_tiles": 20})
+    e = fit_embedding(images, cfg, 0, clusters=ClusterConfig(k=2))
+    assert e.history["train_tiles"] == 20 and e.vectors.shape[0] == 48 and e.posterior.shape == (48, 2)
+    e = fit_embedding(images, EmbeddingConfig(method="vade", **FAST), 0, clusters=ClusterConfig(k=2))
+    assert e.history["train_tiles"] == 48
+    with pytest.raises(ConfigError, match="embedding.vade_train_tiles"):
+        EmbeddingConfig(vade_train_tiles=19)
+
+
 def test_methods_say_what_they_see():
     assert not needs_views("tumls-ae")
     assert all(needs_views(m) for m in ("contrastive", "vade", "handcrafted", "textons"))

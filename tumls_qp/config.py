@@ -130,10 +130,15 @@ class EmbeddingConfig:
     view_um: float = 256.0
     #: Side of that field in pixels (its pixel size is ``view_um / view_px``; 64 px of 256 µm is 4 µm/px).
     view_px: int = 64
-    #: ``contrastive``: optimiser steps (batches of ``batch_size`` tiles, two views each).
+    #: ``contrastive``: optimiser steps (batches of ``batch_size`` tiles, two views each), the same whatever
+    #: the number of tiles (many passes over a small slide, part of one over a large one), so training costs
+    #: the same on both.
     contrastive_steps: int = 400
     #: ``vade``: training epochs after its autoencoder pretraining.
     vade_epochs: int = 50
+    #: ``vade``: learn from at most this many tiles (a seeded random subset; every tile is embedded). Its
+    #: epochs pass over all the tiles it learns from, so this bounds its training on a large slide.
+    vade_train_tiles: int = 2000
     #: ``auto`` (CUDA, then Apple MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
     #: Asking for a device that is not there is an error, never a silent fallback.
     device: str = "auto"
@@ -146,7 +151,7 @@ class EmbeddingConfig:
     weight_decay: float = 1e-5
     #: Train / validation / test fractions of the tissue tiles.
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    #: Train on at most this many tiles (a seeded random subset); all tiles are embedded.
+    #: ``tumls-ae``: train on at most this many tiles (a seeded random subset); all tiles are embedded.
     max_train_tiles: int = 200_000
     #: Optional torchvision-format ResNet18 state dict (``.pth``) to initialise the
     #: encoder's ``conv1``, ``bn1`` and ``layer1`` from. None: train from scratch.
@@ -166,6 +171,9 @@ class EmbeddingConfig:
                  "an integer >= 1")
         _require(isinstance(self.vade_epochs, int) and not isinstance(self.vade_epochs, bool)
                  and self.vade_epochs >= 1, "embedding.vade_epochs", self.vade_epochs, "an integer >= 1")
+        _require(isinstance(self.vade_train_tiles, int) and not isinstance(self.vade_train_tiles, bool)
+                 and self.vade_train_tiles >= 20, "embedding.vade_train_tiles", self.vade_train_tiles,
+                 "an integer >= 20 (VaDE needs at least 20 tiles)")
         _require(self.device in ("auto", "cpu", "cuda", "mps"), "embedding.device", self.device,
                  "one of auto, cpu, cuda, mps")
         _require(isinstance(self.max_epochs, int) and self.max_epochs >= 1, "embedding.max_epochs",

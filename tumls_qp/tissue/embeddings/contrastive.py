@@ -95,7 +95,7 @@ def _to_tensor(views: np.ndarray) -> torch.Tensor:
 def train_contrastive(
     views: np.ndarray,
     *,
-    epochs: int,
+    steps: int,
     batch_size: int,
     learning_rate: float,
     temperature: float,
@@ -103,33 +103,34 @@ def train_contrastive(
     aug: Augmentation,
     device: torch.device,
     seed: int,
-    min_steps: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[ContrastiveModel, ContrastiveHistory]:
     """Train on ``views`` ((n, p, p, 3) uint8); returns the model (eval mode) and its history.
 
-    ``epochs`` passes over the tiles, at least ``min_steps`` optimiser steps (small slides
-    get more passes); Adam with a cosine learning-rate decay.
+    Exactly ``steps`` optimiser steps whatever the number of tiles: passes over the tiles in
+    a fresh random order each (the last one cut short where the budget ends), so a small slide
+    gets many passes and a large one part of one, and training costs the same on both.
+    Adam with a cosine learning-rate decay over the ``steps``. Batches are converted to float
+    one at a time, so memory does not grow with the tiles either.
     """
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    data = _to_tensor(views)
+    data = torch.from_numpy(np.ascontiguousarray(views))
     n = len(data)
     batch = min(batch_size, n)
     per_epoch = max(1, n // batch)
-    epochs = max(epochs, math.ceil(min_steps / per_epoch))
-    total = epochs * per_epoch
+    epochs = math.ceil(steps / per_epoch)
     model = ContrastiveModel(width).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=1e-6)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     history = ContrastiveHistory(device=str(device))
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(n, generator=g)
         losses = []
-        for step in range(per_epoch):
-            x = data[order[step * batch : (step + 1) * batch]]
+        for step in range(min(per_epoch, steps - history.steps)):
+            x = data[order[step * batch : (step + 1) * batch]].permute(0, 3, 1, 2).float().div_(255.0)
             v1, v2 = augment(x, aug, g).to(device), augment(x, aug, g).to(device)
             loss = nt_xent(model(v1), model(v2), temperature)
             optimiser.zero_grad(set_to_none=True)

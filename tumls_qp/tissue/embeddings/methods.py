@@ -85,9 +85,6 @@ CONTRASTIVE_CROP = (0.35, 1.0)
 VADE_BATCH = 32
 VADE_LEARNING_RATE = 1e-4
 VADE_PRETRAIN_EPOCHS = 20
-#: VaDE learns from at most this many tiles (a seeded random subset; all are embedded): its first layer takes
-#: 64 x 64 x 3 inputs, so an epoch over the ~10,000 tiles of a large slide would take minutes on a CPU.
-VADE_MAX_TRAIN_TILES = 2000
 
 
 def needs_views(method: str) -> bool:
@@ -188,7 +185,7 @@ class TileEmbedding:
         What training did, for the manifest: ``epochs``, ``train_seconds`` (fitting) and
         ``embed_seconds`` (computing the vectors), ``device``, and the method's own record
         (``tumls-ae``: ``TrainingHistory``; ``contrastive``: ``loss`` per epoch, ``steps``;
-        ``vade``: ``pretrain_loss``, ``loss``, ``bic`` per k, ``k``, ``k_source``).
+        ``vade``: ``pretrain_loss``, ``loss``, ``bic`` per k, ``k``, ``k_source``, ``train_tiles``).
     view_mpp : float or None
         Pixel size (µm/px) of the views the method saw; None for ``tumls-ae``.
     """
@@ -284,7 +281,7 @@ def _fit_contrastive(images: TileImages, cfg: EmbeddingConfig, seed: int,
     device = _device(cfg)
     view_px = views.shape[1]
     aug = Augmentation(out_px=view_px, crop_scale=CONTRASTIVE_CROP)
-    model, h = train_contrastive(views, epochs=1, min_steps=cfg.contrastive_steps, batch_size=cfg.batch_size,
+    model, h = train_contrastive(views, steps=cfg.contrastive_steps, batch_size=cfg.batch_size,
                                  learning_rate=cfg.learning_rate, temperature=CONTRASTIVE_TEMPERATURE,
                                  width=CONTRASTIVE_WIDTH, aug=aug, device=device, seed=seed, progress=progress)
     started = time.perf_counter()
@@ -331,16 +328,16 @@ def _fit_vade(images: TileImages, cfg: EmbeddingConfig, seed: int, clusters: Clu
     views, _ = _require_views(images, "vade")
     device = _device(cfg)
     train = views
-    if len(views) > VADE_MAX_TRAIN_TILES:
-        pick = np.random.default_rng(seed).choice(len(views), VADE_MAX_TRAIN_TILES, replace=False)
+    if len(views) > cfg.vade_train_tiles:
+        pick = np.random.default_rng(seed).choice(len(views), cfg.vade_train_tiles, replace=False)
         train = views[np.sort(pick)]
     model, h = train_vade(train, k=clusters.k, k_min=clusters.k_min, k_max=clusters.k_max,
                           pretrain_epochs=VADE_PRETRAIN_EPOCHS, epochs=cfg.vade_epochs, batch_size=VADE_BATCH,
                           learning_rate=VADE_LEARNING_RATE, device=device, seed=seed, progress=progress)
     started = time.perf_counter()
     vectors, posterior = vade_posterior(model, views, device)
-    history = asdict(h) | {"epochs": len(h.pretrain_loss) + len(h.loss), "train_seconds": round(h.seconds, 3),
-                           "embed_seconds": round(time.perf_counter() - started, 3)}
+    history = asdict(h) | {"epochs": len(h.pretrain_loss) + len(h.loss), "train_tiles": len(train),
+                           "train_seconds": round(h.seconds, 3), "embed_seconds": round(time.perf_counter() - started, 3)}
     history["bic"] = {str(k): v for k, v in h.bic.items()}
     return TileEmbedding("vade", vectors, posterior, VadeEncoder(model, views.shape[1], device), history)
 

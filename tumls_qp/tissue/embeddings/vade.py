@@ -161,7 +161,7 @@ def train_vade(
                            + list(model.decoder.parameters()), lr=learning_rate)
     _epochs(model, data, lambda x: F.mse_loss(model.decoder(model.encode(x)[0]), x, reduction="none").sum(1).mean(),
             pre, pretrain_epochs, batch, device, g, history.pretrain_loss, tick)
-    latents = _latent_means(model, data, device)
+    latents = _latent_means(model, views, device)
 
     candidates = [k] if k is not None else list(range(max(1, k_min), max(1, min(k_max, n // 2)) + 1))
     fits = {}
@@ -188,17 +188,17 @@ def train_vade(
     return trained, history
 
 
-def _latent_means(model: VaDE, data: torch.Tensor, device: torch.device, batch: int = 512) -> np.ndarray:
+def _latent_means(model: VaDE, views: np.ndarray, device: torch.device, batch: int = 512) -> np.ndarray:
+    """Latent means of uint8 views, flattened a batch at a time (memory does not grow with the tiles)."""
     model.eval()
     with torch.no_grad():
-        return np.concatenate([model.encode(data[s : s + batch].to(device))[0].cpu().numpy()
-                               for s in range(0, len(data), batch)]).astype(np.float64)
+        return np.concatenate([model.encode(_flatten(views[s : s + batch]).to(device))[0].cpu().numpy()
+                               for s in range(0, len(views), batch)]).astype(np.float64)
 
 
 def vade_posterior(model: VaDE, views: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Latent means (n, latent) and mixture posteriors p(c | μ) (n, k) of ``views``."""
-    data = _flatten(views)
-    mu = _latent_means(model, data, device)
+    mu = _latent_means(model, views, device)
     with torch.no_grad():
         post = model.posterior(torch.as_tensor(mu, dtype=torch.float32, device=device)).cpu().numpy()
     return mu.astype(np.float32), post.astype(np.float32)

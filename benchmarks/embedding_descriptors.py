@@ -33,7 +33,6 @@ fitted on the setting's own tiles, as a run would on its slide's.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -46,7 +45,7 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import log  # noqa: E402
-from embeddings import DEFAULT_DATA, SETTINGS, SOURCE_UM, design_half, scores  # noqa: E402
+from embeddings import DEFAULT_DATA, SETTINGS, SOURCE_UM, class_labels, design_half, scores  # noqa: E402
 
 _STAINS = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]])
 _UNMIX = np.linalg.pinv(_STAINS).astype(np.float32)
@@ -189,11 +188,8 @@ def main() -> int:
     data = Path(args.data)
     log(f"reading {data} at 64, 112 and 224 px")
     px = {p: read_tile_folder(data, p) for p in (64, 112, 224)}
-    with open(data / "labels.csv", newline="") as fh:
-        rows = {r["file"]: r for r in csv.DictReader(fh)}
     files = px[64].files
-    labels = np.array([rows[f]["label"] for f in files])
-    organs = np.array([rows[f]["organ"] for f in files])
+    labels, organs = class_labels(data, files)
     design = design_half(labels, 0)
     views = {p: px[p].tiles for p in px}
     mpp = {p: SOURCE_UM / p for p in px}

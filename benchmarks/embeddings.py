@@ -42,6 +42,13 @@ TARGETS = {"5-class": 0.70, "lung (3 classes)": 0.60, "colon (2 classes)": 0.45}
 SOURCE_UM = 224.0  # the tiles are treated as 224 µm (about 1 µm/px)
 
 
+def class_labels(data: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The class and the organ of each file, from the folder's ``labels.csv``."""
+    with open(data / "labels.csv", newline="") as fh:
+        rows = {r["file"]: r for r in csv.DictReader(fh)}
+    return np.array([rows[f]["label"] for f in files]), np.array([rows[f]["organ"] for f in files])
+
+
 def design_half(y: np.ndarray, seed: int = 0) -> np.ndarray:
     """Class-stratified half of the tiles (the design subset), as a boolean mask."""
     rng = np.random.default_rng(seed)
@@ -132,10 +139,7 @@ def main() -> int:
     log(f"reading {data} at {tile_px} px and {view_px} px")
     small = read_tile_folder(data, tile_px)
     views = read_tile_folder(data, view_px)
-    with open(data / "labels.csv", newline="") as fh:
-        rows = {r["file"]: r for r in csv.DictReader(fh)}
-    labels = np.array([rows[f]["label"] for f in small.files])
-    organs = np.array([rows[f]["organ"] for f in small.files])
+    labels, organs = class_labels(data, small.files)
     hist = np.stack([colour_histogram(data / f) for f in small.files])
     subset = design_half(labels, 0) if args.subset == "design" else np.ones(len(labels), dtype=bool)
 

@@ -41,7 +41,6 @@ Rules (k_max = 8 for all; k = 1 must stay possible):
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -198,10 +197,7 @@ def main() -> int:
     load_start = os.getloadavg()
     data = Path(args.data)
     files = read_tile_folder(data, TileConfig().tile_px).files
-    with open(data / "labels.csv", newline="") as fh:
-        rows = {r["file"]: r for r in csv.DictReader(fh)}
-    labels = np.array([rows[f]["label"] for f in files])
-    organs = np.array([rows[f]["organ"] for f in files])
+    labels, organs = bench.class_labels(data, files)
     mask = bench.design_half(labels, 0) if args.subset == "design" else np.ones(len(labels), dtype=bool)
 
     print(f"\nTiles: {args.subset}. Each cell: chosen k, ARI (k-means at that k) against the labels.\n")

@@ -11,7 +11,6 @@ effect of the vote is separated from that of the embedding's training.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -35,10 +34,7 @@ def main() -> int:
 
     data = Path(args.data)
     files = read_tile_folder(data, TileConfig().tile_px).files
-    with open(data / "labels.csv", newline="") as fh:
-        rows = {r["file"]: r for r in csv.DictReader(fh)}
-    labels = np.array([rows[f]["label"] for f in files])
-    organs = np.array([rows[f]["organ"] for f in files])
+    labels, organs = bench.class_labels(data, files)
     print("| tiles | setting | embedding | k, ARI without the vote | k, ARI with the vote (votes) |")
     print("|---|---|---|---|---|")
     for subset in ("design", "all"):

@@ -79,12 +79,24 @@ def evaluate(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int, posterior:
             "ari_auto": ari_a, "nmi_auto": nmi_a, "ari_known": ari_k, "nmi_known": nmi_k}
 
 
+def cache_file(workdir: Path | str, method: str, subset: str, setting: str) -> Path:
+    """Where the vectors of ``method`` on one setting (a key of ``SETTINGS``) of ``subset`` are cached."""
+    return Path(workdir) / f"{method}-{subset}-{setting.split(' ')[0]}.npz"
+
+
+def read_cache(cache: Path) -> dict | None:
+    """Vectors, posterior (None when the method has none) and training seconds of a cache file; None if absent."""
+    if not cache.exists():
+        return None
+    with np.load(cache, allow_pickle=False) as npz:
+        return {"vectors": npz["vectors"], "posterior": npz["posterior"] if npz["posterior"].size else None,
+                "seconds": float(npz["seconds"]), "cached": True}
+
+
 def embed(method: str, tiles: np.ndarray, views: np.ndarray, seed: int, cache: Path | None, device: str) -> dict:
     """Fit ``method`` with the tool's defaults on the tiles; vectors, posterior and seconds (cached when asked)."""
-    if cache is not None and cache.exists():
-        with np.load(cache, allow_pickle=False) as npz:
-            return {"vectors": npz["vectors"], "posterior": npz["posterior"] if npz["posterior"].size else None,
-                    "seconds": float(npz["seconds"]), "cached": True}
+    if cache is not None and (hit := read_cache(cache)) is not None:
+        return hit
     from tumls_qp.config import ClusterConfig, EmbeddingConfig
     from tumls_qp.tissue.embeddings import TileImages, fit_embedding
 
@@ -149,11 +161,10 @@ def main() -> int:
         classes = sorted(set(labels[idx].tolist()))
         y = np.array([classes.index(v) for v in labels[idx]])
         r = {"n": len(idx), "classes": classes, "floor": evaluate(hist[idx], y, len(classes), args.seed)}
-        tag = f"{args.subset}-{name.split(' ')[0]}"
         for method in methods:
             log(f"{name}: {method} on {len(idx)} tiles")
             e = embed(method, small.tiles[idx], views.tiles[idx], args.seed,
-                      work / f"{method}-{tag}.npz" if work else None, args.device)
+                      cache_file(work, method, args.subset, name) if work else None, args.device)
             r[method] = evaluate(e["vectors"], y, len(classes), args.seed, e["posterior"]) | {
                 "seconds": e["seconds"], "dim": e["vectors"].shape[1]}
             log(f"  k = {r[method]['k']}, ARI {r[method]['ari_auto']:.3f} (k known {r[method]['ari_known']:.3f}), "

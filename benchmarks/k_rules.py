@@ -208,11 +208,10 @@ def main() -> int:
     for name, organ in bench.SETTINGS.items():
         idx = np.flatnonzero(mask & (True if organ is None else organs == organ))
         for method in methods:
-            cache = Path(args.workdir) / f"{method}-{args.subset}-{name.split(' ')[0]}.npz"
-            if not cache.exists():
+            hit = bench.read_cache(bench.cache_file(args.workdir, method, args.subset, name))
+            if hit is None:
                 continue
-            with np.load(cache, allow_pickle=False) as npz:
-                x, post = npz["vectors"], (npz["posterior"] if npz["posterior"].size else None)
+            x, post = hit["vectors"], hit["posterior"]
             cells = []
             for rule in rules:
                 k, lab = choose(rule, x, post, 0)

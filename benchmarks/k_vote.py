@@ -42,11 +42,10 @@ def main() -> int:
         for name, organ in bench.SETTINGS.items():
             idx = np.flatnonzero(mask & (True if organ is None else organs == organ))
             for method in ("tumls-ae", "contrastive", "vade", "handcrafted"):
-                cache = Path(args.workdir) / f"{method}-{subset}-{name.split(' ')[0]}.npz"
-                if not cache.exists():
+                hit = bench.read_cache(bench.cache_file(args.workdir, method, subset, name))
+                if hit is None:
                     continue
-                with np.load(cache, allow_pickle=False) as npz:
-                    x, post = npz["vectors"], (npz["posterior"] if npz["posterior"].size else None)
+                x, post = hit["vectors"], hit["posterior"]
                 cells = []
                 for resamples in (0, 10):
                     c = cluster_embeddings(x, ClusterConfig(resamples=resamples), 0, posterior=post)

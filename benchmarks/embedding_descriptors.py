@@ -47,14 +47,12 @@ import _common  # noqa: E402
 from _common import log  # noqa: E402
 from embeddings import DEFAULT_DATA, SETTINGS, SOURCE_UM, class_labels, design_half, scores  # noqa: E402
 
-_STAINS = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]])
-_UNMIX = np.linalg.pinv(_STAINS).astype(np.float32)
-_OD_LUT = np.log10(256.0 / (np.arange(256) + 1.0)).astype(np.float32)
+from tumls_qp.stains import OD_LUT, REFERENCE_UNMIX  # noqa: E402
 
 
 def stains(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    od = _OD_LUT[rgb]
-    conc = np.clip(od @ _UNMIX, 0, None)
+    od = OD_LUT[rgb]
+    conc = np.clip(od @ REFERENCE_UNMIX, 0, None)
     return conc[..., 0], conc[..., 1], od.mean(axis=-1) > 0.1
 
 

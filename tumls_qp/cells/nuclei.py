@@ -53,6 +53,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .. import stains
 from ..config import NucleiConfig
 from ..errors import InvalidInputError
 
@@ -72,11 +73,10 @@ log = logging.getLogger(__name__)
 
 #: Reference unit OD vectors of haematoxylin (row 0) and eosin (row 1) in R, G, B order,
 #: from Macenko et al. (2009); used when a tile's own estimate is not trustworthy.
-REFERENCE_STAINS: np.ndarray = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]], dtype=np.float32)
+REFERENCE_STAINS: np.ndarray = stains.REFERENCE_STAINS.astype(np.float32)
 REFERENCE_STAINS.setflags(write=False)
 
-# Optical density of 8-bit intensities: OD = -log10((I + 1) / 256), so 255 -> 0 and 0 -> 2.41.
-_OD_LUT = np.log10(256.0 / (np.arange(256, dtype=np.float64) + 1.0)).astype(np.float32)
+_OD_LUT = stains.OD_LUT
 _OD_LUT3 = np.repeat(_OD_LUT[:, None], 3, axis=1).reshape(1, 256, 3)
 
 # A tile's haematoxylin vector is trusted when it lies within this angle of the reference,

@@ -20,12 +20,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ...stains import REFERENCE_STAINS
+
 __all__ = ["Augmentation", "augment"]
 
-_STAINS = torch.tensor([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]], dtype=torch.float32)
+_STAINS = torch.from_numpy(REFERENCE_STAINS.astype(np.float32))
 _LN10 = math.log(10.0)
 
 

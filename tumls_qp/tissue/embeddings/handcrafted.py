@@ -5,7 +5,7 @@ interpretable measurements, standardised over the tiles of the run:
 
 - **stain statistics**: each pixel's optical density (OD = -log10((I + 1) / 256)) is
   separated into haematoxylin and eosin concentrations with the reference H&E vectors
-  (``cells.nuclei.REFERENCE_STAINS``, least squares); per tile, the mean, standard
+  (``tumls_qp.stains.REFERENCE_STAINS``, least squares); per tile, the mean, standard
   deviation and 90th percentile of each stain over tissue pixels, the haematoxylin share
   H / (H + E), and the fraction of white pixels (lumina, alveolar spaces, fat);
 - **texture at two scales**: the mean magnitude, over tissue pixels, of difference-of-Gaussians
@@ -28,11 +28,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ...stains import OD_LUT, REFERENCE_UNMIX
+
 __all__ = ["FEATURE_NAMES", "describe_views", "robust_scale"]
 
-#: Reference unit OD vectors of haematoxylin and eosin (Macenko et al. 2009), as in cells.nuclei.
-_STAINS = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]], dtype=np.float64)
-_OD_LUT = np.log10(256.0 / (np.arange(256, dtype=np.float64) + 1.0)).astype(np.float32)
 #: A pixel is tissue when its mean optical density exceeds this (white glass is below 0.05).
 _TISSUE_OD = 0.1
 _CELL_SIGMA_UM = 2.0
@@ -51,14 +50,9 @@ FEATURE_NAMES = (
 )
 
 
-def _unmix() -> np.ndarray:
-    """(3, 2) least-squares map from OD to (H, E) concentrations."""
-    return np.linalg.pinv(_STAINS).astype(np.float32)
-
-
-def _describe(rgb: np.ndarray, mpp: float, unmix: np.ndarray) -> np.ndarray:
-    od = _OD_LUT[rgb]
-    conc = np.clip(od.reshape(-1, 3) @ unmix, 0.0, None).reshape(rgb.shape[0], rgb.shape[1], 2)
+def _describe(rgb: np.ndarray, mpp: float) -> np.ndarray:
+    od = OD_LUT[rgb]
+    conc = np.clip(od.reshape(-1, 3) @ REFERENCE_UNMIX, 0.0, None).reshape(rgb.shape[0], rgb.shape[1], 2)
     h, e = conc[..., 0], conc[..., 1]
     tissue = od.mean(axis=2) > _TISSUE_OD
     n_tissue = int(tissue.sum())
@@ -103,8 +97,7 @@ def describe_views(views: np.ndarray, mpp: float) -> np.ndarray:
     -------
     (n, len(FEATURE_NAMES)) float64 ndarray
     """
-    unmix = _unmix()
-    return np.stack([_describe(v, mpp, unmix) for v in views]) if len(views) else \
+    return np.stack([_describe(v, mpp) for v in views]) if len(views) else \
         np.zeros((0, len(FEATURE_NAMES)))
 
 

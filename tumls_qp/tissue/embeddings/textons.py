@@ -33,12 +33,10 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
+from ...stains import OD_LUT, REFERENCE_UNMIX
+
 __all__ = ["SCALES_UM", "N_TEXTONS", "RESPONSES", "Textons", "fit_textons", "texton_histograms", "pixel_responses"]
 
-#: Reference unit OD vectors of haematoxylin and eosin (Macenko et al. 2009), as in ``handcrafted``.
-_STAINS = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]], dtype=np.float64)
-_UNMIX = np.linalg.pinv(_STAINS).astype(np.float32)
-_OD_LUT = np.log10(256.0 / (np.arange(256, dtype=np.float64) + 1.0)).astype(np.float32)
 
 #: Filter scales (Gaussian σ) in µm.
 SCALES_UM = (2.0, 4.0, 8.0, 16.0)
@@ -74,8 +72,8 @@ class Textons:
 
 
 def _stain_images(views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    od = _OD_LUT[views]
-    conc = np.clip(od @ _UNMIX, 0.0, None)
+    od = OD_LUT[views]
+    conc = np.clip(od @ REFERENCE_UNMIX, 0.0, None)
     return conc[..., 0], conc[..., 1]
 
 

@@ -158,7 +158,7 @@ def test_hysteresis_grows_epithelium_only_next_to_a_gland_sized_seed() -> None:
     # threshold -0.1), weak epithelium -0.2 (below it, above the image's Otsu threshold of the scores).
     from tumls_qp.cells.glands import _epithelium, _Maps
 
-    cfg = GlandConfig()
+    cfg = GlandConfig(hysteresis=True)
     score = np.full((200, 200), -0.5, np.float32)
     score[20:70, 20:70] = 0.2      # 2,500 px = 3,844 µm² of confident epithelium: a gland-sized seed
     score[20:70, 70:110] = -0.2    # weak epithelium touching it
@@ -172,7 +172,7 @@ def test_hysteresis_grows_epithelium_only_next_to_a_gland_sized_seed() -> None:
     assert not grown[140:180, 20:60].any(), "weak epithelium on its own is not"
     assert grown[140:160, 120:140].all() and not grown[140:180, 140:170].any(), "a small seed does not grow"
     assert not grown[score == -0.5].any()
-    plain = _epithelium(maps, GlandConfig(hysteresis=False))
+    plain = _epithelium(maps, GlandConfig())  # the default: threshold alone
     assert np.array_equal(plain, score > cfg.threshold)
 
 

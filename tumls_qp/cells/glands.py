@@ -23,11 +23,11 @@ filled): the epithelium is found first, the interior it encloses is then added.
    count), where nuclei are near (the share of nuclear pixels within
    ``nuclear_density_um`` above ``min_nuclear_density``: pale stroma, alveolar walls and a
    tinted background stay out) and where the colour is not eosin alone (haematoxylin share
-   above ``min_haematoxylin_share``). With ``hysteresis``, epithelium then grows into the
-   gated tissue whose score is above the image's own Otsu threshold of the score in tissue,
-   when that is lower than ``threshold``, wherever such a region holds at least
-   ``min_gland_um2`` of the epithelium above: where crowded, pleomorphic nuclei make the
-   texture penalty cut a whole field's epithelium, the image's own split of its scores
+   above ``min_haematoxylin_share``). With ``hysteresis`` (off by default), epithelium then
+   grows into the gated tissue whose score is above the image's own Otsu threshold of the
+   score in tissue, when that is lower than ``threshold``, wherever such a region holds at
+   least ``min_gland_um2`` of the epithelium above: where crowded, pleomorphic nuclei make
+   the texture penalty cut a whole field's epithelium, the image's own split of its scores
    finds it again, and only next to epithelium large enough to be a gland (a field without
    glands gains nothing). Fragments smaller than ``min_epithelium_um2`` are dropped.
 4. **Filled interior.** What the epithelium encloses (lumen, mucin, goblet cells,

@@ -7,7 +7,7 @@ patient is on both sides), each grade within each half, and the two false-gland 
 ``benchmarks/glands_checks.py`` (GlaS train windows without glands, LC25000 benign lung tiles).
 Only the training images are read: Test A is never touched.
 
-    python benchmarks/glands_split.py --set glands.hysteresis=true
+    python benchmarks/glands_split.py --set glands.threshold=-0.12
 
 Each ``--set`` changes one ``[glands]`` option (a TOML value); the defaults are scored beside it.
 """

@@ -8,7 +8,7 @@
    haematoxylin and eosin concentrations of its tissue (mean optical density above 0.083), then
    the median over the images of each set and grade.
 
-    python benchmarks/glands_stain.py --set glands.hysteresis=true
+    python benchmarks/glands_stain.py --set glands.threshold=-0.12
 """
 
 from __future__ import annotations

@@ -153,40 +153,6 @@ def test_a_crypt_whose_ring_is_broken_is_found_whole() -> None:
     assert measure_glands(result)["area_um2"][0] == pytest.approx(math.pi * outer ** 2, rel=0.15)
 
 
-def test_hysteresis_grows_epithelium_only_next_to_a_gland_sized_seed() -> None:
-    # Hand-made maps at the working resolution: background scores -0.5, confident epithelium 0.2 (above the
-    # threshold -0.1), weak epithelium -0.2 (below it, above the image's Otsu threshold of the scores).
-    from tumls_qp.cells.glands import _epithelium, _Maps
-
-    cfg = GlandConfig(hysteresis=True)
-    score = np.full((200, 200), -0.5, np.float32)
-    score[20:70, 20:70] = 0.2      # 2,500 px = 3,844 µm² of confident epithelium: a gland-sized seed
-    score[20:70, 70:110] = -0.2    # weak epithelium touching it
-    score[140:180, 20:60] = -0.2   # weak epithelium on its own
-    score[140:160, 120:140] = 0.2  # 400 px = 615 µm²: a seed smaller than min_gland_um2
-    score[140:180, 140:170] = -0.2  # weak epithelium touching the small seed
-    ones = np.ones_like(score)
-    maps = _Maps(score, np.ones(score.shape, bool), ones, ones * 0, ones * 0.5, ones * 0.5)
-    grown = _epithelium(maps, cfg)
-    assert grown[20:70, 20:110].all(), "weak epithelium next to a gland-sized seed is taken"
-    assert not grown[140:180, 20:60].any(), "weak epithelium on its own is not"
-    assert grown[140:160, 120:140].all() and not grown[140:180, 140:170].any(), "a small seed does not grow"
-    assert not grown[score == -0.5].any()
-    plain = _epithelium(maps, GlandConfig())  # the default: threshold alone
-    assert np.array_equal(plain, score > cfg.threshold)
-
-
-@pytest.mark.realdata
-def test_real_malignant_field_cut_by_the_texture_penalty_is_found_by_hysteresis(shared_data: Path) -> None:
-    # train_19 (malignant): crowded, pleomorphic nuclei make the texture penalty cut most of its epithelium.
-    from tumls_qp.evaluation.glas import GLAS_MPP, confusion, pooled_metrics
-
-    rgb, truth = _glas("train_19")
-    miou = {on: pooled_metrics(confusion(truth, segment_glands(rgb, GLAS_MPP, GlandConfig(hysteresis=on)).labels > 0))
-            ["miou"] for on in (False, True)}
-    assert miou[True] > miou[False] + 0.15
-
-
 # --------------------------------------------------------------------------- bad input
 
 
@@ -258,7 +224,7 @@ def test_invalid_config() -> None:
                 {"max_open_share": 2}, {"lymphocyte_weight": float("nan")}, {"texture_weight": -0.5},
                 {"min_nuclear_density": 1.5}, {"min_haematoxylin_share": -0.1}, {"crypt_haematoxylin": 0},
                 {"crypt_min_um2": 5000, "crypt_max_um2": 1000}, {"crypt_wall_um": 200},
-                {"texture_window_um": 0}, {"hysteresis": "yes"}):
+                {"texture_window_um": 0}):
         with pytest.raises(ConfigError, match="glands."):
             GlandConfig(**bad)  # type: ignore[arg-type]
 

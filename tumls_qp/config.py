@@ -456,14 +456,6 @@ class GlandConfig:
     #: ... and is not eosin alone: its haematoxylin share H / (H + E) (both smoothed over
     #: ``smoothing_um``) exceeds this, so that pink stroma beside a gland stays out.
     min_haematoxylin_share: float = 0.2
-    #: Hysteresis (off by default): epithelium also grows into tissue (within the gates above) whose
-    #: score is above the image's own Otsu threshold of the score, when that is lower than ``threshold``,
-    #: wherever such a region holds at least ``min_gland_um2`` of the epithelium above ``threshold``. It
-    #: finds the epithelium of fields whose crowded, pleomorphic nuclei bring the whole score down
-    #: (some malignant glands) without adding glands where there are none, but it merges neighbouring
-    #: glands: GlaS train pixel mIoU 0.644 -> 0.654, Test A 0.591 -> 0.590, object F1 lower on both
-    #: (``reports/glands.md``). Off: ``threshold`` alone.
-    hysteresis: bool = False
     #: Epithelium fragments smaller than this (µm²) are dropped before the interior is filled.
     min_epithelium_um2: float = 460.0
     #: Crypt interiors (goblet cells, mucin, lumen), found whole even where their ring of epithelium is
@@ -496,7 +488,6 @@ class GlandConfig:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.enabled, bool), "glands.enabled", self.enabled, "true or false")
-        _require(isinstance(self.hysteresis, bool), "glands.hysteresis", self.hysteresis, "true or false")
         _require(_is_number(self.working_mpp) and 0.2 <= self.working_mpp <= 5, "glands.working_mpp",
                  self.working_mpp, "a pixel size in µm/px between 0.2 and 5")
         _require(_is_number(self.tissue_od) and 0 < self.tissue_od < 2, "glands.tissue_od", self.tissue_od,

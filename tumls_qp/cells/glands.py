@@ -23,13 +23,7 @@ filled): the epithelium is found first, the interior it encloses is then added.
    count), where nuclei are near (the share of nuclear pixels within
    ``nuclear_density_um`` above ``min_nuclear_density``: pale stroma, alveolar walls and a
    tinted background stay out) and where the colour is not eosin alone (haematoxylin share
-   above ``min_haematoxylin_share``). With ``hysteresis`` (off by default), epithelium then
-   grows into the gated tissue whose score is above the image's own Otsu threshold of the
-   score in tissue, when that is lower than ``threshold``, wherever such a region holds at
-   least ``min_gland_um2`` of the epithelium above: where crowded, pleomorphic nuclei make
-   the texture penalty cut a whole field's epithelium, the image's own split of its scores
-   finds it again, and only next to epithelium large enough to be a gland (a field without
-   glands gains nothing). Fragments smaller than ``min_epithelium_um2`` are dropped.
+   above ``min_haematoxylin_share``). Fragments smaller than ``min_epithelium_um2`` are dropped.
 4. **Filled interior.** What the epithelium encloses (lumen, mucin, goblet cells,
    secretions) belongs to the gland: holes are filled, and so are regions that the
    image border cuts open, when less than ``max_open_share`` of their outline lies on
@@ -299,21 +293,6 @@ def _scores(rgb: np.ndarray, cfg: GlandConfig) -> _Maps:
     return _Maps(score.astype(np.float32), tissue, h, texture.astype(np.float32), density, share)
 
 
-def _epithelium(maps: _Maps, cfg: GlandConfig) -> np.ndarray:
-    """Step 3: gated tissue above ``threshold``, grown by hysteresis down to the image's own Otsu threshold."""
-    gate = maps.tissue & (maps.nuclear_density > cfg.min_nuclear_density) & (
-        maps.haematoxylin_share > cfg.min_haematoxylin_share)
-    confident = (maps.score > cfg.threshold) & gate
-    if not cfg.hysteresis:
-        return confident
-    low = min(_otsu(maps.score[maps.tissue]), cfg.threshold)
-    n, regions = cv2.connectedComponents(((maps.score > low) & gate).view(np.uint8), connectivity=8)
-    seed_px = np.bincount(regions[confident], minlength=n)
-    grow = seed_px >= max(1.0, cfg.min_gland_um2 / cfg.working_mpp ** 2)
-    grow[0] = False
-    return confident | grow[regions]
-
-
 def _fill_interior(epithelium: np.ndarray, h: np.ndarray, cfg: GlandConfig) -> np.ndarray:
     """Epithelium plus the pale regions it encloses, alone or with the image border (cut lumens)."""
     max_open_px = cfg.max_open_lumen_um2 / cfg.working_mpp ** 2
@@ -429,7 +408,9 @@ def segment_glands(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()
         return empty("no tissue in the image")
 
     px_area_um2 = cfg.working_mpp ** 2
-    epithelium = _remove_small(_epithelium(maps, cfg), cfg.min_epithelium_um2 / px_area_um2)
+    epithelium = ((maps.score > cfg.threshold) & maps.tissue & (maps.nuclear_density > cfg.min_nuclear_density)
+                  & (maps.haematoxylin_share > cfg.min_haematoxylin_share))
+    epithelium = _remove_small(epithelium, cfg.min_epithelium_um2 / px_area_um2)
     glands = _fill_interior(epithelium, maps.h, cfg)
     glands = _fill_interior(glands | _crypts(maps, epithelium, cfg), maps.h, cfg)
     glands = _remove_small(glands, cfg.min_gland_um2 / px_area_um2)

@@ -23,12 +23,12 @@ LC25000_MPP = 0.75
 
 
 def draw_glands(shape_um: tuple[float, float], glands: list[tuple[float, float, float, float]], mpp: float,
-                seed: int = 0, eosin: float = 1.0) -> np.ndarray:
+                seed: int = 0) -> np.ndarray:
     """An H&E-like image by Beer-Lambert: eosin stroma with scattered small round nuclei, and glands.
 
     Each gland ``(x_um, y_um, outer_um, inner_um)`` is a ring of basophilic epithelium crowded with
     elongated nuclei (from ``inner_um`` to ``outer_um`` from its centre) around a pale lumen.
-    ``eosin`` scales every eosin concentration. Returns (H, W, 3) uint8.
+    Returns (H, W, 3) uint8.
     """
     import cv2
 
@@ -56,7 +56,7 @@ def draw_glands(shape_um: tuple[float, float], glands: list[tuple[float, float, 
         for angle in np.arange(0, 2 * math.pi, 3.0 / mid):
             nucleus = (px(cx + mid * math.cos(angle)), px(cy + mid * math.sin(angle)))
             cv2.ellipse(h_conc, nucleus, (px(5.0), px(2.5)), math.degrees(angle), 0, 360, 0.9, -1, cv2.LINE_8, 4)
-    od = h_conc[..., None] * REFERENCE_STAINS[0] + eosin * e_conc[..., None] * REFERENCE_STAINS[1]
+    od = h_conc[..., None] * REFERENCE_STAINS[0] + e_conc[..., None] * REFERENCE_STAINS[1]
     rgb = 255.0 * np.power(10.0, -od) + rng.normal(0, 2.0, od.shape)
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
@@ -151,22 +151,6 @@ def test_a_crypt_whose_ring_is_broken_is_found_whole() -> None:
     result = segment_glands(rgb, mpp)
     assert result.n_glands == 1 and result.labels[centre] > 0
     assert measure_glands(result)["area_um2"][0] == pytest.approx(math.pi * outer ** 2, rel=0.15)
-
-
-@pytest.mark.parametrize("eosin", [0.6, 1.3])
-def test_the_eosin_strength_does_not_move_the_glands(drawn: tuple[np.ndarray, GlandResult], eosin: float) -> None:
-    from tumls_qp.cells.glands import normalise_stains
-    from tumls_qp.cells.nuclei import estimate_stains
-    from tumls_qp.stains import OD_LUT
-
-    rgb, result = drawn
-    scaled = draw_glands((400.0, 500.0), GLANDS, 0.5, eosin=eosin)
-    assert np.abs(OD_LUT[scaled] - OD_LUT[rgb]).mean() > 0.02  # the stain really changed
-    same = [normalise_stains(image, estimate_stains(image).matrix, GlandConfig().tissue_od) for image in (rgb, scaled)]
-    assert np.abs(OD_LUT[same[1]] - OD_LUT[same[0]]).mean() < 0.01
-    other = segment_glands(scaled, 0.5).labels > 0
-    truth = result.labels > 0
-    assert (other & truth).sum() / (other | truth).sum() > 0.97
 
 
 # --------------------------------------------------------------------------- bad input

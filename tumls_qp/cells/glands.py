@@ -58,7 +58,6 @@ import numpy as np
 
 from ..config import GlandConfig
 from ..errors import InvalidInputError
-from ..stains import OD_LUT, REFERENCE_STAINS
 from .features import Feature
 from .nuclei import check_mpp, check_rgb, estimate_stains, haematoxylin_od
 
@@ -100,11 +99,6 @@ GLAND_TISSUE_FEATURES: tuple[Feature, ...] = (
 _MIN_SIDE_UM = 20.0
 # Fewest tissue pixels (at the working resolution) for the image statistics.
 _MIN_TISSUE_PX = 64
-# Step 2: each stain's concentration is scaled so that its 99th percentile over the tissue becomes this
-# (haematoxylin, eosin; OD units): the medians over the GlaS training images of their own 99th percentiles.
-_STAIN_LEVELS = np.array([0.85, 0.43], dtype=np.float32)
-# ... by a factor within these bounds (an image with almost no eosin is not given some from noise).
-_STAIN_FACTOR_RANGE = (0.25, 4.0)
 # Standard deviation (µm) of the light smoothing before the tissue and nucleus thresholds.
 _FINE_UM = 0.93
 # Width (µm) of the band just outside a crypt interior in which its epithelial lining is measured.
@@ -261,38 +255,15 @@ class _Maps:
     haematoxylin_share: np.ndarray  # H / (H + E), both smoothed over cfg.smoothing_um
 
 
-def normalise_stains(rgb: np.ndarray, stains: np.ndarray, tissue_od: float) -> np.ndarray:
-    """``rgb`` with each stain at the same strength whatever the image's staining (Macenko et al. 2009).
-
-    The haematoxylin and eosin concentrations of every pixel (unmixed with the image's own
-    ``stains``) are each scaled so that their 99th percentile over the tissue (mean optical
-    density above ``tissue_od``) is :data:`_STAIN_LEVELS`, and recomposed with the reference
-    vectors; what the two vectors do not explain is kept. The eosin / haematoxylin balance and
-    the hue of an image then no longer move the gland score. An image with fewer than
-    ``_MIN_TISSUE_PX`` tissue pixels is returned as it is.
-    """
-    od = OD_LUT[rgb].reshape(-1, 3)
-    stains = np.asarray(stains, dtype=np.float32)
-    conc = od @ np.linalg.pinv(stains)
-    tissue = od.mean(axis=1) > tissue_od
-    if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
-        return rgb
-    level = np.percentile(conc[tissue], 99, axis=0)
-    factor = np.clip(_STAIN_LEVELS / np.maximum(level, 1e-6), *_STAIN_FACTOR_RANGE).astype(np.float32)
-    od = (np.clip(conc, 0, None) * factor) @ REFERENCE_STAINS.astype(np.float32) + (od - conc @ stains)
-    return np.clip(np.round(256.0 * np.power(10.0, -od) - 1.0), 0, 255).astype(np.uint8).reshape(rgb.shape)
-
-
 def _scores(rgb: np.ndarray, cfg: GlandConfig) -> _Maps:
     """The maps of steps 2-3 at the working resolution (all zeros where there is too little tissue)."""
     px_per_um = 1.0 / cfg.working_mpp
-    rgb = normalise_stains(rgb, estimate_stains(rgb).matrix, cfg.tissue_od)
-    od = OD_LUT[rgb]
+    od = -np.log10((rgb.astype(np.float32) + 1.0) / 256.0)
     tissue = _gaussian(od.mean(axis=2), _FINE_UM * px_per_um) > cfg.tissue_od
     zeros = np.zeros(rgb.shape[:2], dtype=np.float32)
     if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
         return _Maps(zeros, tissue, zeros, zeros, zeros, zeros)
-    stains = estimate_stains(rgb).matrix  # of the normalised image: the reference vectors alone score 0.620 on train
+    stains = estimate_stains(rgb).matrix
     h = haematoxylin_od(rgb, stains)
     level = float(np.percentile(h[tissue], 99))
     if not level > 0:

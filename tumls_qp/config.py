@@ -498,8 +498,6 @@ class GlandConfig:
         _require(isinstance(self.enabled, bool), "glands.enabled", self.enabled, "true or false")
         _require(_is_number(self.working_mpp) and 0.2 <= self.working_mpp <= 5, "glands.working_mpp",
                  self.working_mpp, "a pixel size in µm/px between 0.2 and 5")
-        _require(_is_number(self.pale_interior_max_um2) and 0 <= self.pale_interior_max_um2 <= 10_000,
-                 "nuclei.pale_interior_max_um2", self.pale_interior_max_um2, "an area in µm² between 0 and 10000")
         _require(_is_number(self.tissue_od) and 0 < self.tissue_od < 2, "glands.tissue_od", self.tissue_od,
                  "an optical density in (0, 2)")
         for name in ("smoothing_um", "lymphocyte_window_um", "texture_detail_um", "texture_window_um",

@@ -19,7 +19,11 @@ serves every magnification:
    classes (eosin-dominated tissue, tinted tissue, nuclei) give a floor; a two-class Otsu
    computed in blocks of ``threshold_block_um`` gives the nucleus threshold where a block
    holds a clear two-class split (Otsu's effectiveness >= 0.5), and the tile's elsewhere.
-4. **Objects.** Holes no larger than a nucleus are filled (pale nucleus centres).
+4. **Objects.** Holes no larger than a nucleus are filled (pale nucleus centres). A
+   vesicular nucleus (dark membrane, pale chromatin) thresholds as a ring that is often open
+   where the membrane is faint: a pale region that the ring encloses once gaps of up to
+   1.5 µm are bridged, no larger than ``pale_interior_max_um2``, and with the nucleus'
+   surround rather than other nuclei beyond the ring, is its interior and is filled too.
    Mask 1: closing then opening; objects smaller than ``min_area_um2``, or not darker
    than the ring around them (brightfield stains absorb light; bright objects on black
    are fluorescence or glare), are dropped.
@@ -28,9 +32,10 @@ serves every magnification:
    ``nucleus_radius_min_um`` to ``nucleus_radius_max_um``, strongest first, a blob
    suppressing those centred within its radius. A marker-controlled watershed floods a
    relief made of the distance to the background (µm) and the haematoxylin (in units of
-   its spread inside nuclei), so split lines follow necks and pale gaps. Basins smaller
-   than a nucleus, or less than 0.5 relief units deep below their lowest pass (a uniform
-   band, e.g. a pen stroke), join their neighbour, unless shape keeps them apart: both
+   its spread inside nuclei), so split lines follow necks and pale gaps; a vesicular nucleus'
+   interior counts as dark as the darkest nuclei, so that it is the nucleus' centre and its
+   pale chromatin no split line. Basins smaller than a nucleus, or less than 0.5 relief
+   units deep below their lowest pass (a uniform band, e.g. a pen stroke), join their neighbour, unless shape keeps them apart: both
    at least a smallest nucleus in area, each nearer to an ellipse than the two together
    (touching nuclei make a waisted union), within an object no larger than two of the
    largest nuclei (beyond that, a sheet or a stroke, depth alone decides). Instances larger than

@@ -35,7 +35,8 @@ serves every magnification:
    its spread inside nuclei), so split lines follow necks and pale gaps; a vesicular nucleus'
    interior counts as dark as the darkest nuclei, so that it is the nucleus' centre and its
    pale chromatin no split line. Basins smaller than a nucleus, or less than 0.5 relief
-   units deep below their lowest pass (a uniform band, e.g. a pen stroke), join their neighbour, unless shape keeps them apart: both
+   units deep below their lowest pass (a uniform band, e.g. a pen stroke), join their
+   neighbour, unless shape keeps them apart: both
    at least a smallest nucleus in area, each nearer to an ellipse than the two together
    (touching nuclei make a waisted union), within an object no larger than two of the
    largest nuclei (beyond that, a sheet or a stroke, depth alone decides). Instances larger than
@@ -1154,11 +1155,11 @@ def segment_nuclei(rgb: np.ndarray, mpp: float, cfg: NucleiConfig = NucleiConfig
         components = np.take(np.where(keep, np.arange(n, dtype=np.int32), 0), components)
     mask1 = components > 0
 
-    inside = h_smooth[::step, ::step][mask1[::step, ::step]]
-    spread = float(inside.std()) if inside.size > 1 else 0.0
     distance = cv2.distanceTransform(mask1.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
     markers = _markers(h_raw, components, distance, cfg.nucleus_radius_min_um * px_per_um,
                        cfg.nucleus_radius_max_um * px_per_um)
+    inside = h_smooth[::step, ::step][mask1[::step, ::step]]
+    spread = float(inside.std()) if inside.size > 1 else 0.0
     # Split lines need no finer than ~0.5 µm: the watershed may run on a reduced image.
     split_factor = max(1, int(round(0.5 * px_per_um)))
     # An interior is a nucleus' centre: the relief sees it as dark as the darkest nuclei, so

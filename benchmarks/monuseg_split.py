@@ -63,11 +63,15 @@ def _worker(inputs: list[str], out_dir: str, repeats: int) -> list[dict]:
     """
     import time
 
-    from tumls_qp.cells.nuclei import segment_nuclei
-    from tumls_qp.evaluation._benchmark import OneThread
+    import cv2
+    from threadpoolctl import threadpool_limits
 
+    from tumls_qp.cells.nuclei import segment_nuclei
+
+    # One thread for OpenCV and the BLAS/OpenMP pools, written here so that any revision's code can run.
+    cv2.setNumThreads(1)
     timings = []
-    with OneThread():
+    with threadpool_limits(limits=1):
         for k, path in enumerate(inputs):
             with np.load(path) as data:
                 rgb, mpp = data["rgb"], float(data["mpp"])

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tumls_qp"
 #: A prefix names a package and every module in it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("tumls_qp", "tumls_qp.errors", "tumls_qp.config", "tumls_qp.files", "tumls_qp.classes", "tumls_qp.provenance",
-     "tumls_qp.stains"),
+     "tumls_qp.stains", "tumls_qp.cpu"),
     ("tumls_qp.slide", "tumls_qp.testing"),
     ("tumls_qp.tissue", "tumls_qp.tissue.tiles"),
     ("tumls_qp.tissue.embeddings", "tumls_qp.tissue.cache"),

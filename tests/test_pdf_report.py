@@ -553,21 +553,27 @@ def test_the_charts_stay_legible_with_many_tissues_slides_and_features(figure_pr
     assert len(figure_problems) == 5 and not [p for p in figure_problems if p], figure_problems
 
 
-def test_the_k_explanation_says_when_the_vote_overruled_the_largest_gap():
+def test_the_k_explanation_says_when_the_vote_overruled_the_choice_on_all_tiles():
     from types import SimpleNamespace
 
     from tumls_qp.outputs.pdf_report import _k_explanation, _vote_explanation
 
-    def run(k, gaps, votes, runner_up):
-        clusters = SimpleNamespace(k_source="dendrogram", split_statistic=None, gaps=gaps, k_votes=votes,
+    def run(k, source, gaps, votes, runner_up, statistic=None):
+        clusters = SimpleNamespace(k_source=source, split_statistic=statistic, gaps=gaps, k_votes=votes,
                                    runner_up=runner_up)
         return SimpleNamespace(k=k, manifest=SimpleNamespace(clusters=clusters))
 
-    overruled = run(2, {2: 30.44, 3: 47.0, 4: 3.0}, {2: 6, 3: 4}, (3, 4))
+    overruled = run(2, "resample vote", {2: 30.44, 3: 47.0, 4: 3.0}, {2: 6, 3: 4}, (3, 4), 5.0)
     text = _k_explanation(overruled) + _vote_explanation(overruled)
-    assert "chosen by the vote of resamples" in text and "largest gap is at the cut into 3 tissues (47 latent" in text
-    assert "30.44 at k = 2" in text and "k = 2 was chosen 6 times and the runner-up, k = 3, 4 times" in text
-    agreed = run(3, {2: 30.44, 3: 47.0, 4: 3.0}, {3: 10}, None)
+    assert "chosen by the vote of resamples" in text and "largest gap between merge heights is at the cut into 3 " \
+        "tissues (47 latent units; 30.44 at k = 2)" in text
+    assert "A*² = 5, above its critical value 1.8692" in text
+    assert "k = 2 was chosen 6 times and the runner-up, k = 3, 4 times" in text
+    one = _k_explanation(run(1, "resample vote", {2: 30.44, 3: 47.0}, {1: 7, 3: 3}, (3, 3), 5.0))
+    assert one.startswith("k = 1 (one tissue), chosen by the vote") and "cut into 3 tissues" in one
+    split = _k_explanation(run(3, "resample vote", {2: 1.0, 3: 2.0}, {3: 6, 1: 4}, (1, 4), 1.2))
+    assert "On all tiles the split test finds one tissue." in split and "at most its critical value" in split
+    agreed = run(3, "dendrogram", {2: 30.44, 3: 47.0, 4: 3.0}, {3: 10}, None)
     text = _k_explanation(agreed) + _vote_explanation(agreed)
     assert "the largest gap between merge heights (47 latent units) is at the cut into 3 tissues" in text
     assert "All 10 resamples of 80 % of the tiles chose k = 3" in text and "vote of resamples" not in text

@@ -246,21 +246,30 @@ def test_graceful_stop_puts_the_running_job_back_in_the_queue(tmp_path):
     assert not list((settings.jobs_dir / job["id"]).glob("attempt-*"))
 
 
-def test_workers_share_the_cores(monkeypatch):
+def test_each_job_runs_on_its_workers_share_of_the_cores(monkeypatch, tmp_path):
     import cv2
     import torch
+    from threadpoolctl import threadpool_info
 
+    from tumls_qp import cpu
     from tumls_qp.server import worker
 
-    monkeypatch.setattr(worker.os, "cpu_count", lambda: 8)
-    assert [worker.cpu_share(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    seen = []
+
+    def fake_run_job(store, settings, job):
+        seen.append((torch.get_num_threads(), cv2.getNumThreads(), {p["num_threads"] for p in threadpool_info()}))
+        return "done"
+
+    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(worker, "run_job", fake_run_job)
     before = torch.get_num_threads(), cv2.getNumThreads()
     try:
-        worker._share_cpus(4)
-        assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)
+        settings = ServerSettings(data_dir=tmp_path / "data", roots=(tmp_path,), workers=4)
+        assert worker._run_in_share(None, settings, None) == "done"
     finally:
         torch.set_num_threads(before[0])
-        cv2.setNumThreads(before[1])
+    assert seen == [(2, 2, {2})]
+    assert cv2.getNumThreads() == before[1]
 
 
 def test_a_stopped_worker_leaves_no_cancelled_outputs_behind(tmp_path):

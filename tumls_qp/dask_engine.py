@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .config import PipelineConfig
+from .cpu import cpu_share, cpu_threads
 from .errors import ConfigError, EngineError, InvalidInputError, OutputError, TumlsQpError
 from .files import writable_dir
 from .outputs.run_folder import EngineInfo, RunStaging, SlideInfo, StagedRun
@@ -333,18 +334,15 @@ class _Events:
 @contextmanager
 def task_cpus(threads: dict[str, int]) -> Iterator[str]:
     """Run a task with its worker's share of the cores; a tumls-qp error names the worker. Yields its address."""
-    import cv2
     from distributed import get_worker
-    from threadpoolctl import threadpool_limits
 
     from .tissue.embeddings import set_cpu_threads
 
     worker = get_worker()
-    n = threads.get(worker.address) or max(1, (os.cpu_count() or 1) // max(1, worker.state.nthreads))
+    n = threads.get(worker.address) or cpu_share(worker.state.nthreads)
     set_cpu_threads(n)
-    cv2.setNumThreads(n)
     try:
-        with threadpool_limits(n):
+        with cpu_threads(n):
             yield worker.address
     except TumlsQpError as exc:
         exc.add_note(f"on the Dask worker {worker.address}")

@@ -1,4 +1,4 @@
-"""What the dataset benchmarks (MoNuSeg, GlaS) share: one-thread timing, the machine, the report file."""
+"""What the dataset benchmarks (MoNuSeg, GlaS) share: timing, the machine, the report file."""
 
 from __future__ import annotations
 
@@ -42,25 +42,6 @@ def load_average(sep: str = ", ") -> str:
         return sep.join(f"{v:.2f}" for v in os.getloadavg())
     except (AttributeError, OSError):
         return "unknown"
-
-
-class OneThread:
-    """Context manager: OpenCV and the BLAS/OpenMP pools limited to one thread, restored on exit."""
-
-    def __enter__(self) -> "OneThread":
-        import cv2
-        from threadpoolctl import threadpool_limits
-
-        self._cv2_threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        self._limits = threadpool_limits(limits=1)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import cv2
-
-        self._limits.restore_original_limits()
-        cv2.setNumThreads(self._cv2_threads)
 
 
 def check_limit_repeats(limit: Any, repeats: Any) -> None:

@@ -54,8 +54,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..cpu import cpu_threads
 from ..errors import InvalidInputError
-from ._benchmark import OneThread, TimedImages, check_limit_repeats, fastest, load_average, machine, nan_mean, \
+from ._benchmark import TimedImages, check_limit_repeats, fastest, load_average, machine, nan_mean, \
     write_report
 from ._benchmark import fmt as _fmt
 
@@ -488,7 +489,7 @@ def run_glas_benchmark(
     if limit is not None:
         items = items[:limit]
     results: list[ImageResult] = []
-    with OneThread():
+    with cpu_threads(1):
         for done, item in enumerate(items, start=1):
             rgb, truth = read_glas_image(item)
             if done == 1:

@@ -69,8 +69,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..cpu import cpu_threads
 from ..errors import InvalidInputError
-from ._benchmark import OneThread, TimedImages, check_limit_repeats, fastest, load_average, machine, nan_mean, \
+from ._benchmark import TimedImages, check_limit_repeats, fastest, load_average, machine, nan_mean, \
     write_report
 from ._benchmark import fmt as _fmt
 
@@ -642,7 +643,7 @@ def run_monuseg_benchmark(
         items = items[:limit]
     results: list[ImageResult] = []
     load_before = load_average()
-    with OneThread():
+    with cpu_threads(1):
         for done, item in enumerate(items, start=1):
             rgb, truth, item_mpp = read_monuseg_image(item)
             use_mpp = mpp if mpp is not None else item_mpp

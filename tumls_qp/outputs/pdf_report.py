@@ -62,6 +62,7 @@ from ..cells.features import FEW_NUCLEI, NUCLEUS_FEATURES, TISSUE_FEATURES
 from ..classes import GLAND_COLOUR, NUCLEUS_COLOUR, class_colour, tissue_class_name
 from ..errors import InvalidInputError, OutputError
 from ..files import atomic_write
+from ..tissue.clusters import SPLIT_CRITICAL_VALUE
 from . import _report_figures as figures
 from .run_folder import REPORT_PDF, RunFolder, display_name, load_labels, read_run
 
@@ -445,19 +446,22 @@ def _k_explanation(run: RunFolder) -> str:
     statistic = run.manifest.clusters.split_statistic
     test = "" if not isinstance(statistic, (int, float)) else (
         f" The one-tissue split test (G-means, Anderson-Darling) gave A*² = {statistic:.4g}, "
-        f"{'above' if statistic > 1.8692 else 'at most'} its critical value 1.8692.")
+        f"{'above' if statistic > SPLIT_CRITICAL_VALUE else 'at most'} its critical value {SPLIT_CRITICAL_VALUE}.")
+    gaps = run.manifest.clusters.gaps
+    candidates = f" among k = {min(gaps)} to {max(gaps)}" if gaps else ""
+    widest = max(gaps, key=lambda kk: (gaps[kk], -kk)) if gaps else k
     if source == "dendrogram":
-        gaps = run.manifest.clusters.gaps
-        candidates = f" among k = {min(gaps)} to {max(gaps)}" if gaps else ""
         gap = f" ({_fmt(gaps[k])} latent units)" if k in gaps else ""
-        widest = max(gaps, key=gaps.get) if gaps else k
-        if widest != k and k in gaps:  # the resamples' vote overruled the cut on all tiles
-            return (f"k = {k}, chosen by the vote of resamples of the tiles, each cutting its Ward dendrogram "
-                    f"of the tile embeddings at the largest gap between merge heights. On all tiles the largest gap "
-                    f"is at the cut into {widest} tissues ({_fmt(gaps[widest])} latent units; {_fmt(gaps[k])} at "
-                    f"k = {k}){candidates}.{test}")
         return (f"k = {k}, chosen from the Ward dendrogram of the tile embeddings: the largest gap between merge "
                 f"heights{gap} is at the cut into {k} tissues{candidates}.{test}")
+    if source == "resample vote":
+        one = isinstance(statistic, (int, float)) and statistic <= SPLIT_CRITICAL_VALUE
+        on_all = "the split test finds one tissue" if one or not gaps else (
+            f"the largest gap between merge heights is at the cut into {widest} tissues ({_fmt(gaps[widest])} "
+            f"latent units{f'; {_fmt(gaps[k])} at k = {k}' if k in gaps else ''}){candidates}")
+        return (f"k = {k}{' (one tissue)' if k == 1 else ''}, chosen by the vote of resamples of the tiles, each "
+                f"cutting its Ward dendrogram of the tile embeddings at the largest gap between merge heights, or "
+                f"finding one tissue by the split test. On all tiles {on_all}.{test}")
     if source.startswith("split test"):
         return (f"k = 1 (one tissue): the tiles' embeddings are no less Gaussian along their best two-group axis than "
                 f"a single cloud, so no split is supported.{test}")

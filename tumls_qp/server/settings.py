@@ -74,7 +74,7 @@ class ServerSettings:
         Folders whose slides the server may read (symlinks resolved). Default: the home folder.
     workers : int
         Worker processes, i.e. jobs that run at the same time. Each uses its share of the CPU cores
-        (cores // workers threads, at least 1) for torch and OpenCV.
+        (cores // workers threads, at least 1) for torch, OpenCV and the BLAS/OpenMP pools.
     token : str or None
         Bearer token every request but ``/health`` must carry (``Authorization: Bearer <token>``).
     allowed_hosts : tuple of str

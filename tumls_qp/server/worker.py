@@ -27,12 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..cpu import cpu_share, cpu_threads
 from ..errors import TumlsQpError
 from .errors import data_folder_full, is_disk_full
 from .settings import HEARTBEAT_INTERVAL_S, ServerSettings
 from .store import Job, JobStore
 
-__all__ = ["worker_main", "main", "run_job", "cpu_share", "publish_geojson", "run_name", "settings_to_json", "SERVED_GEOJSON",
+__all__ = ["worker_main", "main", "run_job", "publish_geojson", "run_name", "settings_to_json", "SERVED_GEOJSON",
            "SERVED_EMBEDDING_COLOURS", "JOB_LOG"]
 
 log = logging.getLogger(__name__)
@@ -319,21 +320,15 @@ def settings_to_json(settings: ServerSettings) -> str:
     return json.dumps(data)
 
 
-def cpu_share(workers: int) -> int:
-    """CPU threads for each of ``workers`` worker processes: the cores divided among them, at least 1."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
-
-
-def _share_cpus(workers: int) -> None:
-    """Before each job: this worker's share of the cores for torch and OpenCV (a job's
+def _run_in_share(store: JobStore, settings: ServerSettings, job: Job) -> str:
+    """Run a job with this worker's share of the cores for torch, OpenCV and the BLAS/OpenMP pools (a job's
     ``embedding.num_threads`` still overrides it for its training)."""
-    import cv2
-
     from ..tissue.embeddings import set_cpu_threads
 
-    n = cpu_share(workers)
+    n = cpu_share(settings.workers)
     set_cpu_threads(n)
-    cv2.setNumThreads(n)
+    with cpu_threads(n):
+        return run_job(store, settings, job)
 
 
 def worker_main(settings: ServerSettings) -> None:
@@ -349,8 +344,7 @@ def worker_main(settings: ServerSettings) -> None:
             if job is None:
                 time.sleep(settings.poll_interval_s)
                 continue
-            _share_cpus(settings.workers)
-            if run_job(store, settings, job) == "superseded":
+            if _run_in_share(store, settings, job) == "superseded":
                 # Cancelled under us: the server is about to stop this process; never start another job in it.
                 return
             done += 1

@@ -125,7 +125,8 @@ class Clustering:
     k : int
         Number of tissues.
     k_source : str
-        ``"user"``, ``"dendrogram"`` (largest gap) or ``"split test: one tissue"``.
+        ``"user"``, ``"dendrogram"`` (largest gap), ``"split test: one tissue"`` or ``"resample vote"`` (the
+        resamples' most chosen k overruled the choice on all tiles).
     labels : (n,) int64 ndarray
         Tissue of each tile, 0 = the largest.
     centroids : (k, d) float32 ndarray
@@ -480,7 +481,7 @@ def cluster_embeddings(latents: np.ndarray, cfg: ClusterConfig, seed: int, *, po
             top = max(votes.values())
             if votes.get(k, 0) < top:
                 k = min(kk for kk, v in votes.items() if v == top)
-                source = "split test: one tissue" if k == 1 else "dendrogram"
+                source = "resample vote"
 
     mixture = posterior is not None and k > 1
     method, warnings = ("mixture" if mixture and cfg.method == "kmeans" else cfg.method), []

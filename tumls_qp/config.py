@@ -350,6 +350,12 @@ class NucleiConfig:
     opening_um: float = 1.0
     #: Side (µm) of the median filter that smooths mask 1 into mask 3.
     median_um: float = 2.0
+    #: Largest pale nucleus interior (µm²) that joins its nucleus. Vesicular nuclei (a dark
+    #: membrane around pale chromatin) threshold as a ring, often open where the membrane is
+    #: faint; a pale region that such a ring encloses once gaps of up to 1.5 µm are bridged,
+    #: and that has the nucleus' surround rather than other nuclei beyond the ring, is
+    #: nuclear, and the de-merging does not cut the nucleus across it. 0: off.
+    pale_interior_max_um2: float = 40.0
     #: A pixel is tissue, not background, when its optical density averaged over R, G and B
     #: exceeds this (white glass is below 0.05). Otsu's thresholds are computed on tissue pixels.
     tissue_od: float = 0.1
@@ -392,6 +398,8 @@ class NucleiConfig:
         _require(_is_number(self.threshold_block_um) and (self.threshold_block_um == 0
                                                           or 4 <= self.threshold_block_um <= 10_000),
                  "nuclei.threshold_block_um", self.threshold_block_um, "0 or a length in µm between 4 and 10000")
+        _require(_is_number(self.pale_interior_max_um2) and 0 <= self.pale_interior_max_um2 <= 10_000,
+                 "nuclei.pale_interior_max_um2", self.pale_interior_max_um2, "an area in µm² between 0 and 10000")
         _require(_is_number(self.tissue_od) and 0 < self.tissue_od < 2, "nuclei.tissue_od", self.tissue_od,
                  "an optical density in (0, 2)")
         _require(_is_number(self.achromatic_range) and 0 <= self.achromatic_range <= 255,

@@ -19,7 +19,11 @@ serves every magnification:
    classes (eosin-dominated tissue, tinted tissue, nuclei) give a floor; a two-class Otsu
    computed in blocks of ``threshold_block_um`` gives the nucleus threshold where a block
    holds a clear two-class split (Otsu's effectiveness >= 0.5), and the tile's elsewhere.
-4. **Objects.** Holes no larger than a nucleus are filled (pale nucleus centres).
+4. **Objects.** Holes no larger than a nucleus are filled (pale nucleus centres). A
+   vesicular nucleus (dark membrane, pale chromatin) thresholds as a ring that is often open
+   where the membrane is faint: a pale region that the ring encloses once gaps of up to
+   1.5 µm are bridged, no larger than ``pale_interior_max_um2``, and with the nucleus'
+   surround rather than other nuclei beyond the ring, is its interior and is filled too.
    Mask 1: closing then opening; objects smaller than ``min_area_um2``, or not darker
    than the ring around them (brightfield stains absorb light; bright objects on black
    are fluorescence or glare), are dropped.
@@ -28,9 +32,11 @@ serves every magnification:
    ``nucleus_radius_min_um`` to ``nucleus_radius_max_um``, strongest first, a blob
    suppressing those centred within its radius. A marker-controlled watershed floods a
    relief made of the distance to the background (µm) and the haematoxylin (in units of
-   its spread inside nuclei), so split lines follow necks and pale gaps. Basins smaller
-   than a nucleus, or less than 0.5 relief units deep below their lowest pass (a uniform
-   band, e.g. a pen stroke), join their neighbour, unless shape keeps them apart: both
+   its spread inside nuclei), so split lines follow necks and pale gaps; a vesicular nucleus'
+   interior counts as dark as the darkest nuclei, so that it is the nucleus' centre and its
+   pale chromatin no split line. Basins smaller than a nucleus, or less than 0.5 relief
+   units deep below their lowest pass (a uniform band, e.g. a pen stroke), join their
+   neighbour, unless shape keeps them apart: both
    at least a smallest nucleus in area, each nearer to an ellipse than the two together
    (touching nuclei make a waisted union), within an object no larger than two of the
    largest nuclei (beyond that, a sheet or a stroke, depth alone decides). Instances larger than
@@ -112,6 +118,16 @@ _OVERSIZED = 2.0
 _TYPICAL_MIN_COUNT = 20
 # Width (px) of the mosaic in which the oversized objects are flooded together.
 _MOSAIC_WIDTH = 512
+# Pale nucleus interiors (_rim_interiors): gaps up to twice this radius (µm) in a haematoxylin rim
+# are bridged; a pale region so enclosed is an interior when less than _RIM_OUTER_MAX of the ring
+# from _RIM_RING_UM[0] to _RIM_RING_UM[1] around it is nuclear (beyond one rim lies the nucleus'
+# surround; a gap among crowded nuclei has nuclei all around it).
+_RIM_GAP_UM = 0.75
+_RIM_RING_UM = (1.5, 3.0)
+_RIM_OUTER_MAX = 0.8
+# The relief of the watershed sees an interior as dark as this quantile of the haematoxylin inside
+# the nuclei: a nucleus centre.
+_INTERIOR_QUANTILE = 0.99
 
 
 @dataclass(frozen=True)
@@ -457,6 +473,46 @@ def _fill_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
     fill[labels[0]] = fill[labels[-1]] = fill[labels[:, 0]] = fill[labels[:, -1]] = False
     fill[0] = False  # label 0 is the mask itself
     return mask | np.take(fill, labels)
+
+
+def _rim_interiors(nuclear: np.ndarray, px_per_um: float, max_area_px: float) -> np.ndarray:
+    """Pale nucleus interiors: background regions enclosed by one haematoxylin rim; (H, W) bool.
+
+    A vesicular nucleus (dark membrane, pale chromatin, a nucleolus) thresholds as a ring,
+    often open where its membrane is faint: the pale interior then leaks into the
+    background and the nucleus comes out as fragments of its rim. Here the rim's gaps are
+    bridged (a closing of radius ``_RIM_GAP_UM``), and a background region the bridged
+    mask encloses is an interior when it is at most ``max_area_px`` large and when less
+    than ``_RIM_OUTER_MAX`` of the ring ``_RIM_RING_UM`` around it is nuclear: beyond a
+    nucleus' rim lies its surround, whereas a gap among crowded nuclei has nuclei all
+    around it. Only the interiors are returned, not the bridges: a gap between two
+    neighbouring nuclei stays background. The ring statistics use a grid of samples
+    0.5 µm apart.
+    """
+    gap = _disk(_RIM_GAP_UM * px_per_um)
+    closed = cv2.morphologyEx(nuclear.view(np.uint8), cv2.MORPH_CLOSE, gap).view(bool) if gap is not None \
+        else nuclear
+    # Labels and areas only, as in _fill_holes.
+    n, labels = cv2.connectedComponents((~closed).view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    candidate = np.bincount(labels.ravel(), minlength=n) <= max_area_px
+    candidate[labels[0]] = candidate[labels[-1]] = candidate[labels[:, 0]] = candidate[labels[:, -1]] = False
+    candidate[0] = False  # label 0 is the bridged mask itself
+    if not candidate.any():
+        return np.zeros_like(nuclear)
+    stride = max(1, int(round(0.5 * px_per_um)))
+    s_lab = np.ascontiguousarray(labels[::stride, ::stride])
+    s_hole = np.take(candidate, s_lab)
+    # Each sample's distance to the nearest candidate interior, and which one it is.
+    dist, nearest = cv2.distanceTransformWithLabels((~s_hole).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5,
+                                                    labelType=cv2.DIST_LABEL_PIXEL)
+    owner = np.zeros(int(nearest.max()) + 1, dtype=np.int64)
+    owner[nearest[s_hole]] = s_lab[s_hole]
+    ring = (dist > _RIM_RING_UM[0] * px_per_um / stride) & (dist <= _RIM_RING_UM[1] * px_per_um / stride)
+    of = np.take(owner, nearest[ring])
+    total = np.bincount(of, minlength=n)
+    inner = np.bincount(of, weights=nuclear[::stride, ::stride][ring], minlength=n)
+    candidate &= (total > 0) & (inner < _RIM_OUTER_MAX * total)
+    return np.take(candidate, labels)
 
 
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -1077,7 +1133,13 @@ def segment_nuclei(rgb: np.ndarray, mpp: float, cfg: NucleiConfig = NucleiConfig
 
     # 4. Masks.
     max_nucleus_px = cfg.max_area_um2 / px_area_um2
+    # Pale interiors of vesicular nuclei: the interior joins the nucleus, and the watershed
+    # below does not cut the nucleus along it.
+    interiors = (_rim_interiors(nuclear, px_per_um, cfg.pale_interior_max_um2 / px_area_um2)
+                 if cfg.pale_interior_max_um2 > 0 else None)
     nuclear = _fill_holes(nuclear, max_nucleus_px)
+    if interiors is not None:
+        nuclear |= interiors
     mask = nuclear.view(np.uint8)
     close_k, open_k = _disk(cfg.closing_um * px_per_um), _disk(cfg.opening_um * px_per_um)
     if close_k is not None:
@@ -1100,7 +1162,13 @@ def segment_nuclei(rgb: np.ndarray, mpp: float, cfg: NucleiConfig = NucleiConfig
     spread = float(inside.std()) if inside.size > 1 else 0.0
     # Split lines need no finer than ~0.5 µm: the watershed may run on a reduced image.
     split_factor = max(1, int(round(0.5 * px_per_um)))
-    instances = _split(components, component_area, markers, distance, h_raw, spread, px_per_um, min_nucleus_px,
+    # An interior is a nucleus' centre: the relief sees it as dark as the darkest nuclei, so
+    # that it is a basin of its own and the split lines run along the rims around it.
+    h_relief = h_raw
+    if interiors is not None and interiors.any() and inside.size:
+        darkest = np.float32(np.quantile(inside, _INTERIOR_QUANTILE))
+        h_relief = np.where(interiors & mask1, np.maximum(h_raw, darkest), h_raw)
+    instances = _split(components, component_area, markers, distance, h_relief, spread, px_per_um, min_nucleus_px,
                        split_factor, cfg.nucleus_radius_min_um * px_per_um, max_nucleus_px)
     # Instances larger than a nucleus are artefacts; they are not delineated.
     valid = np.bincount(instances.ravel()) <= max_nucleus_px

@@ -1,0 +1,95 @@
+"""How much the gland method's GlaS train score depends on the strength of each stain, and each set's stains.
+
+1. Every training image with its haematoxylin or eosin scaled: concentrations unmixed with the
+   reference H&E vectors (:data:`tumls_qp.stains.REFERENCE_STAINS`), one of them multiplied, the
+   residual the two vectors do not explain kept, back to RGB. Pooled mIoU of the defaults (and of
+   a variant given by ``--set``), overall and by grade.
+2. The stains of each set, from the images only (no mask, no score): per image the median
+   haematoxylin and eosin concentrations of its tissue (mean optical density above 0.083), then
+   the median over the images of each set and grade.
+
+    python benchmarks/glands_stain.py --set glands.threshold=-0.12
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from glands_checks import SHARED  # noqa: E402
+from glands_split import _override  # noqa: E402
+
+#: (haematoxylin, eosin) factors of step 1.
+SCALES = ((1.0, 1.0), (0.85, 1.0), (1.15, 1.0), (1.0, 0.8), (1.0, 1.2))
+
+
+def scale_stains(rgb: np.ndarray, h_factor: float, e_factor: float) -> np.ndarray:
+    """``rgb`` with its haematoxylin and eosin concentrations multiplied (reference vectors)."""
+    from tumls_qp.stains import OD_LUT, REFERENCE_STAINS, REFERENCE_UNMIX
+
+    od = OD_LUT[rgb].reshape(-1, 3)
+    stains = REFERENCE_STAINS.astype(np.float32)
+    conc = od @ REFERENCE_UNMIX
+    residual = od - conc @ stains
+    od = (conc * np.array([h_factor, e_factor], np.float32)) @ stains + residual
+    return np.clip(np.round(256.0 * np.power(10.0, -od) - 1.0), 0, 255).astype(np.uint8).reshape(rgb.shape)
+
+
+def main() -> int:
+    from tumls_qp.cells.glands import segment_glands
+    from tumls_qp.config import PipelineConfig, replace_in
+    from tumls_qp.evaluation.glas import GLAS_MPP, confusion, list_glas, pooled_metrics, read_glas_image
+    from tumls_qp.stains import OD_LUT, REFERENCE_UNMIX
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder (default ../shared/data)")
+    parser.add_argument("--set", dest="changes", type=_override, action="append", default=[],
+                        metavar="glands.OPTION=VALUE", help="an option of the variant (repeatable)")
+    args = parser.parse_args()
+    glas = args.data / "glas"
+    if not glas.is_dir():
+        print(f"GlaS not found under {args.data}: pass --data", file=sys.stderr)
+        return 3
+    configs = {"defaults": PipelineConfig().glands}
+    if args.changes:
+        configs["variant"] = replace_in(PipelineConfig(), **dict(args.changes)).glands
+        print(f"variant: {', '.join(f'{k}={v!r}' for k, v in args.changes)}")
+    load = os.getloadavg()
+    images = [(item.grade, *read_glas_image(item)) for item in list_glas(glas, "train")]
+    print("GlaS train pooled mIoU (all / benign / malignant) with the stains scaled")
+    for h_factor, e_factor in SCALES:
+        counts = {(name, grade): np.zeros((2, 2), np.int64) for name in configs for grade in ("benign", "malignant")}
+        for grade, rgb, truth in images:
+            scaled = scale_stains(rgb, h_factor, e_factor) if (h_factor, e_factor) != (1.0, 1.0) else rgb
+            for name, cfg in configs.items():
+                counts[name, grade] += confusion(truth, segment_glands(scaled, GLAS_MPP, cfg).labels > 0)
+        for name in configs:
+            ben, mal = counts[name, "benign"], counts[name, "malignant"]
+            miou = [pooled_metrics(cm)["miou"] for cm in (ben + mal, ben, mal)]
+            print(f"  H x {h_factor:<4g} E x {e_factor:<4g} {name:9s} {miou[0]:.4f} / {miou[1]:.4f} / {miou[2]:.4f}")
+    print("Stains of each set (median over images of the median tissue concentration; reference vectors)")
+    for split in ("train", "testA"):
+        per_grade: dict[str, list[tuple[float, float]]] = {}
+        for item in list_glas(glas, split):
+            rgb, _ = read_glas_image(item)  # the mask is not used
+            od = OD_LUT[rgb[::2, ::2]].reshape(-1, 3)
+            conc = od[od.mean(axis=1) > 0.083] @ REFERENCE_UNMIX
+            per_grade.setdefault(item.grade, []).append((float(np.median(conc[:, 0])), float(np.median(conc[:, 1]))))
+        for grade in sorted(per_grade):
+            values = np.array(per_grade[grade])
+            h, e = np.median(values, axis=0)
+            print(f"  {split:5s} {grade:9s} {len(values):2d} images: haematoxylin {h:.3f}  eosin {e:.3f}  "
+                  f"eosin / haematoxylin {np.median(values[:, 1] / values[:, 0]):.2f}")
+    end = os.getloadavg()
+    print(f"load average (1 min) {load[0]:.2f} at the start, {end[0]:.2f} at the end; {os.cpu_count()} cores")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

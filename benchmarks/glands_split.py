@@ -36,6 +36,20 @@ def _override(text: str) -> tuple[str, object]:
     return key, tomllib.loads(f"v = {value}")["v"]
 
 
+def parse_variant(doc: str) -> tuple[Path, list[tuple[str, object]]]:
+    """``--data`` and ``--set`` of a gland benchmark: the shared data folder (exit 3 without GlaS in it) and the
+    variant's options."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder (default ../shared/data)")
+    parser.add_argument("--set", dest="changes", type=_override, action="append", default=[],
+                        metavar="glands.OPTION=VALUE", help="an option of the variant (repeatable)")
+    args = parser.parse_args()
+    if not (args.data / "glas").is_dir():
+        print(f"GlaS not found under {args.data}: pass --data", file=sys.stderr)
+        raise SystemExit(3)
+    return args.data, args.changes
+
+
 def main() -> int:
     from PIL import Image
 
@@ -43,16 +57,9 @@ def main() -> int:
     from tumls_qp.config import PipelineConfig, replace_in
     from tumls_qp.evaluation.glas import GLAS_MPP, confusion, list_glas, pooled_metrics, read_glas_image
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder (default ../shared/data)")
-    parser.add_argument("--set", dest="changes", type=_override, action="append", default=[],
-                        metavar="glands.OPTION=VALUE", help="an option of the variant (repeatable)")
-    args = parser.parse_args()
-    glas = args.data / "glas"
-    if not glas.is_dir():
-        print(f"GlaS not found under {args.data}: pass --data", file=sys.stderr)
-        return 3
-    configs = {"defaults": PipelineConfig().glands, "variant": replace_in(PipelineConfig(), **dict(args.changes)).glands}
+    data, changes = parse_variant(__doc__)
+    glas = data / "glas"
+    configs = {"defaults": PipelineConfig().glands, "variant": replace_in(PipelineConfig(), **dict(changes)).glands}
     load = os.getloadavg()
     with (glas / "grades.csv").open(newline="", encoding="utf-8") as fh:
         patient = {row["name"]: int(row["patient_id"]) for row in csv.DictReader(fh)}
@@ -71,7 +78,7 @@ def main() -> int:
     halves = {"all": lambda n: True, "odd images": lambda n: number[n] % 2 == 1,
               "even images": lambda n: number[n] % 2 == 0, "odd patients": lambda n: patient[n] % 2 == 1,
               "even patients": lambda n: patient[n] % 2 == 0}
-    print(f"variant: {', '.join(f'{k}={v!r}' for k, v in args.changes) or '(the defaults)'}")
+    print(f"variant: {', '.join(f'{k}={v!r}' for k, v in changes) or '(the defaults)'}")
     print(f"{'GlaS train pooled mIoU':32s} {'images':>6s} {'defaults':>9s} {'variant':>9s} {'change':>8s}")
     for half, inside in halves.items():
         for grade in ("all", "benign", "malignant"):
@@ -79,7 +86,7 @@ def main() -> int:
             miou = [pooled_metrics(sum(counts[c][n] for n in names))["miou"] for c in configs]
             print(f"{half + ', ' + grade:32s} {len(names):6d} {miou[0]:9.4f} {miou[1]:9.4f} {miou[1] - miou[0]:+8.4f}")
     windows = no_gland_windows(glas)
-    lc = args.data / "lc25000_224"
+    lc = data / "lc25000_224"
     with (lc / "labels.csv").open(newline="", encoding="utf-8") as fh:
         tiles = [lc / row["file"] for row in csv.DictReader(fh) if row["label"] == "lung_n"]
     lung = []

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -22,8 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from glands_checks import SHARED  # noqa: E402
-from glands_split import _override  # noqa: E402
+from glands_split import parse_variant  # noqa: E402
 
 #: (haematoxylin, eosin) factors of step 1.
 SCALES = ((1.0, 1.0), (0.85, 1.0), (1.15, 1.0), (1.0, 0.8), (1.0, 1.2))
@@ -47,19 +45,12 @@ def main() -> int:
     from tumls_qp.evaluation.glas import GLAS_MPP, confusion, list_glas, pooled_metrics, read_glas_image
     from tumls_qp.stains import OD_LUT, REFERENCE_UNMIX
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder (default ../shared/data)")
-    parser.add_argument("--set", dest="changes", type=_override, action="append", default=[],
-                        metavar="glands.OPTION=VALUE", help="an option of the variant (repeatable)")
-    args = parser.parse_args()
-    glas = args.data / "glas"
-    if not glas.is_dir():
-        print(f"GlaS not found under {args.data}: pass --data", file=sys.stderr)
-        return 3
+    data, changes = parse_variant(__doc__)
+    glas = data / "glas"
     configs = {"defaults": PipelineConfig().glands}
-    if args.changes:
-        configs["variant"] = replace_in(PipelineConfig(), **dict(args.changes)).glands
-        print(f"variant: {', '.join(f'{k}={v!r}' for k, v in args.changes)}")
+    if changes:
+        configs["variant"] = replace_in(PipelineConfig(), **dict(changes)).glands
+        print(f"variant: {', '.join(f'{k}={v!r}' for k, v in changes)}")
     load = os.getloadavg()
     images = [(item.grade, *read_glas_image(item)) for item in list_glas(glas, "train")]
     print("GlaS train pooled mIoU (all / benign / malignant) with the stains scaled")

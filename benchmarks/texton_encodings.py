@@ -153,6 +153,22 @@ def cooccurrence(words: np.ndarray, k: int, r_px: float, excess: bool = False) -
     return np.array(out)
 
 
+def texton_words(views: np.ndarray, responses: np.ndarray, mpp: float, seed: int) -> tuple[np.ndarray, ...]:
+    """A dictionary fitted on ``views`` as a run fits it: the standardised responses, each pixel's texton,
+    the textons and 200 responses of each view (for the Fisher mixture)."""
+    from tumls_qp.tissue.embeddings.textons import fit_textons
+
+    textons = fit_textons(views, mpp, seed)
+    z = (responses - textons.mean) / textons.scale
+    centres = textons.centres  # float32, as texton_histograms assigns
+    c_sq = (centres ** 2).sum(axis=1)
+    words = np.stack([np.argmin(c_sq - 2.0 * (zi @ centres.T), axis=-1) for zi in z])
+    words = words.reshape(views.shape[:3])
+    rng = np.random.default_rng(seed)
+    sample = np.concatenate([zi[rng.choice(len(zi), 200, replace=False)] for zi in z]).astype(np.float64)
+    return z, words, centres, sample
+
+
 def encode(name: str, z: np.ndarray, words: np.ndarray, centres: np.ndarray, sample: np.ndarray,
            mpp: float, seed: int) -> np.ndarray:
     """The vectors of one encoding (names in the module docstring)."""
@@ -217,7 +233,7 @@ def main() -> int:
     from tumls_qp.config import EmbeddingConfig
     from tumls_qp.evaluation.tile_folder import read_tile_folder
     from tumls_qp.tissue.embeddings import textons as textons_module
-    from tumls_qp.tissue.embeddings.textons import fit_textons, pixel_responses
+    from tumls_qp.tissue.embeddings.textons import pixel_responses
 
     if args.textons:
         textons_module.N_TEXTONS = args.textons  # fit_textons reads it at call time
@@ -238,14 +254,7 @@ def main() -> int:
         idx = np.flatnonzero(np.ones(len(views), bool) if organ is None else organs == organ)
         classes = sorted(set(labels[idx].tolist()))
         y = np.array([classes.index(v) for v in labels[idx]])
-        textons = fit_textons(views[idx], mpp, args.seed)
-        z = (responses[idx] - textons.mean) / textons.scale
-        centres = textons.centres  # float32, as texton_histograms assigns
-        c_sq = (centres ** 2).sum(axis=1)
-        words = np.stack([np.argmin(c_sq - 2.0 * (zi @ centres.T), axis=-1) for zi in z])
-        words = words.reshape(len(idx), view_px, view_px)
-        rng = np.random.default_rng(args.seed)
-        sample = np.concatenate([zi[rng.choice(len(zi), 200, replace=False)] for zi in z]).astype(np.float64)
+        z, words, centres, sample = texton_words(views[idx], responses[idx], mpp, args.seed)
         for name in encodings:
             t0 = time.perf_counter()
             x = encode(name, z, words, centres, sample, mpp, args.seed)

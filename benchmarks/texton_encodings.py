@@ -153,6 +153,22 @@ def cooccurrence(words: np.ndarray, k: int, r_px: float, excess: bool = False) -
     return np.array(out)
 
 
+def read_views(data: Path, subset: str) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
+    """The views of the tiles of ``subset`` (``design`` or ``all``), their µm/px, classes, organs and filter responses."""
+    from tumls_qp.config import EmbeddingConfig
+    from tumls_qp.evaluation.tile_folder import read_tile_folder
+    from tumls_qp.tissue.embeddings.textons import pixel_responses
+
+    view_px = EmbeddingConfig().view_px
+    folder = read_tile_folder(data, view_px)
+    labels, organs = class_labels(data, folder.files)
+    chosen = design_half(labels, 0) if subset == "design" else np.ones(len(labels), bool)
+    views, mpp = folder.tiles[chosen], SOURCE_UM / view_px
+    log(f"{len(views)} tiles ({subset}); filter responses at {view_px} px")
+    responses = np.concatenate([pixel_responses(views[s:s + 64], mpp) for s in range(0, len(views), 64)])
+    return views, mpp, labels[chosen], organs[chosen], responses
+
+
 def texton_words(views: np.ndarray, responses: np.ndarray, mpp: float, seed: int) -> tuple[np.ndarray, ...]:
     """A dictionary fitted on ``views`` as a run fits it: the standardised responses, each pixel's texton,
     the textons and 200 responses of each view (for the Fisher mixture)."""
@@ -230,24 +246,14 @@ def main() -> int:
 
     from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-    from tumls_qp.config import EmbeddingConfig
-    from tumls_qp.evaluation.tile_folder import read_tile_folder
     from tumls_qp.tissue.embeddings import textons as textons_module
-    from tumls_qp.tissue.embeddings.textons import pixel_responses
 
     if args.textons:
         textons_module.N_TEXTONS = args.textons  # fit_textons reads it at call time
 
     load_start, started = os.getloadavg(), time.perf_counter()
     data = Path(args.data)
-    view_px = EmbeddingConfig().view_px
-    folder = read_tile_folder(data, view_px)
-    labels, organs = class_labels(data, folder.files)
-    chosen = design_half(labels, 0) if args.subset == "design" else np.ones(len(labels), bool)
-    views, mpp = folder.tiles[chosen], SOURCE_UM / view_px
-    labels, organs = labels[chosen], organs[chosen]
-    log(f"{len(views)} tiles ({args.subset}); filter responses at {view_px} px")
-    responses = np.concatenate([pixel_responses(views[s:s + 64], mpp) for s in range(0, len(views), 64)])
+    views, mpp, labels, organs, responses = read_views(data, args.subset)
 
     results, homogeneous = {}, {(e, r): [] for e in encodings for r in rules}
     for setting, organ in SETTINGS.items():
@@ -288,7 +294,7 @@ def main() -> int:
         f"{_common.machine_line(load_start, load_end)}. Total {(time.perf_counter() - started) / 60:.1f} min.",
         "",
         f"Data: {data}, {'the design half of the tiles (seed 0)' if args.subset == 'design' else 'all tiles'}, "
-        f"{view_px} px views, {textons_module.N_TEXTONS} textons. Each cell: ARI with k known (lowest over 4 random "
+        f"{views.shape[1]} px views, {textons_module.N_TEXTONS} textons. Each cell: ARI with k known (lowest over 4 random "
         "80 % subsets) / ARI with the tool's automatic k (that k) / silhouette of the true classes.",
         "",
         "| encoding | dim | " + " | ".join(SETTINGS) + " |",

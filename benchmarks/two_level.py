@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import log  # noqa: E402
-from embeddings import DEFAULT_DATA, SETTINGS, SOURCE_UM, class_labels, design_half  # noqa: E402
+from embeddings import DEFAULT_DATA, SETTINGS  # noqa: E402
 from k_rules import RULES as K_RULES, choose  # noqa: E402
-from texton_encodings import encode, histograms, texton_words  # noqa: E402
+from texton_encodings import encode, histograms, read_views, texton_words  # noqa: E402
 
 
 def two_level(hist: np.ndarray, second: np.ndarray, rule: str, seed: int,
@@ -67,20 +67,9 @@ def main() -> int:
 
     from sklearn.metrics import adjusted_rand_score
 
-    from tumls_qp.config import EmbeddingConfig
-    from tumls_qp.evaluation.tile_folder import read_tile_folder
-    from tumls_qp.tissue.embeddings.textons import pixel_responses
-
     load_start, started = os.getloadavg(), time.perf_counter()
     data = Path(args.data)
-    view_px = EmbeddingConfig().view_px
-    folder = read_tile_folder(data, view_px)
-    labels, organs = class_labels(data, folder.files)
-    chosen = design_half(labels, 0) if args.subset == "design" else np.ones(len(labels), bool)
-    views, mpp = folder.tiles[chosen], SOURCE_UM / view_px
-    labels, organs = labels[chosen], organs[chosen]
-    log(f"{len(views)} tiles ({args.subset}); filter responses at {view_px} px")
-    responses = np.concatenate([pixel_responses(views[s:s + 64], mpp) for s in range(0, len(views), 64)])
+    views, mpp, labels, organs, responses = read_views(data, args.subset)
 
     rows = []
     for setting, organ in SETTINGS.items():
@@ -110,7 +99,7 @@ def main() -> int:
         f"{_common.machine_line(load_start, load_end)}. Total {(time.perf_counter() - started) / 60:.1f} min.",
         "",
         f"Data: {data}, {'the design half of the tiles (seed 0)' if args.subset == 'design' else 'all tiles'}, "
-        f"{view_px} px views, dictionary seed {args.seed}. Level 1: texton histograms, the tool's automatic k; "
+        f"{views.shape[1]} px views, dictionary seed {args.seed}. Level 1: texton histograms, the tool's automatic k; "
         f"level 2: each level-1 tissue of at least {args.min_tiles} tiles, the rule named (`k_rules.py`) on the encoding named.",
         "",
         "| setting | level 2: encoding, rule | k: level 1 -> final (pieces) | ARI: level 1 -> final | each class alone: tissues (right: 1) |",

@@ -8,15 +8,19 @@ the same textons (``texton_encodings.py``'s names: ``excess-32`` adds the texton
 final tissues are the level-2 pieces. Only the automatic k is scored (the question is whether the
 recursion finds the tissues the one-level rule misses; level 2 may use another rule of
 ``k_rules.py``, ``--rules``), with the homogeneous check: each class
-alone, through both levels, must stay one tissue.
+alone, through both levels, must stay one tissue. ``only-excess-R`` (``only-cooc-R``) is the bare
+co-occurrence without the histogram: the arrangement alone. With the tool's rule the table also gives
+each level-1 tissue's one-tissue statistic (G-means Anderson-Darling A*², split above
+``SPLIT_CRITICAL_VALUE``).
 
-    python benchmarks/two_level.py [--level2 excess-32,hist] [--seed S] [--subset design|all]
+    python benchmarks/two_level.py [--level2 excess-32,hist,only-excess-32] [--seed S] [--subset design|all]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,27 +32,34 @@ import _common  # noqa: E402
 from _common import log  # noqa: E402
 from embeddings import DEFAULT_DATA, SETTINGS  # noqa: E402
 from k_rules import RULES as K_RULES, choose  # noqa: E402
-from texton_encodings import encode, histograms, read_views, texton_words  # noqa: E402
+from texton_encodings import cooccurrence, encode, histograms, read_views, texton_words  # noqa: E402
 
 
 def two_level(hist: np.ndarray, second: np.ndarray, rule: str, seed: int,
-              min_tiles: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+              min_tiles: int) -> tuple[np.ndarray, np.ndarray, list[int], list[float]]:
     """Level-1 labels (the tool's rule), the labels after splitting each level-1 tissue by ``rule`` (``k_rules.py``)
-    on ``second``, and the k of level 1 and of each piece."""
+    on ``second``, the k of level 1 and of each piece, and (rule ``current``) each piece's one-tissue statistic."""
     from tumls_qp.config import ClusterConfig
     from tumls_qp.tissue.clusters import cluster_embeddings
 
     first = cluster_embeddings(hist, ClusterConfig(), seed)
-    labels, ks, nxt = np.zeros(len(hist), dtype=np.int64), [first.k], 0
+    labels, ks, statistics, nxt = np.zeros(len(hist), dtype=np.int64), [first.k], [], 0
     for t in range(first.k):
         members = np.flatnonzero(first.labels == t)
-        sub = choose(rule, second[members], None, seed)[1] if len(members) >= min_tiles \
-            else np.zeros(len(members), dtype=np.int64)
+        if len(members) < min_tiles:
+            sub = np.zeros(len(members), dtype=np.int64)
+        elif rule == "current":  # choose() would run the same; keep its one-tissue statistic
+            piece = cluster_embeddings(second[members], ClusterConfig(), seed)
+            sub = piece.labels
+            if piece.split_statistic is not None:
+                statistics.append(float(piece.split_statistic))
+        else:
+            sub = choose(rule, second[members], None, seed)[1]
         sub = np.unique(sub, return_inverse=True)[1].astype(np.int64)
         labels[members] = nxt + sub
         nxt += int(sub.max()) + 1
         ks.append(int(sub.max()) + 1)
-    return first.labels, labels, ks
+    return first.labels, labels, ks, statistics
 
 
 def main() -> int:
@@ -64,8 +75,12 @@ def main() -> int:
     level2, rules = args.level2.split(","), args.rules.split(",")
     if bad := sorted(set(rules) - set(K_RULES)):
         parser.error(f"--rules: unknown {', '.join(bad)}; choose from {', '.join(K_RULES)}")
+    if bad := [n for n in level2 if n.startswith("only-") and not re.fullmatch(r"only-(cooc|excess)-[\d.]+", n)]:
+        parser.error(f"--level2: cannot read {', '.join(bad)} (the bare co-occurrence is only-cooc-R or only-excess-R)")
 
     from sklearn.metrics import adjusted_rand_score
+
+    from tumls_qp.tissue.clusters import SPLIT_CRITICAL_VALUE
 
     load_start, started = os.getloadavg(), time.perf_counter()
     data = Path(args.data)
@@ -79,14 +94,18 @@ def main() -> int:
         z, words, centres, sample = texton_words(views[idx], responses[idx], mpp, args.seed)
         hist = histograms(words, len(centres))
         for name, rule in [(n, r) for n in level2 for r in rules]:
-            second = encode(name, z, words, centres, sample, mpp, args.seed)
-            lab1, lab, ks = two_level(hist, second, rule, args.seed, args.min_tiles)
+            if name.startswith("only-"):  # the bare co-occurrence, without the histogram
+                kind, _, radius = name.removeprefix("only-").partition("-")
+                second = cooccurrence(words, len(centres), float(radius) / mpp, kind == "excess")
+            else:
+                second = encode(name, z, words, centres, sample, mpp, args.seed)
+            lab1, lab, ks, stats = two_level(hist, second, rule, args.seed, args.min_tiles)
             alone = [len(set(two_level(hist[y == c], second[y == c], rule, args.seed, args.min_tiles)[1].tolist()))
                      for c in range(len(classes))]
             ari1, ari = float(adjusted_rand_score(y, lab1)), float(adjusted_rand_score(y, lab))
-            rows.append((setting, f"{name}, {rule}", ks, ari1, ari, alone))
+            rows.append((setting, f"{name}, {rule}", ks, ari1, ari, alone, stats))
             log(f"{setting}: level 2 {name}, {rule}: k {ks[0]} -> {sum(ks[1:])} (pieces {ks[1:]}), ARI {ari1:.3f} -> {ari:.3f}; "
-                f"each class alone: {alone} tissues")
+                f"each class alone: {alone} tissues" + (f"; one-tissue statistics {[round(v, 2) for v in stats]}" if stats else ""))
     load_end = os.getloadavg()
 
     command = " ".join(["python benchmarks/two_level.py"] + (["--subset all"] if args.subset == "all" else [])
@@ -102,12 +121,13 @@ def main() -> int:
         f"{views.shape[1]} px views, dictionary seed {args.seed}. Level 1: texton histograms, the tool's automatic k; "
         f"level 2: each level-1 tissue of at least {args.min_tiles} tiles, the rule named (`k_rules.py`) on the encoding named.",
         "",
-        "| setting | level 2: encoding, rule | k: level 1 -> final (pieces) | ARI: level 1 -> final | each class alone: tissues (right: 1) |",
-        "|---|---|---|---|---|",
+        "| setting | level 2: encoding, rule | k: level 1 -> final (pieces) | ARI: level 1 -> final | each class alone: tissues (right: 1) "
+        "| level-1 tissues' one-tissue statistic (tool's rule; splits above " f"{SPLIT_CRITICAL_VALUE}) |",
+        "|---|---|---|---|---|---|",
     ]
-    for setting, name, ks, ari1, ari, alone in rows:
+    for setting, name, ks, ari1, ari, alone, stats in rows:
         lines.append(f"| {setting} | {name} | {ks[0]} -> {sum(ks[1:])} ({', '.join(map(str, ks[1:]))}) | {ari1:.3f} -> {ari:.3f} "
-                     f"| {' '.join(map(str, alone))} |")
+                     f"| {' '.join(map(str, alone))} | {' '.join(f'{v:.2f}' for v in stats) or '-'} |")
     return _common.emit_report(lines, args.report)
 
 

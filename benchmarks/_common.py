@@ -28,6 +28,14 @@ def machine_line(load_start: tuple[float, float, float], load_end: tuple[float, 
             f"{start} at the start, {end} at the end)")
 
 
+def report_head(command: str, report: str | None, load_start: tuple[float, float, float],
+                load_end: tuple[float, float, float], started: float) -> list[str]:
+    """A report's first lines: the command that reproduces it (with its ``--report``), the machine, the load and the
+    minutes since ``started`` (``time.perf_counter()``)."""
+    return [f"Command: `{command}" + (f" --report {report}" if report else "") + "`", "",
+            f"{machine_line(load_start, load_end)}. Total {(time.perf_counter() - started) / 60:.1f} min.", ""]
+
+
 def colour_histogram(path: Path) -> np.ndarray:
     """8x8x8 RGB histogram of all pixels, normalised to sum 1 (the floor of the data's PROVENANCE.md)."""
     from PIL import Image

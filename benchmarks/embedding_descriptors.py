@@ -231,12 +231,8 @@ def main() -> int:
             results[(variant, name)] = evaluate(fn(idx), y, len(classes), args.seed)
     load_end = os.getloadavg()
 
-    lines = [
-        "Command: `python benchmarks/embedding_descriptors.py"
-        + (f" --report {args.report}" if args.report else "") + "`",
-        "",
-        f"{_common.machine_line(load_start, load_end)}. Total {(time.perf_counter() - started) / 60:.1f} min.",
-        "",
+    lines = _common.report_head("python benchmarks/embedding_descriptors.py", args.report, load_start, load_end,
+                                started) + [
         f"Data: {data}, the design half of the tiles (seed 0). Each cell: ARI with k known (lowest over 4 random "
         "80 % subsets) / ARI with the tool's automatic k (that k).",
         "",

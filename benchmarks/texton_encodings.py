@@ -288,11 +288,7 @@ def main() -> int:
         command += f" --textons {args.textons}"
     if rules:
         command += f" --k-rules {args.k_rules}"
-    lines = [
-        f"Command: `{command}" + (f" --report {args.report}" if args.report else "") + "`",
-        "",
-        f"{_common.machine_line(load_start, load_end)}. Total {(time.perf_counter() - started) / 60:.1f} min.",
-        "",
+    lines = _common.report_head(command, args.report, load_start, load_end, started) + [
         f"Data: {data}, {'the design half of the tiles (seed 0)' if args.subset == 'design' else 'all tiles'}, "
         f"{views.shape[1]} px views, {textons_module.N_TEXTONS} textons. Each cell: ARI with k known (lowest over 4 random "
         "80 % subsets) / ARI with the tool's automatic k (that k) / silhouette of the true classes.",

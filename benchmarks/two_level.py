@@ -112,11 +112,7 @@ def main() -> int:
                        + ([f"--level2 {args.level2}"] if args.level2 != "excess-32,hist" else [])
                        + ([f"--rules {args.rules}"] if args.rules != "current,current+bic,gap" else [])
                        + ([f"--seed {args.seed}"] if args.seed else []))
-    lines = [
-        f"Command: `{command}" + (f" --report {args.report}" if args.report else "") + "`",
-        "",
-        f"{_common.machine_line(load_start, load_end)}. Total {(time.perf_counter() - started) / 60:.1f} min.",
-        "",
+    lines = _common.report_head(command, args.report, load_start, load_end, started) + [
         f"Data: {data}, {'the design half of the tiles (seed 0)' if args.subset == 'design' else 'all tiles'}, "
         f"{views.shape[1]} px views, dictionary seed {args.seed}. Level 1: texton histograms, the tool's automatic k; "
         f"level 2: each level-1 tissue of at least {args.min_tiles} tiles, the rule named (`k_rules.py`) on the encoding named.",

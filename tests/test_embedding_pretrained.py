@@ -152,6 +152,9 @@ def test_missing_or_unreadable_checkpoints_are_named(ckpt, tmp_path):
         with pytest.raises(ConfigError, match=r"cannot be read as a torch state dict \(.pth, .pt, .bin\) or a "
                                               "safetensors file"):
             fit_embedding(images, _cfg(tmp_path / name), 0)
+    torch.save(timm.create_model(TINY), tmp_path / "pickled-model.pth")  # a whole model, not its weights
+    with pytest.raises(ConfigError, match=r"holds Python objects besides tensors .* save the model's state_dict"):
+        fit_embedding(images, _cfg(tmp_path / "pickled-model.pth"), 0)
     torch.save({"weights": 3}, tmp_path / "numbers.pth")
     with pytest.raises(ConfigError, match="is not a state dict: weights are not named tensors"):
         read_checkpoint(tmp_path / "numbers.pth")

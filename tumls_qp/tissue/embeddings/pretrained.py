@@ -149,7 +149,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 raise ValueError(str(exc)) from exc
         else:
             raise ValueError("it is neither a torch file nor a safetensors file")
-    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+    except pickle.UnpicklingError as exc:  # torch's message suggests loading it unsafely: say what to do instead
+        raise ConfigError(f"embedding.checkpoint = {str(path)!r} holds Python objects besides tensors (e.g. a whole "
+                          "pickled model), which are never loaded: save the model's state_dict() (torch.save("
+                          "model.state_dict(), ...)) or a safetensors file instead") from exc
+    except (OSError, ValueError, RuntimeError, EOFError) as exc:
         raise ConfigError(f"embedding.checkpoint = {str(path)!r} cannot be read as a torch state dict (.pth, .pt, "
                           f".bin) or a safetensors file: {exc}") from exc
     for key in ("state_dict", "model"):

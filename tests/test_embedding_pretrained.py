@@ -19,7 +19,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from tumls_qp.cli import main  # noqa: E402
 from tumls_qp.config import EmbeddingConfig, replace_in  # noqa: E402
-from tumls_qp.errors import ConfigError, InvalidInputError  # noqa: E402
+from tumls_qp.errors import ConfigError, DeviceError, InvalidInputError  # noqa: E402
 from tumls_qp.outputs.run_folder import read_run  # noqa: E402
 from tumls_qp.pipeline import analyze  # noqa: E402
 from tumls_qp.tissue.embeddings import MIN_TILES, TileImages, fit_embedding, load_encoder  # noqa: E402
@@ -105,9 +105,11 @@ def test_resnet18_checkpoint_embeds_real_tiles_deterministically(ckpt, lc25000_v
 # --- formats and plumbing ------------------------------------------------------------------------------------------
 
 def test_every_checkpoint_format_gives_the_same_vectors(ckpt):
-    images = _views()
-    ref = fit_embedding(images, _cfg(ckpt["tiny"]), 0).vectors
-    assert ref.shape == (12, timm.create_model(TINY, num_classes=0).num_features)
+    images = _views(150)
+    calls = []
+    ref = fit_embedding(images, _cfg(ckpt["tiny"]), 0, progress=lambda done, total: calls.append((done, total))).vectors
+    assert calls == [(1, 3), (2, 3), (3, 3)]  # progress per batch of 64 views
+    assert ref.shape == (150, timm.create_model(TINY, num_classes=0).num_features)
     for name in ("tiny_nested", "tiny_model", "tiny_st"):
         np.testing.assert_allclose(fit_embedding(images, _cfg(ckpt[name]), 0).vectors, ref, rtol=1e-5, atol=1e-6)
 
@@ -187,6 +189,25 @@ def test_unknown_or_downloading_architectures_are_refused(ckpt):
             _cfg(ckpt["tiny"], name)
     with pytest.raises(ConfigError, match="embedding.checkpoint must be set for embedding.method = 'pretrained'"):
         EmbeddingConfig(method="pretrained", encoder="resnet18")
+
+
+@pytest.mark.gpu
+def test_cuda_and_cpu_agree(ckpt):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    images = _views(70)
+    cpu = fit_embedding(images, _cfg(ckpt["tiny"]), 0)
+    gpu = fit_embedding(images, EmbeddingConfig(method="pretrained", encoder=TINY, checkpoint=str(ckpt["tiny"]),
+                                                device="cuda"), 0)
+    assert gpu.history["device"].startswith("cuda")
+    np.testing.assert_allclose(gpu.vectors, cpu.vectors, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_asked_for_without_one_is_a_clear_error(ckpt):
+    with pytest.raises(DeviceError, match="--device cuda was asked for, but no CUDA device is available"):
+        fit_embedding(_views(), EmbeddingConfig(method="pretrained", encoder=TINY, checkpoint=str(ckpt["tiny"]),
+                                                device="cuda"), 0)
 
 
 def test_too_few_tiles(ckpt):

@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is installed first and pinned: pip then takes a local CPU wheel of 2.13.0 where one lies in
-# pip's find-links, and PyPI's build for this platform elsewhere. An existing torch in the venv is kept.
+# For the demo, torch is installed first and pinned: pip then takes a local CPU wheel of 2.13.0 where one lies
+# in pip's find-links, and PyPI's build for this platform elsewhere. An existing torch in the venv is kept.
+# (The test venv below takes torch 2.14.1 with the `pretrained` extra instead.)
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test sample-report clean

@@ -430,8 +430,17 @@ class GlandConfig:
     #: Pixel size (µm/px) the method works at; every image is resampled to it (1.24 µm/px
     #: is 8x: nuclei stay a few pixels wide, a gland is tens of pixels).
     working_mpp: float = 1.24
-    #: A pixel is tissue when its optical density averaged over R, G and B exceeds this.
+    #: A pixel is tissue when its optical density averaged over R, G and B exceeds this ...
     tissue_od: float = 0.083
+    #: ... times the image's median tissue optical density (over the pixels above ``tissue_od``)
+    #: divided by this, bounded to 0.5-2x ``tissue_od``: a weaker stain lowers the threshold with the
+    #: tissue, so that pale tissue (cytoplasm, goblet cells) stays tissue whatever the stain strength.
+    #: The median of the GlaS training images. 0: the fixed ``tissue_od``.
+    tissue_reference_od: float = 0.0
+    #: The image's own (Macenko) stain vectors are used when each lies within this angle (degrees)
+    #: of the reference H&E vectors, otherwise the reference vectors. Wide, because the switch to the
+    #: reference vectors changes the whole score: a weaker eosin tilts the eosin estimate past 30°.
+    max_stain_deviation_deg: float = 30.0
     #: Standard deviation (µm) of the Gaussian that turns haematoxylin into a density of
     #: nuclei and basophilic cytoplasm.
     smoothing_um: float = 3.7
@@ -500,6 +509,10 @@ class GlandConfig:
                  self.working_mpp, "a pixel size in µm/px between 0.2 and 5")
         _require(_is_number(self.tissue_od) and 0 < self.tissue_od < 2, "glands.tissue_od", self.tissue_od,
                  "an optical density in (0, 2)")
+        _require(_is_number(self.tissue_reference_od) and 0 <= self.tissue_reference_od < 2,
+                 "glands.tissue_reference_od", self.tissue_reference_od, "an optical density in [0, 2) (0: off)")
+        _require(_is_number(self.max_stain_deviation_deg) and 0 < self.max_stain_deviation_deg <= 90,
+                 "glands.max_stain_deviation_deg", self.max_stain_deviation_deg, "an angle in (0, 90] degrees")
         for name in ("smoothing_um", "lymphocyte_window_um", "texture_detail_um", "texture_window_um",
                      "nuclear_density_um", "crypt_smoothing_um"):
             value = getattr(self, name)

@@ -103,6 +103,8 @@ _MIN_TISSUE_PX = 64
 _FINE_UM = 0.93
 # Width (µm) of the band just outside a crypt interior in which its epithelial lining is measured.
 _LINING_UM = 5.0
+# Bounds of the factor by which the image's median tissue optical density scales the tissue threshold.
+_TISSUE_RATIO = (0.5, 2.0)
 # Brightfield: the 95th percentile of luminance is at least this (fluorescence images are dark).
 _MIN_BRIGHT_P95 = 120.0
 # H&E: both stains absorb green most, so blue >= green in most tissue pixels; brown DAB (IHC)
@@ -255,15 +257,25 @@ class _Maps:
     haematoxylin_share: np.ndarray  # H / (H + E), both smoothed over cfg.smoothing_um
 
 
+def _tissue_threshold(mean_od: np.ndarray, cfg: GlandConfig) -> float:
+    """``cfg.tissue_od`` scaled by the image's median tissue optical density over ``cfg.tissue_reference_od``."""
+    inside = mean_od[mean_od > cfg.tissue_od]
+    if not cfg.tissue_reference_od or inside.size < _MIN_TISSUE_PX:
+        return cfg.tissue_od
+    ratio = float(np.median(inside)) / cfg.tissue_reference_od
+    return cfg.tissue_od * min(max(ratio, _TISSUE_RATIO[0]), _TISSUE_RATIO[1])
+
+
 def _scores(rgb: np.ndarray, cfg: GlandConfig) -> _Maps:
     """The maps of steps 2-3 at the working resolution (all zeros where there is too little tissue)."""
     px_per_um = 1.0 / cfg.working_mpp
     od = -np.log10((rgb.astype(np.float32) + 1.0) / 256.0)
-    tissue = _gaussian(od.mean(axis=2), _FINE_UM * px_per_um) > cfg.tissue_od
+    mean_od = _gaussian(od.mean(axis=2), _FINE_UM * px_per_um)
+    tissue = mean_od > _tissue_threshold(mean_od, cfg)
     zeros = np.zeros(rgb.shape[:2], dtype=np.float32)
     if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
         return _Maps(zeros, tissue, zeros, zeros, zeros, zeros)
-    stains = estimate_stains(rgb).matrix
+    stains = estimate_stains(rgb, max_deviation_deg=cfg.max_stain_deviation_deg).matrix
     h = haematoxylin_od(rgb, stains)
     level = float(np.percentile(h[tissue], 99))
     if not level > 0:

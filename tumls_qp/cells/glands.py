@@ -9,9 +9,13 @@ filled): the epithelium is found first, the interior it encloses is then added.
 1. **Resampling.** The image is resampled to ``working_mpp`` (1.24 µm/px by default); an
    input pixel size far from the range the method was designed for is resampled all the
    same and said so in :attr:`GlandResult.notes`.
-2. **Haematoxylin.** Macenko stain vectors of the image, then the haematoxylin
-   and eosin concentrations of every pixel (as for the nuclei, :mod:`tumls_qp.cells.nuclei`).
-   The image's nuclear level is the 99th percentile of haematoxylin in tissue.
+2. **Haematoxylin.** Tissue is where the mean optical density exceeds ``tissue_od``
+   (with ``tissue_reference_od`` set, scaled by the image's median tissue optical density, so
+   that it follows the stain strength). Macenko stain vectors of the image (the reference
+   vectors when one lies more than ``max_stain_deviation_deg`` from them), then the
+   haematoxylin and eosin concentrations of every pixel (as for the nuclei,
+   :mod:`tumls_qp.cells.nuclei`). The image's nuclear level is the 99th percentile of
+   haematoxylin in tissue.
 3. **Epithelium.** Glandular epithelium is a layer of nuclei with basophilic cytoplasm,
    mucin or goblet cells, evenly coloured: haematoxylin smoothed over a few µm stays high
    across it, or its colour varies little from pixel to pixel. Stroma and lamina propria are

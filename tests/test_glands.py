@@ -303,8 +303,8 @@ def test_real_glas_glands_with_weaker_eosin(shared_data: Path) -> None:
 
     rgb, _ = _glas("train_22")  # benign
     weak = _scale_eosin(rgb, 0.8)
-    # The image's own stain vectors (their eosin tilts 31° from the reference) and a tissue threshold
-    # that follows its stain strength: the same glands (measured IoU 0.97) ...
+    # The image's own stain vectors up to 45° (at eosin x 0.8 its eosin estimate tilts past the 30° of
+    # the defaults) and a tissue threshold that follows its stain strength: the same glands (measured IoU 0.97) ...
     assert agreement(GlandConfig(tissue_reference_od=0.2, max_stain_deviation_deg=45)) > 0.9
     # ... where the fixed threshold and the 30° limit lose half of them (measured 0.53).
     assert agreement(GlandConfig()) < 0.7

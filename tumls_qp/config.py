@@ -435,13 +435,14 @@ class GlandConfig:
     #: ... times the image's median tissue optical density (over the pixels above ``tissue_od``)
     #: divided by this, bounded to 0.5-2x ``tissue_od``: a weaker stain lowers the threshold with the
     #: tissue, so that pale tissue (cytoplasm, goblet cells) stays tissue whatever the stain strength.
-    #: 0.2 is the median of the GlaS training images; 0 (the default): the fixed ``tissue_od``.
-    tissue_reference_od: float = 0.0
+    #: 0.2 (the default) is the median of the GlaS training images; 0: the fixed ``tissue_od``.
+    tissue_reference_od: float = 0.2
     #: The image's own (Macenko) stain vectors are used when each lies within this angle (degrees)
-    #: of the reference H&E vectors, otherwise the reference vectors (30: the nuclei's limit). The
+    #: of the reference H&E vectors, otherwise the reference vectors (the nuclei keep 30°). The
     #: switch changes the whole score, and a weaker eosin tilts the eosin estimate of half of the GlaS
-    #: training images past 30°; 45 keeps their own vectors (``reports/glands.md``, stain-relative options).
-    max_stain_deviation_deg: float = 30.0
+    #: training images past 30°; 45 (the default) keeps their own vectors (``reports/glands.md``,
+    #: stain-relative tissue and stain vectors).
+    max_stain_deviation_deg: float = 45.0
     #: Standard deviation (µm) of the Gaussian that turns haematoxylin into a density of
     #: nuclei and basophilic cytoplasm.
     smoothing_um: float = 3.7

@@ -9,10 +9,11 @@ filled): the epithelium is found first, the interior it encloses is then added.
 1. **Resampling.** The image is resampled to ``working_mpp`` (1.24 µm/px by default); an
    input pixel size far from the range the method was designed for is resampled all the
    same and said so in :attr:`GlandResult.notes`.
-2. **Haematoxylin.** Tissue is where the mean optical density exceeds ``tissue_od``
-   (with ``tissue_reference_od`` set, scaled by the image's median tissue optical density, so
-   that it follows the stain strength). Macenko stain vectors of the image (the reference
-   vectors when one lies more than ``max_stain_deviation_deg`` from them), then the
+2. **Haematoxylin.** Tissue is where the mean optical density exceeds ``tissue_od`` scaled
+   by the image's median tissue optical density over ``tissue_reference_od`` (bounded to
+   0.5-2×), so that the tissue mask follows the stain strength. Macenko stain vectors of the
+   image (the reference vectors when one lies more than ``max_stain_deviation_deg``, 45° by
+   default, from them), then the
    haematoxylin and eosin concentrations of every pixel (as for the nuclei,
    :mod:`tumls_qp.cells.nuclei`). The image's nuclear level is the 99th percentile of
    haematoxylin in tissue.
@@ -236,7 +237,8 @@ def gland_scores(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()) 
         likewise ``w``). Epithelium is tissue where ``score > cfg.threshold``, near nuclei and
         not eosin alone (module docstring, step 3). All zeros where the image has too little tissue.
     tissue : (h, w) bool ndarray
-        Pixels whose mean optical density exceeds ``cfg.tissue_od``.
+        Pixels whose mean optical density exceeds the tissue threshold (``cfg.tissue_od``, scaled
+        with ``cfg.tissue_reference_od``: module docstring, step 2).
     """
     rgb = check_rgb(rgb)
     mpp = check_mpp(mpp)
@@ -254,7 +256,7 @@ class _Maps:
     """Per-pixel maps of an image at the working resolution (steps 2-3)."""
 
     score: np.ndarray    # epithelium score: Gaussian haematoxylin less the lymphocyte and texture penalties
-    tissue: np.ndarray   # bool: mean optical density above cfg.tissue_od
+    tissue: np.ndarray   # bool: mean optical density above the tissue threshold (_tissue_threshold)
     h: np.ndarray        # haematoxylin over the image's nuclear level
     texture: np.ndarray  # local standard deviation of h
     nuclear_density: np.ndarray  # share of nuclear pixels within cfg.nuclear_density_um

@@ -424,8 +424,8 @@ class GlandConfig:
 
     #: Segment glands in every representative patch (annotations of class "Gland" nested under
     #: their representative, per-tissue gland features). Off by default, not for its cost (about
-    #: 0.05-0.08 s per representative) but because it was designed on colon (GlaS), falls short of
-    #: its GlaS Test A target and takes other epithelium (e.g. epidermis) for glands; see ``reports/glands.md``.
+    #: 0.03-0.08 s per representative) but because it was designed on colon (GlaS) and takes other
+    #: epithelium (e.g. epidermis) for glands; see ``reports/glands.md``.
     enabled: bool = False
     #: Pixel size (µm/px) the method works at; every image is resampled to it (1.24 µm/px
     #: is 8x: nuclei stay a few pixels wide, a gland is tens of pixels).

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,13 @@ def _override(text: str) -> tuple[str, object]:
     return key, tomllib.loads(f"v = {value}")["v"]
 
 
-def parse_variant(doc: str) -> tuple[Path, list[tuple[str, object]]]:
-    """``--data`` and ``--set`` of a gland benchmark: the shared data folder (exit 3 without GlaS in it) and the
-    variant's options."""
+def parse_variant(doc: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+                  ) -> tuple[Path, list[tuple[str, object]], argparse.Namespace]:
+    """``--data`` and ``--set`` of a gland benchmark: the shared data folder (exit 3 without GlaS in it), the
+    variant's options, and all the arguments (with those ``add_arguments`` adds for the benchmark itself)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    if add_arguments is not None:
+        add_arguments(parser)
     parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder (default ../shared/data)")
     parser.add_argument("--set", dest="changes", type=_override, action="append", default=[],
                         metavar="glands.OPTION=VALUE", help="an option of the variant (repeatable)")
@@ -47,7 +51,7 @@ def parse_variant(doc: str) -> tuple[Path, list[tuple[str, object]]]:
     if not (args.data / "glas").is_dir():
         print(f"GlaS not found under {args.data}: pass --data", file=sys.stderr)
         raise SystemExit(3)
-    return args.data, args.changes
+    return args.data, args.changes, args
 
 
 def main() -> int:
@@ -57,7 +61,7 @@ def main() -> int:
     from tumls_qp.config import PipelineConfig, replace_in
     from tumls_qp.evaluation.glas import GLAS_MPP, confusion, list_glas, pooled_metrics, read_glas_image
 
-    data, changes = parse_variant(__doc__)
+    data, changes, _ = parse_variant(__doc__)
     glas = data / "glas"
     configs = {"defaults": PipelineConfig().glands, "variant": replace_in(PipelineConfig(), **dict(changes)).glands}
     load = os.getloadavg()

@@ -224,9 +224,29 @@ def test_invalid_config() -> None:
                 {"max_open_share": 2}, {"lymphocyte_weight": float("nan")}, {"texture_weight": -0.5},
                 {"min_nuclear_density": 1.5}, {"min_haematoxylin_share": -0.1}, {"crypt_haematoxylin": 0},
                 {"crypt_min_um2": 5000, "crypt_max_um2": 1000}, {"crypt_wall_um": 200},
-                {"texture_window_um": 0}):
+                {"texture_window_um": 0}, {"tissue_reference_od": -0.1}, {"tissue_reference_od": 2},
+                {"max_stain_deviation_deg": 0}, {"max_stain_deviation_deg": 100}):
         with pytest.raises(ConfigError, match="glands."):
             GlandConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_the_tissue_threshold_follows_the_image_s_stain_strength() -> None:
+    from tumls_qp.cells.glands import _tissue_threshold
+
+    rng = np.random.default_rng(0)
+    mean_od = np.where(rng.random((100, 100)) < 0.5, 0.02, rng.uniform(0.15, 0.3, (100, 100))).astype(np.float32)
+    median = float(np.median(mean_od[mean_od > 0.083]))  # about 0.225
+    fixed = GlandConfig(tissue_reference_od=0)
+    relative = GlandConfig()  # tissue_reference_od 0.2
+    assert _tissue_threshold(mean_od, fixed) == fixed.tissue_od
+    assert _tissue_threshold(mean_od, relative) == pytest.approx(0.083 * median / 0.2, rel=1e-6)
+    # A paler image (every optical density x 0.7): the threshold comes down with it.
+    assert _tissue_threshold(0.7 * mean_od, relative) == pytest.approx(0.7 * 0.083 * median / 0.2, rel=1e-6)
+    # Bounded to 0.5-2 x tissue_od; too little tissue: the fixed threshold.
+    assert _tissue_threshold(5 * mean_od, relative) == pytest.approx(2 * 0.083)
+    assert _tissue_threshold(np.where(mean_od > 0.083, 0.084, 0.0).astype(np.float32), relative) == \
+        pytest.approx(0.5 * 0.083)
+    assert _tissue_threshold(np.full((5, 5), 0.3, np.float32), relative) == relative.tissue_od
 
 
 def test_measurements_of_no_gland() -> None:
@@ -262,6 +282,32 @@ def test_real_glas_images_beat_the_colour_baseline(shared_data: Path) -> None:
         assert pooled_confusion.sum() == truth.size
     assert pooled_metrics(method)["miou"] > 0.7
     assert pooled_metrics(method)["miou"] > pooled_metrics(baseline)["miou"] + 0.15
+
+
+def _scale_eosin(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """``rgb`` with its eosin concentration (reference H&E vectors) multiplied, the residual kept."""
+    od = -np.log10((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / 256.0)
+    conc = od @ np.linalg.pinv(REFERENCE_STAINS)
+    od += (factor - 1.0) * conc[:, 1:] * REFERENCE_STAINS[1]
+    return np.clip(np.round(256.0 * np.power(10.0, -od) - 1.0), 0, 255).astype(np.uint8).reshape(rgb.shape)
+
+
+@pytest.mark.realdata
+def test_real_glas_glands_with_weaker_eosin(shared_data: Path) -> None:
+    from tumls_qp.evaluation.glas import GLAS_MPP
+
+    def agreement(cfg: GlandConfig) -> float:
+        a = segment_glands(rgb, GLAS_MPP, cfg).labels > 0
+        b = segment_glands(weak, GLAS_MPP, cfg).labels > 0
+        return float((a & b).sum() / (a | b).sum())
+
+    rgb, _ = _glas("train_22")  # benign
+    weak = _scale_eosin(rgb, 0.8)
+    # The defaults, the image's own stain vectors up to 45° (at eosin x 0.8 its eosin estimate tilts past
+    # 30°) and a tissue threshold that follows its stain strength: the same glands (measured IoU 0.97) ...
+    assert agreement(GlandConfig()) > 0.9
+    # ... where the fixed threshold and the 30° limit of the nuclei lose half of them (measured 0.53).
+    assert agreement(GlandConfig(tissue_reference_od=0, max_stain_deviation_deg=30)) < 0.7
 
 
 def _no_gland_windows(size: int = 160, margin: int = 10) -> list[np.ndarray]:

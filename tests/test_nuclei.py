@@ -244,6 +244,26 @@ def test_macenko_recovers_stain_vectors_and_falls_back():
     assert estimate_stains(np.full((64, 64, 3), (120, 40, 160), np.uint8)).source == "reference"
 
 
+def test_macenko_deviation_limit():
+    # An eosin 36° from the reference vector (turned out of the H&E plane): the reference vectors
+    # at the default 30° limit, the tile's own vectors at 45°.
+    h_ref, e_ref = REFERENCE_STAINS
+    normal = np.cross(h_ref, e_ref) / np.linalg.norm(np.cross(h_ref, e_ref))
+    eosin = math.cos(math.radians(36)) * e_ref + math.sin(math.radians(36)) * normal
+    rng = np.random.default_rng(0)
+    h_conc = np.where(rng.random((200, 200)) < 0.2, 0.9, 0.0)
+    e_conc = 0.35 + rng.normal(0, 0.03, (200, 200))
+    od = h_conc[..., None] * h_ref + e_conc[..., None] * eosin
+    rgb = np.clip(np.round(255.0 * np.power(10.0, -od) + rng.normal(0, 2.0, od.shape)), 0, 255).astype(np.uint8)
+    assert estimate_stains(rgb).source == "reference"
+    wide = estimate_stains(rgb, max_deviation_deg=45)
+    assert wide.source == "tile"
+    assert float(np.dot(wide.matrix[1], eosin)) > math.cos(math.radians(4))
+    for bad in (0, 91, float("nan"), True, "45"):
+        with pytest.raises(InvalidInputError, match="max_deviation_deg"):
+            estimate_stains(rgb, max_deviation_deg=bad)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- robustness
 
 

@@ -453,14 +453,25 @@ class GlandConfig:
 
     #: Segment glands in every representative patch (annotations of class "Gland" nested under
     #: their representative, per-tissue gland features). Off by default, not for its cost (about
-    #: 0.05-0.08 s per representative) but because it was designed on colon (GlaS), falls short of
-    #: its GlaS Test A target and takes other epithelium (e.g. epidermis) for glands; see ``reports/glands.md``.
+    #: 0.03-0.08 s per representative) but because it was designed on colon (GlaS) and takes other
+    #: epithelium (e.g. epidermis) for glands; see ``reports/glands.md``.
     enabled: bool = False
     #: Pixel size (µm/px) the method works at; every image is resampled to it (1.24 µm/px
     #: is 8x: nuclei stay a few pixels wide, a gland is tens of pixels).
     working_mpp: float = 1.24
-    #: A pixel is tissue when its optical density averaged over R, G and B exceeds this.
+    #: A pixel is tissue when its optical density averaged over R, G and B exceeds this ...
     tissue_od: float = 0.083
+    #: ... times the image's median tissue optical density (over the pixels above ``tissue_od``)
+    #: divided by this, bounded to 0.5-2x ``tissue_od``: a weaker stain lowers the threshold with the
+    #: tissue, so that pale tissue (cytoplasm, goblet cells) stays tissue whatever the stain strength.
+    #: 0.2 (the default) is the median of the GlaS training images; 0: the fixed ``tissue_od``.
+    tissue_reference_od: float = 0.2
+    #: The image's own (Macenko) stain vectors are used when each lies within this angle (degrees)
+    #: of the reference H&E vectors, otherwise the reference vectors (the nuclei keep 30°). The
+    #: switch changes the whole score, and a weaker eosin tilts the eosin estimate of half of the GlaS
+    #: training images past 30°; 45 (the default) keeps their own vectors (``reports/glands.md``,
+    #: stain-relative tissue and stain vectors).
+    max_stain_deviation_deg: float = 45.0
     #: Standard deviation (µm) of the Gaussian that turns haematoxylin into a density of
     #: nuclei and basophilic cytoplasm.
     smoothing_um: float = 3.7
@@ -529,6 +540,10 @@ class GlandConfig:
                  self.working_mpp, "a pixel size in µm/px between 0.2 and 5")
         _require(_is_number(self.tissue_od) and 0 < self.tissue_od < 2, "glands.tissue_od", self.tissue_od,
                  "an optical density in (0, 2)")
+        _require(_is_number(self.tissue_reference_od) and 0 <= self.tissue_reference_od < 2,
+                 "glands.tissue_reference_od", self.tissue_reference_od, "an optical density in [0, 2) (0: off)")
+        _require(_is_number(self.max_stain_deviation_deg) and 0 < self.max_stain_deviation_deg <= 90,
+                 "glands.max_stain_deviation_deg", self.max_stain_deviation_deg, "an angle in (0, 90] degrees")
         for name in ("smoothing_um", "lymphocyte_window_um", "texture_detail_um", "texture_window_um",
                      "nuclear_density_um", "crypt_smoothing_um"):
             value = getattr(self, name)

@@ -9,9 +9,14 @@ filled): the epithelium is found first, the interior it encloses is then added.
 1. **Resampling.** The image is resampled to ``working_mpp`` (1.24 µm/px by default); an
    input pixel size far from the range the method was designed for is resampled all the
    same and said so in :attr:`GlandResult.notes`.
-2. **Haematoxylin.** Macenko stain vectors of the image, then the haematoxylin
-   and eosin concentrations of every pixel (as for the nuclei, :mod:`tumls_qp.cells.nuclei`).
-   The image's nuclear level is the 99th percentile of haematoxylin in tissue.
+2. **Haematoxylin.** Tissue is where the mean optical density exceeds ``tissue_od`` scaled
+   by the image's median tissue optical density over ``tissue_reference_od`` (bounded to
+   0.5-2×), so that the tissue mask follows the stain strength. Macenko stain vectors of the
+   image (the reference vectors when one lies more than ``max_stain_deviation_deg``, 45° by
+   default, from them), then the
+   haematoxylin and eosin concentrations of every pixel (as for the nuclei,
+   :mod:`tumls_qp.cells.nuclei`). The image's nuclear level is the 99th percentile of
+   haematoxylin in tissue.
 3. **Epithelium.** Glandular epithelium is a layer of nuclei with basophilic cytoplasm,
    mucin or goblet cells, evenly coloured: haematoxylin smoothed over a few µm stays high
    across it, or its colour varies little from pixel to pixel. Stroma and lamina propria are
@@ -103,6 +108,8 @@ _MIN_TISSUE_PX = 64
 _FINE_UM = 0.93
 # Width (µm) of the band just outside a crypt interior in which its epithelial lining is measured.
 _LINING_UM = 5.0
+# Bounds of the factor by which the image's median tissue optical density scales the tissue threshold.
+_TISSUE_RATIO = (0.5, 2.0)
 # Brightfield: the 95th percentile of luminance is at least this (fluorescence images are dark).
 _MIN_BRIGHT_P95 = 120.0
 # H&E: both stains absorb green most, so blue >= green in most tissue pixels; brown DAB (IHC)
@@ -230,7 +237,8 @@ def gland_scores(rgb: np.ndarray, mpp: float, cfg: GlandConfig = GlandConfig()) 
         likewise ``w``). Epithelium is tissue where ``score > cfg.threshold``, near nuclei and
         not eosin alone (module docstring, step 3). All zeros where the image has too little tissue.
     tissue : (h, w) bool ndarray
-        Pixels whose mean optical density exceeds ``cfg.tissue_od``.
+        Pixels whose mean optical density exceeds the tissue threshold (``cfg.tissue_od``, scaled
+        with ``cfg.tissue_reference_od``: module docstring, step 2).
     """
     rgb = check_rgb(rgb)
     mpp = check_mpp(mpp)
@@ -248,22 +256,32 @@ class _Maps:
     """Per-pixel maps of an image at the working resolution (steps 2-3)."""
 
     score: np.ndarray    # epithelium score: Gaussian haematoxylin less the lymphocyte and texture penalties
-    tissue: np.ndarray   # bool: mean optical density above cfg.tissue_od
+    tissue: np.ndarray   # bool: mean optical density above the tissue threshold (_tissue_threshold)
     h: np.ndarray        # haematoxylin over the image's nuclear level
     texture: np.ndarray  # local standard deviation of h
     nuclear_density: np.ndarray  # share of nuclear pixels within cfg.nuclear_density_um
     haematoxylin_share: np.ndarray  # H / (H + E), both smoothed over cfg.smoothing_um
 
 
+def _tissue_threshold(mean_od: np.ndarray, cfg: GlandConfig) -> float:
+    """``cfg.tissue_od`` scaled by the image's median tissue optical density over ``cfg.tissue_reference_od``."""
+    inside = mean_od[mean_od > cfg.tissue_od]
+    if not cfg.tissue_reference_od or inside.size < _MIN_TISSUE_PX:
+        return cfg.tissue_od
+    ratio = float(np.median(inside)) / cfg.tissue_reference_od
+    return cfg.tissue_od * min(max(ratio, _TISSUE_RATIO[0]), _TISSUE_RATIO[1])
+
+
 def _scores(rgb: np.ndarray, cfg: GlandConfig) -> _Maps:
     """The maps of steps 2-3 at the working resolution (all zeros where there is too little tissue)."""
     px_per_um = 1.0 / cfg.working_mpp
     od = -np.log10((rgb.astype(np.float32) + 1.0) / 256.0)
-    tissue = _gaussian(od.mean(axis=2), _FINE_UM * px_per_um) > cfg.tissue_od
+    mean_od = _gaussian(od.mean(axis=2), _FINE_UM * px_per_um)
+    tissue = mean_od > _tissue_threshold(mean_od, cfg)
     zeros = np.zeros(rgb.shape[:2], dtype=np.float32)
     if np.count_nonzero(tissue) < _MIN_TISSUE_PX:
         return _Maps(zeros, tissue, zeros, zeros, zeros, zeros)
-    stains = estimate_stains(rgb).matrix
+    stains = estimate_stains(rgb, max_deviation_deg=cfg.max_stain_deviation_deg).matrix
     h = haematoxylin_od(rgb, stains)
     level = float(np.percentile(h[tissue], 99))
     if not level > 0:

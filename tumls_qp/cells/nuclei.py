@@ -264,7 +264,8 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
-def _macenko(od: np.ndarray, alpha: float, min_pixels: int) -> StainEstimate:
+def _macenko(od: np.ndarray, alpha: float, min_pixels: int,
+             max_deviation_deg: float = _MAX_STAIN_DEVIATION_DEG) -> StainEstimate:
     """Macenko stain vectors from (N, 3) OD samples of tissue; reference vectors when unreliable."""
     n = len(od)
     if n < min_pixels:
@@ -286,8 +287,8 @@ def _macenko(od: np.ndarray, alpha: float, min_pixels: int) -> StainEstimate:
     h = h / np.linalg.norm(h)
     e = e / np.linalg.norm(e)
     ok = (np.all(h > 0) and np.all(e > -0.05)
-          and _angle_deg(h, REFERENCE_STAINS[0]) <= _MAX_STAIN_DEVIATION_DEG
-          and _angle_deg(e, REFERENCE_STAINS[1]) <= _MAX_STAIN_DEVIATION_DEG
+          and _angle_deg(h, REFERENCE_STAINS[0]) <= max_deviation_deg
+          and _angle_deg(e, REFERENCE_STAINS[1]) <= max_deviation_deg
           and _angle_deg(h, e) >= _MIN_STAIN_ANGLE_DEG)
     if not ok:
         log.debug("stain estimate %s / %s does not look like H&E; using the reference vectors", h, e)
@@ -296,7 +297,8 @@ def _macenko(od: np.ndarray, alpha: float, min_pixels: int) -> StainEstimate:
                          .astype(np.float32), "tile", n)
 
 
-def estimate_stains(rgb: np.ndarray, cfg: NucleiConfig = NucleiConfig()) -> StainEstimate:
+def estimate_stains(rgb: np.ndarray, cfg: NucleiConfig = NucleiConfig(),
+                    max_deviation_deg: float = _MAX_STAIN_DEVIATION_DEG) -> StainEstimate:
     """Estimate the haematoxylin and eosin OD vectors of a tile (Macenko et al. 2009).
 
     Parameters
@@ -305,27 +307,34 @@ def estimate_stains(rgb: np.ndarray, cfg: NucleiConfig = NucleiConfig()) -> Stai
         Brightfield H&E tile.
     cfg : NucleiConfig
         ``achromatic_range``, ``macenko_alpha`` and ``macenko_min_pixels`` are used.
+    max_deviation_deg : float
+        Largest angle (degrees) between an estimated vector and its reference vector
+        for the estimate to be used (30 by default).
 
     Returns
     -------
     StainEstimate
         Estimated from a regular subsample of about 65,000 pixels, of which the stained
         pixels (OD norm above Macenko's 0.15, not achromatic) count. With fewer than
-        ``macenko_min_pixels`` of them, or an estimate more than 30° from the reference
-        vectors, the reference vectors (:data:`REFERENCE_STAINS`).
+        ``macenko_min_pixels`` of them, or an estimate more than ``max_deviation_deg``
+        from the reference vectors, the reference vectors (:data:`REFERENCE_STAINS`).
 
     Raises
     ------
     InvalidInputError
-        When ``rgb`` is not an (H, W, 3) uint8 array.
+        When ``rgb`` is not an (H, W, 3) uint8 array, or ``max_deviation_deg`` is not an
+        angle in (0, 90].
     """
     rgb = check_rgb(rgb)
     cfg = _check_cfg(cfg)
+    if isinstance(max_deviation_deg, bool) or not isinstance(max_deviation_deg, (int, float)) \
+            or not 0 < max_deviation_deg <= 90:
+        raise InvalidInputError(f"max_deviation_deg must be an angle in (0, 90] degrees; got {max_deviation_deg!r}")
     step = _subsample_step(*rgb.shape[:2])
     sub = np.ascontiguousarray(rgb[::step, ::step])
     od = _OD_LUT[sub.reshape(-1, 3)]
     keep = (_od_norm(od) > _MACENKO_BETA) & ~_achromatic(sub, cfg.achromatic_range).ravel()
-    return _macenko(od[keep], cfg.macenko_alpha, cfg.macenko_min_pixels)
+    return _macenko(od[keep], cfg.macenko_alpha, cfg.macenko_min_pixels, max_deviation_deg)
 
 
 def haematoxylin_od(rgb: np.ndarray, stains: np.ndarray = REFERENCE_STAINS) -> np.ndarray:

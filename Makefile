@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is installed first and pinned: pip then takes a local CPU wheel of 2.13.0 where one lies in
-# pip's find-links, and PyPI's build for this platform elsewhere. An existing torch in the venv is kept.
+# For the demo, torch is installed first and pinned: pip then takes a local CPU wheel of 2.13.0 where one lies
+# in pip's find-links, and PyPI's build for this platform elsewhere. An existing torch in the venv is kept.
+# (The test venv below takes torch 2.14.1 with the `pretrained` extra instead.)
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test sample-report clean
@@ -19,9 +20,12 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-base
-	$(BIN)/python -m pip install --quiet -e ".[dev,server,dask]"
-	touch $@
+# The test venv also takes the `pretrained` extra (timm and torchvision), so that the suite tests that method
+# for real. torchvision's pin decides torch there (2.14.1, a CUDA build that also runs on the CPU), so torch comes
+# from this one resolve rather than from TORCH_SPEC first; the base install is then done as well.
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev,server,dask,pretrained]"
+	touch $(VENV)/.installed-base $@
 
 demo: $(VENV)/.installed-base
 	$(BIN)/tumls-qp demo

@@ -9,6 +9,11 @@ method, so its row is the baseline of the "× tumls-ae" column. On the large sli
 autoencoder trains for a fixed number of epochs (``--large-epochs``, as the large-slide
 benchmark does), the other methods with their defaults.
 
+``pretrained:ARCH`` (e.g. ``pretrained:resnet18``) measures your-own-encoder with the timm
+architecture ARCH: its randomly initialised weights (seed 0) are saved as a safetensors file in
+the work folder (no trained weights can be had here, so only the cost means something), and the
+views are what such a model expects: 224 px of 112 µm (0.5 µm/px). It needs the ``pretrained`` extra.
+
 Each run's wall and CPU seconds and the load at its start and end are kept beside it
 (``costs.json`` in its run folder); ``--reuse`` takes finished runs from there instead of running
 them again, so that methods can be measured in separate invocations (one at a time on a shared
@@ -62,6 +67,21 @@ def run_analysis(slide: Path, out: Path, config: Path, tile_um: float, reuse: bo
     return result | {"reused": False}
 
 
+def random_checkpoint(arch: str, work: Path) -> Path:
+    """A safetensors file of timm's ``arch`` at its random initialisation (seed 0), made once in ``work``."""
+    path = work / f"{arch}-random-init.safetensors"
+    if not path.exists():
+        import timm
+        import torch
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        model = timm.create_model(arch, pretrained=False)
+        with atomic_write(path) as tmp:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default=METHODS, help=f"comma-separated embedding methods (default {METHODS})")
@@ -93,13 +113,18 @@ def main() -> int:
     rows = []
     for name, slide, tile_um, epochs in targets:
         for method in methods:
-            text = f"[embedding]\nmethod = \"{method}\"\ndevice = \"cpu\"\nnum_threads = {args.threads}\n"
+            text = f"[embedding]\nmethod = \"{method.split(':')[0]}\"\ndevice = \"cpu\"\nnum_threads = {args.threads}\n"
             if epochs is not None and method == "tumls-ae":
                 text += f"max_epochs = {epochs}\npatience = {epochs}\n"
-            config = work / f"{method}-{tile_um:g}.toml"
+            if method.startswith("pretrained:"):
+                arch = method.split(":", 1)[1]
+                text += (f"encoder = \"{arch}\"\ncheckpoint = \"{random_checkpoint(arch, work)}\"\n"
+                         "view_um = 112.0\nview_px = 224\n")
+            config = work / f"{method.replace(':', '-')}-{tile_um:g}.toml"
             config.write_text(text)
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {method}", file=sys.stderr, flush=True)
-            result = run_analysis(slide, work / f"run-{slide.stem}-{method}", config, tile_um, args.reuse)
+            result = run_analysis(slide, work / f"run-{slide.stem}-{method.replace(':', '-')}", config, tile_um,
+                                  args.reuse)
             rows.append({"target": name, "method": method, **result})
     load_end = os.getloadavg()
     total = time.perf_counter() - started

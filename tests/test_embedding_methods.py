@@ -35,10 +35,20 @@ def _glands(n=48, px=64, seed=0):
     return TileImages(tiles=tiles, views=views, view_mpp=4.0)
 
 
+def _own_encoder(method, folder):
+    """``pretrained``'s options: a tiny timm model's random init saved as a checkpoint (skipped without timm)."""
+    if method != "pretrained":
+        return {}
+    timm = pytest.importorskip("timm", reason="the pretrained extra is not installed")
+    path = folder / "encoder.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False).state_dict(), path)
+    return {"encoder": "test_resnet", "checkpoint": str(path)}
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_gives_one_vector_per_tile_and_round_trips(method, tmp_path):
     images = _glands()
-    cfg = EmbeddingConfig(method=method, **FAST)
+    cfg = EmbeddingConfig(method=method, **FAST, **_own_encoder(method, tmp_path))
     e = fit_embedding(images, cfg, seed=0, clusters=ClusterConfig(k_max=3))
     assert e.method == method and e.vectors.dtype == np.float32
     assert e.vectors.shape[0] == len(images) and np.isfinite(e.vectors).all()
@@ -94,11 +104,11 @@ def test_unknown_method_is_a_config_error():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_too_few_tiles_says_how_many_are_needed(method):
+def test_too_few_tiles_says_how_many_are_needed(method, tmp_path):
     need = MIN_TILES[method]
     images = _glands(need - 1)
     with pytest.raises(InvalidInputError, match=f"needs at least {need} tissue tiles.*has {need - 1}"):
-        fit_embedding(images, EmbeddingConfig(method=method, **FAST), 0)
+        fit_embedding(images, EmbeddingConfig(method=method, **FAST, **_own_encoder(method, tmp_path)), 0)
 
 
 def test_damaged_or_foreign_checkpoints_are_refused(tmp_path):

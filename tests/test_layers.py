@@ -129,10 +129,22 @@ def test_the_checker_sees_what_it_must(graph):
     assert _layer("tumls_qp.tissue.tiles") < _layer("tumls_qp.tissue.embeddings") < _layer("tumls_qp.tissue.clusters")
 
 
+def test_only_the_pretrained_method_imports_timm():
+    """timm (an optional extra) is imported in one module, which turns its absence into a clear error."""
+    found = set()
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(_in(n, "timm") or _in(n, "torchvision") for n in names):
+                found.add(module)
+    assert found == {"tumls_qp.tissue.embeddings.pretrained"}
+
+
 def test_import_tumls_qp_and_the_help_are_light():
     code = ("import sys\nimport tumls_qp, tumls_qp.cli\n"
             "try:\n    tumls_qp.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print([m for m in ('torch', 'paquo', 'jpype', 'reportlab', 'fastapi', 'matplotlib', 'dask', 'distributed') "
-            "if m in sys.modules])")
+            "print([m for m in ('torch', 'paquo', 'jpype', 'reportlab', 'fastapi', 'matplotlib', 'dask', 'distributed',"
+            " 'timm') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

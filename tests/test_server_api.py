@@ -138,6 +138,9 @@ def test_parameters_are_checked_with_the_config_rules(client, roots):
     _error(client.post("/jobs", json=job_body(roots["slide"],
                                               parameters={"embedding": {"init_resnet18": str(outside)}})),
            403, "parameters.embedding.init_resnet18")
+    _error(client.post("/jobs", json=job_body(roots["slide"], parameters={"embedding": {
+        "method": "pretrained", "encoder": "resnet50", "checkpoint": str(roots["outside"] / "uni.pth")}})),
+           403, "parameters.embedding.checkpoint")
 
 
 @pytest.mark.parametrize("uri, status, fragment", [

@@ -599,6 +599,11 @@ def _add_cluster_tiles(sub: Any) -> None:
     p.add_argument("--embedding", choices=list(EMBEDDING_METHODS), metavar="METHOD",
                    help=f"embedding method: {', '.join(EMBEDDING_METHODS)} (default: embedding.method, "
                         f"{EmbeddingConfig().method})")
+    p.add_argument("--encoder", metavar="NAME",
+                   help="--embedding pretrained: the timm architecture of your checkpoint, e.g. resnet50 "
+                        "(embedding.encoder)")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="--embedding pretrained: its weights, .pth/.pt/.bin or .safetensors (embedding.checkpoint)")
     p.add_argument("--mpp", type=float, metavar="UM_PER_PX",
                    help="pixel size of the images in µm/px (default: each image spans embedding.view_um)")
     p.add_argument("--tile-px", type=int, choices=[8, 16, 32, 64], help="autoencoder tile size (default 16)")
@@ -619,6 +624,7 @@ def _cmd_cluster_tiles(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else PipelineConfig()
     config = replace_in(config, **{"tiles.tile_px": args.tile_px, "clusters.k": args.k,
                                    "embedding.device": args.device, "embedding.method": args.embedding,
+                                   "embedding.encoder": args.encoder, "embedding.checkpoint": args.checkpoint,
                                    "seed": args.seed})
     bars = _StageBars(enabled=not args.quiet)
     try:

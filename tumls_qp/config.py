@@ -109,7 +109,7 @@ class TileConfig:
         return self.tile_um / self.tile_px
 
 
-EMBEDDING_METHODS = ("tumls-ae", "contrastive", "vade", "handcrafted", "textons")
+EMBEDDING_METHODS = ("tumls-ae", "contrastive", "vade", "handcrafted", "textons", "pretrained")
 
 
 @dataclass(frozen=True)
@@ -123,13 +123,29 @@ class EmbeddingConfig:
     #: tile). ``handcrafted``: stain statistics, texture at two scales and nucleus density, no training.
     #: ``textons``: histograms of a texton dictionary (rotation-invariant filter responses of the
     #: haematoxylin and eosin images at 2-16 µm, k-means) learned from the run's own pixels; no network.
+    #: ``pretrained``: your own encoder, no training: the timm architecture ``encoder`` with the weights in
+    #: ``checkpoint`` (e.g. a histology foundation model your lab has); the vector is its pooled output.
+    #: It needs the ``pretrained`` extra: pip install 'tumls-qp[pretrained]'.
     #: reports/embeddings.md compares them.
     method: str = "tumls-ae"
     #: Side in µm of the square field in which the view methods (all but ``tumls-ae``) see each tile,
     #: centred on the tile (larger than the tile: the tile with its surroundings).
     view_um: float = 256.0
     #: Side of that field in pixels (its pixel size is ``view_um / view_px``; 64 px of 256 µm is 4 µm/px).
+    #: ``pretrained``: set it to the encoder's input side (224 px for most models; views of another size are
+    #: resized to it) and ``view_um`` to that side times the pixel size the encoder was trained at
+    #: (224 px at 0.5 µm/px: view_um = 112).
     view_px: int = 64
+    #: ``pretrained``: the architecture, by its timm name (e.g. ``resnet50``, ``vit_large_patch16_224``;
+    #: ``timm.list_models()`` lists them), optionally with a timm tag whose configuration gives the input size
+    #: and normalisation (``vit_small_patch16_224.augreg_in21k``). It is built headless (the pooled features)
+    #: and nothing is ever downloaded: hub names (``hf-hub:...``) are refused.
+    encoder: str | None = None
+    #: ``pretrained``: the weights of ``encoder``, a local file: a torch state dict (``.pth``, ``.pt``, ``.bin``,
+    #: also nested under ``state_dict`` or ``model``) or ``.safetensors``. Classifier-head weights are dropped;
+    #: every other key must fit the architecture. The run records its file name and SHA-256, and reads it
+    #: again from this path when its encoder is reused (seeded clustering, dictionaries).
+    checkpoint: str | None = None
     #: ``contrastive``: optimiser steps (batches of ``batch_size`` tiles, two views each), the same whatever
     #: the number of tiles (many passes over a small slide, part of one over a large one), so training costs
     #: the same on both.
@@ -174,6 +190,19 @@ class EmbeddingConfig:
         _require(isinstance(self.vade_train_tiles, int) and not isinstance(self.vade_train_tiles, bool)
                  and self.vade_train_tiles >= 20, "embedding.vade_train_tiles", self.vade_train_tiles,
                  "an integer >= 20 (VaDE needs at least 20 tiles)")
+        if self.encoder is not None:
+            _require(isinstance(self.encoder, str) and self.encoder.strip() == self.encoder != ""
+                     and not any(c in self.encoder for c in ":/\\"), "embedding.encoder", self.encoder,
+                     "a timm architecture name such as resnet50 (hub names would download: give the architecture "
+                     "and a local embedding.checkpoint)")
+        if self.checkpoint is not None:
+            _require(isinstance(self.checkpoint, str) and self.checkpoint.strip() != "", "embedding.checkpoint",
+                     self.checkpoint, "the path of a weights file")
+        if self.method == "pretrained":
+            _require(self.encoder is not None, "embedding.encoder", self.encoder,
+                     "set for embedding.method = 'pretrained': the timm architecture of your checkpoint, e.g. resnet50")
+            _require(self.checkpoint is not None, "embedding.checkpoint", self.checkpoint,
+                     "set for embedding.method = 'pretrained': the path of the encoder's weights file")
         _require(self.device in ("auto", "cpu", "cuda", "mps"), "embedding.device", self.device,
                  "one of auto, cpu, cuda, mps")
         _require(isinstance(self.max_epochs, int) and self.max_epochs >= 1, "embedding.max_epochs",

@@ -145,6 +145,10 @@ def plan_runs(slides: Sequence[str | os.PathLike[str]], config: PipelineConfig,
         if not umap_available():  # say so now rather than after the training
             raise ConfigError("output.embedding_colours = 'umap' needs umap-learn: pip install 'tumls-qp[umap]' "
                               "(or use 'auto' or 'pca')")
+    if config.embedding.method == "pretrained":  # timm, the architecture and the file: before any slide is read
+        from .tissue.embeddings.pretrained import check_encoder
+
+        check_encoder(config.embedding.encoder, config.embedding.checkpoint)
     paths = [Path(s) for s in slides]
     if not paths:
         raise TumlsQpError("no slide given")

@@ -231,6 +231,10 @@ def cluster_tile_folder(
     progress = progress or (lambda stage, fraction, message: None)
     out = Path(out_dir)
     _check_out(out)
+    if method == "pretrained":  # timm, the architecture and the file: before the images are read
+        from ..tissue.embeddings.pretrained import check_encoder
+
+        check_encoder(config.embedding.encoder, config.embedding.checkpoint)
     started = datetime.now(timezone.utc)
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -436,6 +436,8 @@ _METHOD_TEXT = {
     "textons": "Texton histograms, no network: a dictionary of local haematoxylin and eosin structures "
                "(rotation-invariant filter responses at 2 to 16 µm, grouped by k-means) learned from the slide's "
                "own pixels; each tile is described by how often it shows each structure.",
+    "pretrained": "A pretrained encoder supplied by the lab, no training: each tile's view goes through the network "
+                  "and its pooled features are the tile's vector.",
 }
 _LOSS_LABEL = {"contrastive": "contrastive loss (NT-Xent)", "vade": "negative ELBO"}
 
@@ -967,7 +969,10 @@ def _embedding_block(styles: _Styles, run: RunFolder) -> list[Any]:
                            "(bottom).", styles.small)]
         return [_para("Embedding: the TUMLS autoencoder", styles.h2),
                 _row([left, right], [_FRAME_WIDTH / 2, _FRAME_WIDTH / 2])]
-    text = _para(_METHOD_TEXT.get(embedding.method, "") + (
+    source = "" if embedding.architecture is None else (
+        f" Architecture {_escape(embedding.architecture)}, weights {_escape(embedding.checkpoint or '')} "
+        f"(SHA-256 {_escape((embedding.checkpoint_sha256 or '')[:16])}...).")
+    text = _para(_METHOD_TEXT.get(embedding.method, "") + source + (
         f" Each tile was seen in a field of {_fmt(embedding.view_um)} µm at {_fmt(embedding.view_mpp)} µm/px; "
         f"{_fmt(embedding.epochs)} training epochs, {_fmt(embedding.train_seconds)} s; vectors of "
         f"{_fmt(embedding.dim)} values."), styles.small)

@@ -271,7 +271,8 @@ class EmbeddingInfo:
     (train, val, test). The other methods: ``epochs`` trained (0 for ``handcrafted``, ``textons``),
     ``best_epoch`` the last one, ``mse`` empty, ``n_tiles`` ``{"train": n}``; ``final_loss`` the
     last epoch's loss; ``view_um``/``view_mpp`` the field and pixel size of the views; ``vade``:
-    ``bic`` of its mixture per k considered.
+    ``bic`` of its mixture per k considered; ``pretrained``: the timm ``architecture``, the ``checkpoint``
+    file's name and its ``checkpoint_sha256`` (None for the other methods).
     """
 
     cache: str
@@ -289,6 +290,9 @@ class EmbeddingInfo:
     view_mpp: float | None = None
     final_loss: float | None = None
     bic: dict[int, float] = field(default_factory=dict)
+    architecture: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1283,7 +1287,8 @@ def _embedding_info(embedding: Any, cache: str, config: PipelineConfig) -> Embed
         train_seconds=round(float(h.get("train_seconds", 0.0)), 3), method=embedding.method,
         dim=int(embedding.vectors.shape[1]), view_um=config.embedding.view_um if views else None,
         view_mpp=embedding.view_mpp, final_loss=float(losses[-1]) if len(losses) else None,
-        bic={int(k): float(v) for k, v in h.get("bic", {}).items()})
+        bic={int(k): float(v) for k, v in h.get("bic", {}).items()}, architecture=h.get("architecture"),
+        checkpoint=h.get("checkpoint"), checkpoint_sha256=h.get("checkpoint_sha256"))
 
 
 def _write_training(folder: Path, history: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from ..errors import ConfigError, InvalidInputError, MissingMppError
 from ..outputs.qupath import file_uri_to_path
 from .errors import ForbiddenPathError, RequestError
 
-__all__ = ["Admitted", "admit", "slide_path", "check_under_roots", "merge_parameters", "config_dict",
+__all__ = ["Admitted", "admit", "slide_path", "check_under_roots", "EMBEDDING_FILES", "merge_parameters", "config_dict",
            "TRANSFORMING_SERVERS"]
 
 #: QuPath image servers that show the file through a geometric transform: their pixel frame
@@ -41,6 +41,10 @@ class Admitted:
     path: Path
     config: PipelineConfig
     warnings: list[str]
+
+
+#: The embedding options that name a file the job reads: each is checked against the roots like the slide.
+EMBEDDING_FILES = ("init_resnet18", "checkpoint")
 
 
 def check_under_roots(path: str | Path, roots: Sequence[Path], field: str) -> Path:
@@ -116,9 +120,11 @@ def _job_config(parameters: Mapping[str, Any], base: Mapping[str, Any], pixel_si
         config = config_from_dict(data)
     except ConfigError as exc:
         raise RequestError(f"parameters: {exc}", field="parameters") from exc
-    if config.embedding.init_resnet18 is not None:
-        real = check_under_roots(config.embedding.init_resnet18, roots, "parameters.embedding.init_resnet18")
-        config = dataclasses.replace(config, embedding=dataclasses.replace(config.embedding, init_resnet18=str(real)))
+    for name in EMBEDDING_FILES:
+        named = getattr(config.embedding, name)
+        if named is not None:
+            real = check_under_roots(named, roots, f"parameters.embedding.{name}")
+            config = dataclasses.replace(config, embedding=dataclasses.replace(config.embedding, **{name: str(real)}))
     return config
 
 

@@ -206,7 +206,7 @@ def _run_dictionary(store: JobStore, settings: ServerSettings, job: Job, slide: 
 
 def run_job(store: JobStore, settings: ServerSettings, job: Job) -> str:
     """Run one claimed job to its end; returns its final state as recorded (or ``"superseded"``)."""
-    from .intake import check_under_roots
+    from .intake import EMBEDDING_FILES, check_under_roots
 
     job_dir = settings.jobs_dir / job.id
     out_dir = job_dir / f"attempt-{job.attempt}"
@@ -224,9 +224,10 @@ def run_job(store: JobStore, settings: ServerSettings, job: Job) -> str:
             raise data_folder_full(settings.data_dir, settings.min_free_mb)
         # Checked again here: the files may have been swapped for symlinks since the job was admitted.
         slide = check_under_roots(Path(job.image_path), settings.roots, "image")
-        init = (job.config.get("embedding") or {}).get("init_resnet18") if job.kind == "analysis" else None
-        if init is not None:
-            check_under_roots(init, settings.roots, "parameters.embedding.init_resnet18")
+        for name in EMBEDDING_FILES if job.kind == "analysis" else ():
+            named = (job.config.get("embedding") or {}).get(name)
+            if named is not None:
+                check_under_roots(named, settings.roots, f"parameters.embedding.{name}")
         run = _run_dictionary if job.kind == "dictionary" else _run_analysis
         run_dir, served, classes, summary = run(store, settings, job, slide, out_dir)
         if store.finish(job.id, job.attempt, "succeeded", run_dir=str(run_dir), geojson_path=str(served),

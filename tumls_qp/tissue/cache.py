@@ -69,9 +69,18 @@ def cache_key(slides: Sequence[tuple[str, float, tuple[int, int]]], config: Pipe
     slides : sequence of (quick hash, level-0 µm/px, (width, height) px)
         One per slide, in analysis order.
     config : PipelineConfig
-        Its tiling, stain check, embedding (but the CPU thread count) and seed enter the key.
+        Its tiling, stain check, embedding (but the CPU thread count) and seed enter the key, and the size and
+        modification time of the weights files it names (``checkpoint``, ``init_resnet18``), so that a file
+        replaced at the same path is not mistaken for the one cached.
     """
     embedding = {k: v for k, v in asdict(config.embedding).items() if k != "num_threads"}
+    for name in ("checkpoint", "init_resnet18"):
+        if embedding.get(name):
+            try:
+                stat = Path(embedding[name]).expanduser().stat()
+                embedding[f"{name}_stat"] = [stat.st_size, stat.st_mtime_ns]
+            except OSError:
+                pass  # a missing file is reported by the method itself
     payload = {
         "format": CACHE_FORMAT,
         "version": __version__,

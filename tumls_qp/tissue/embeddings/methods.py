@@ -29,6 +29,11 @@ Methods
     No network: a dictionary of 32 textons (k-means of rotation-invariant filter responses of
     the haematoxylin and eosin images at 2-16 µm) learned from the run's own pixels; the
     vector is the square root of each view's texton histogram (``textons``).
+``pretrained``
+    No training: your own encoder, a timm architecture (``embedding.encoder``) with the
+    weights of a local file (``embedding.checkpoint``); the vector is its pooled output of
+    each view, resized to its input side and normalised its own way (``pretrained``). Needs
+    the ``pretrained`` extra (timm).
 
 A *view* is the tile seen in a square field of ``embedding.view_um`` µm centred on it, at
 ``embedding.view_px`` pixels (64 px of 256 µm: 4 µm/px, where glands, crypts, alveoli and
@@ -69,10 +74,10 @@ log = logging.getLogger(__name__)
 
 METHODS = EMBEDDING_METHODS
 #: Methods that see the tiles' views (the others see the tissue-level tiles).
-VIEW_METHODS = ("contrastive", "vade", "handcrafted", "textons")
+VIEW_METHODS = ("contrastive", "vade", "handcrafted", "textons", "pretrained")
 #: Fewest tiles each method can learn from (contrastive learning needs a batch of negatives,
-#: the autoencoder a train/validation/test split, VaDE a mixture, descriptors a spread).
-MIN_TILES = {"tumls-ae": 10, "contrastive": 32, "vade": 20, "handcrafted": 10, "textons": 10}
+#: the autoencoder a train/validation/test split, VaDE a mixture, descriptors a spread, clustering a few).
+MIN_TILES = {"tumls-ae": 10, "contrastive": 32, "vade": 20, "handcrafted": 10, "textons": 10, "pretrained": 10}
 
 WEIGHTS = "model.pt"
 META = "model.json"
@@ -422,6 +427,51 @@ def _fit_textons(images: TileImages, seed: int, progress: Callable[[int, int], N
     return TileEmbedding("textons", vectors, None, TextonEncoder(textons), history)
 
 
+# --- pretrained ----------------------------------------------------------------------------------------------------
+
+class PretrainedEncoder(Encoder):
+    """A timm model with a lab's weights. It saves a reference to its checkpoint (path and SHA-256), not the
+    weights: a foundation model's gigabytes are not copied into every run folder and cache entry."""
+
+    method = "pretrained"
+
+    def __init__(self, net: Any, device: torch.device | str = "cpu") -> None:
+        self.net, self.model, self.device = net, net.model, torch.device(device)
+
+    def embed(self, images: TileImages) -> np.ndarray:
+        from .pretrained import encode
+
+        views, _ = _require_views(images, self.method)
+        return encode(self.net, views, self.device)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        n = self.net
+        return {}, {"architecture": n.architecture, "checkpoint": str(n.checkpoint), "checkpoint_sha256": n.sha256,
+                    "input_px": n.input_px, "mean": list(n.mean), "std": list(n.std), "dim": n.dim}
+
+
+def _fit_pretrained(images: TileImages, cfg: EmbeddingConfig, progress: Callable[[int, int], None] | None
+                    ) -> TileEmbedding:
+    from .pretrained import encode, load_pretrained
+
+    views, _ = _require_views(images, "pretrained")
+    device = _device(cfg)
+    started = time.perf_counter()
+    net = load_pretrained(cfg.encoder, cfg.checkpoint)
+    if views.shape[1] != net.input_px:
+        log.warning("embedding.view_px = %d, but %s takes %d px: the views are resized to %d px. Set "
+                    "embedding.view_px = %d and embedding.view_um = %d x the µm/px the encoder was trained at "
+                    "(e.g. %g for 0.5 µm/px)", views.shape[1], net.architecture, net.input_px, net.input_px,
+                    net.input_px, net.input_px, net.input_px * 0.5)
+    loaded = time.perf_counter()
+    vectors = encode(net, views, device, progress)
+    history = {"epochs": 0, "train_seconds": round(loaded - started, 3),
+               "embed_seconds": round(time.perf_counter() - loaded, 3), "device": str(device),
+               "architecture": net.architecture, "checkpoint": net.checkpoint.name, "checkpoint_sha256": net.sha256,
+               "input_px": net.input_px, "dropped_keys": list(net.dropped)}
+    return TileEmbedding("pretrained", vectors, None, PretrainedEncoder(net, device), history)
+
+
 # --- the interface -------------------------------------------------------------------------------------------------
 
 def fit_embedding(
@@ -449,7 +499,8 @@ def fit_embedding(
     Raises
     ------
     ConfigError
-        Unknown method.
+        Unknown method; for ``pretrained``: timm missing, an unknown architecture, a checkpoint that is
+        missing, unreadable or does not fit it.
     InvalidInputError
         Too few tiles for the method, or the images it needs are missing.
     """
@@ -463,6 +514,8 @@ def fit_embedding(
         fitted = _fit_vade(images, cfg, seed, clusters or ClusterConfig(), progress)
     elif method == "textons":
         fitted = _fit_textons(images, seed, progress)
+    elif method == "pretrained":
+        fitted = _fit_pretrained(images, cfg, progress)
     else:
         fitted = _fit_handcrafted(images, cfg, progress)
     fitted.view_mpp = images.view_mpp
@@ -474,8 +527,8 @@ def training_table(history: dict[str, Any]) -> tuple[list[str], list[list[Any]]]
 
     ``tumls-ae``: epoch, train_mse, val_mse (as the TUMLS report plots them); ``contrastive``:
     epoch, loss (NT-Xent); ``vade``: epoch, pretrain_mse (the autoencoder pretraining), loss
-    (the negative ELBO, after it; each column empty in the other phase); ``handcrafted`` and
-    ``textons``: no rows (no network is trained).
+    (the negative ELBO, after it; each column empty in the other phase); ``handcrafted``,
+    ``textons`` and ``pretrained``: no rows (no network is trained).
     """
     if "train_mse" in history:
         return ["epoch", "train_mse", "val_mse"], [
@@ -524,6 +577,11 @@ def load_encoder(folder: str | Path) -> Encoder:
                 raise ValueError(f"the checkpoint's filter bank ({meta['scales_um']} µm, {textons.centres.shape[1]} "
                                  f"responses) is not this version's ({list(SCALES_UM)} µm, {RESPONSES} responses)")
             return TextonEncoder(textons)
+        if method == "pretrained":
+            from .pretrained import load_pretrained
+
+            return PretrainedEncoder(load_pretrained(str(meta["architecture"]), str(meta["checkpoint"]),
+                                                     expect_sha256=str(meta["checkpoint_sha256"])))
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"the encoder checkpoint in {str(folder)!r} is damaged or does not fit its "
                           f"{method!r} architecture: {exc}") from exc

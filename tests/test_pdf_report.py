@@ -335,6 +335,7 @@ def test_another_embedding_method_and_the_k_vote_are_reported(slides, tmp_path, 
     assert "resamples of 80 % of the tiles" in text and f"k = {m.clusters.k} was chosen" in text or \
         f"All 10 resamples of 80 % of the tiles chose k = {m.clusters.k}" in text
     assert "reconstructions.npz is missing" not in text  # only the autoencoder reconstructs
+    assert "0 training epochs" not in text and "no network trained" in text  # nothing is trained
     _assert_pages_not_blank(result.run_dir / REPORT_NAME)
     assert figure_problems and not [p for p in figure_problems if p], figure_problems
 

@@ -972,10 +972,11 @@ def _embedding_block(styles: _Styles, run: RunFolder) -> list[Any]:
     source = "" if embedding.architecture is None else (
         f" Architecture {_escape(embedding.architecture)}, weights {_escape(embedding.checkpoint or '')} "
         f"(SHA-256 {_escape((embedding.checkpoint_sha256 or '')[:16])}...).")
+    training_text = (f"{_fmt(embedding.epochs)} training epochs, {_fmt(embedding.train_seconds)} s" if embedding.epochs
+                     else f"no network trained ({_fmt(embedding.train_seconds)} s to prepare)")
     text = _para(_METHOD_TEXT.get(embedding.method, "") + source + (
         f" Each tile was seen in a field of {_fmt(embedding.view_um)} µm at {_fmt(embedding.view_mpp)} µm/px; "
-        f"{_fmt(embedding.epochs)} training epochs, {_fmt(embedding.train_seconds)} s; vectors of "
-        f"{_fmt(embedding.dim)} values."), styles.small)
+        f"{training_text}; vectors of {_fmt(embedding.dim)} values."), styles.small)
     story: list[Any] = [_para(f"Embedding: {_escape(embedding.method)}", styles.h2)]
     loss = training.column("loss") if training is not None and training.rows and "loss" in training.columns \
         else np.array([])
@@ -1012,7 +1013,8 @@ def _quality(run: RunFolder, slide: bool = True) -> list[tuple[str, str]]:
             ("Encoder initialised from", embedding.initialised_from or "scratch (no pretrained weights)"),
         ]
     else:
-        rows.append(("Training epochs, final loss", f"{_fmt(embedding.epochs)}, {_fmt(embedding.final_loss)}"))
+        rows.append(("Training epochs, final loss", f"{_fmt(embedding.epochs)}, {_fmt(embedding.final_loss)}"
+                     if embedding.epochs else "none (no network is trained)"))
     return rows + [("Embeddings", "reused from the cache" if embedding.cache == "hit" else "computed in this run")]
 
 

@@ -110,6 +110,9 @@ class TileConfig:
 
 
 EMBEDDING_METHODS = ("tumls-ae", "contrastive", "vade", "handcrafted", "textons", "pretrained")
+#: The ``embedding`` options that name a weights file a run reads (the server checks each against its roots;
+#: the embedding cache keys on each file's size and modification time).
+EMBEDDING_FILES = ("init_resnet18", "checkpoint")
 
 
 @dataclass(frozen=True)

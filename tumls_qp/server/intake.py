@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config import PipelineConfig, config_from_dict, config_to_dict
+from ..config import EMBEDDING_FILES, PipelineConfig, config_from_dict, config_to_dict
 from ..errors import ConfigError, InvalidInputError, MissingMppError
 from ..outputs.qupath import file_uri_to_path
 from .errors import ForbiddenPathError, RequestError
 
-__all__ = ["Admitted", "admit", "slide_path", "check_under_roots", "EMBEDDING_FILES", "merge_parameters", "config_dict",
+__all__ = ["Admitted", "admit", "slide_path", "check_under_roots", "merge_parameters", "config_dict",
            "TRANSFORMING_SERVERS"]
 
 #: QuPath image servers that show the file through a geometric transform: their pixel frame
@@ -41,10 +41,6 @@ class Admitted:
     path: Path
     config: PipelineConfig
     warnings: list[str]
-
-
-#: The embedding options that name a file the job reads: each is checked against the roots like the slide.
-EMBEDDING_FILES = ("init_resnet18", "checkpoint")
 
 
 def check_under_roots(path: str | Path, roots: Sequence[Path], field: str) -> Path:

@@ -206,7 +206,8 @@ def _run_dictionary(store: JobStore, settings: ServerSettings, job: Job, slide: 
 
 def run_job(store: JobStore, settings: ServerSettings, job: Job) -> str:
     """Run one claimed job to its end; returns its final state as recorded (or ``"superseded"``)."""
-    from .intake import EMBEDDING_FILES, check_under_roots
+    from ..config import EMBEDDING_FILES
+    from .intake import check_under_roots
 
     job_dir = settings.jobs_dir / job.id
     out_dir = job_dir / f"attempt-{job.attempt}"

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
-from ..config import PipelineConfig
+from ..config import EMBEDDING_FILES, PipelineConfig
 from ..errors import TumlsQpError
 
 __all__ = ["CachedEmbeddings", "cache_key", "load_cached", "store_cached", "default_cache_dir", "CACHE_FORMAT"]
@@ -74,7 +74,7 @@ def cache_key(slides: Sequence[tuple[str, float, tuple[int, int]]], config: Pipe
         replaced at the same path is not mistaken for the one cached.
     """
     embedding = {k: v for k, v in asdict(config.embedding).items() if k != "num_threads"}
-    for name in ("checkpoint", "init_resnet18"):
+    for name in EMBEDDING_FILES:
         if embedding.get(name):
             try:
                 stat = Path(embedding[name]).expanduser().stat()
